@@ -1,0 +1,75 @@
+use super::*;
+
+fn parse(s: &[u8]) -> Envelope {
+    Envelope::parse(Bytes::copy_from_slice(s)).expect("valid envelope")
+}
+
+#[test]
+fn items_with_and_without_length_and_no_final_newline() {
+    let env = parse(b"{\"event_id\":\"abc\"}\n{\"type\":\"event\",\"length\":13}\n{\"message\":1}\n{\"type\":\"log\"}\n{\"items\":[]}");
+    assert_eq!(env.event_id(), Some("abc"));
+    assert_eq!(env.items.len(), 2);
+    assert_eq!(env.items[0].payload().as_ref(), b"{\"message\":1}");
+    assert_eq!(env.items[1].ty(), ItemType::Log);
+    assert_eq!(env.items[1].payload().as_ref(), b"{\"items\":[]}");
+}
+
+#[test]
+fn binary_attachment_with_newlines_and_empty_line_after() {
+    let body = b"{}\n{\"type\":\"attachment\",\"length\":6}\n\x89P\nG\r\n\n\n{\"type\":\"event\"}\n{}\n";
+    let env = parse(body);
+    assert_eq!(env.items.len(), 2);
+    assert_eq!(env.items[0].payload().as_ref(), b"\x89P\nG\r\n");
+    assert_eq!(env.items[1].type_name(), "event");
+}
+
+#[test]
+fn round_trip_writes_length_and_keeps_unknown_keys() {
+    let env = parse(b"{\"zz\":1,\"event_id\":\"x\"}\n{\"type\":\"weird\",\"custom\":true}\nabc\n");
+    let out = env.to_bytes();
+    assert_eq!(out.as_ref(), b"{\"zz\":1,\"event_id\":\"x\"}\n{\"type\":\"weird\",\"custom\":true,\"length\":3}\nabc\n");
+    assert_eq!(Envelope::parse(out).unwrap(), env);
+}
+
+#[test]
+fn length_is_corrected_after_payload_change() {
+    let mut env = parse(b"{}\n{\"type\":\"event\",\"length\":2}\n{}\n");
+    env.items[0].set_payload(Bytes::from_static(b"{\"a\":1}"));
+    assert_eq!(env.to_bytes().as_ref(), b"{}\n{\"type\":\"event\",\"length\":7}\n{\"a\":1}\n");
+}
+
+#[test]
+fn malformed_envelopes_name_their_cause() {
+    let cases: &[(&[u8], EnvelopeError)] = &[
+        (b"", EnvelopeError::Empty),
+        (b"\n\n", EnvelopeError::Empty),
+        (b"not json\n", EnvelopeError::InvalidHeader),
+        (b"[]\n", EnvelopeError::InvalidHeader),
+        (b"{}\nnope\n", EnvelopeError::InvalidItemHeader { offset: 3 }),
+        (b"{}\n{\"length\":1}\nx\n", EnvelopeError::MissingItemType { offset: 3 }),
+        (b"{}\n{\"type\":\"event\",\"length\":-1}\nx\n", EnvelopeError::InvalidLength { offset: 3 }),
+        (b"{}\n{\"type\":\"event\",\"length\":\"3\"}\nx\n", EnvelopeError::InvalidLength { offset: 3 }),
+        (
+            b"{}\n{\"type\":\"event\",\"length\":99}\nx\n",
+            EnvelopeError::UnexpectedEof { offset: 3, length: 99, available: 2 },
+        ),
+        (b"{}\n{\"type\":\"event\",\"length\":1}\nxy\n", EnvelopeError::MissingNewline { offset: 34 }),
+    ];
+    for (input, expected) in cases {
+        let got = Envelope::parse(Bytes::copy_from_slice(input)).unwrap_err();
+        assert_eq!(&got, expected, "input {:?}", String::from_utf8_lossy(input));
+    }
+}
+
+#[test]
+fn huge_declared_length_does_not_allocate() {
+    let err = Envelope::parse(Bytes::from_static(b"{}\n{\"type\":\"event\",\"length\":18446744073709551615}\n")).unwrap_err();
+    assert!(matches!(err, EnvelopeError::UnexpectedEof { .. } | EnvelopeError::InvalidLength { .. }));
+}
+
+#[test]
+fn header_only_envelope() {
+    let env = parse(b"{}");
+    assert!(env.items.is_empty());
+    assert_eq!(env.to_bytes().as_ref(), b"{}\n");
+}

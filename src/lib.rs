@@ -1,0 +1,8 @@
+//! scrub-relay: a Sentry-compatible relay that scrubs secrets and PII from envelopes before they reach Sentry.
+//!
+//! (The full story of a request is written here as the modules land.)
+
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod metrics;
