@@ -5,4 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod envelope;
+pub mod healthcheck;
+pub mod logging;
 pub mod metrics;
