@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod envelope;
 pub mod healthcheck;
 pub mod logging;
