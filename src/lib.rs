@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod delivery;
 pub mod envelope;
 pub mod healthcheck;
 pub mod logging;

@@ -1,0 +1,866 @@
+//! Delivery: what happens to a scrubbed envelope after the SDK was told 200, until the upstream has it.
+//!
+//! # The guarantee
+//!
+//! An envelope the relay answered 200 for is delivered to the upstream at least once, unless the upstream rejects it
+//! with a 4xx other than 429, or it stays undeliverable for longer than `max_age`. While the upstream is unreachable
+//! (network error, timeout or 5xx) and a spool directory is configured, every accepted envelope is on disk before the
+//! SDK gets its 200, so even `kill -9` loses nothing; without a spool, envelopes wait in memory and are lost only if the
+//! process dies or the shutdown grace period ends before the upstream comes back.
+//!
+//! # How
+//!
+//! - [`Delivery::submit`] never talks to the upstream: the SDK's latency does not depend on the upstream's. The
+//!   envelope goes to the in-memory queue, or to the [`spool`] when the upstream is failing, when the spool still holds
+//!   older envelopes (so arrival order is kept), or when the memory queue is at its caps. When both are full the SDK
+//!   gets 503 with `Retry-After` ([`Rejected`]).
+//! - A fixed pool of workers sends envelopes oldest first: memory queue, then spool. Backoff is per upstream
+//!   ([`retry`]): after a retryable failure one probe at a time is sent, with exponential backoff and jitter; the
+//!   envelope goes back to the head of the line (or to the spool).
+//! - Rate limits the upstream announces ([`rate_limits`]) are remembered per project and category. At ingest, limited
+//!   items are dropped and an envelope with nothing left is answered 429 ([`Delivery::enforce_rate_limits`]). Queued
+//!   envelopes are held back until their limit expires rather than sent to be refused; a 429'd envelope is retried
+//!   after its `Retry-After`.
+//! - [`Delivery::shutdown`] flushes the memory queue for a grace period, then writes what is left to the spool.
+
+pub mod rate_limits;
+pub mod retry;
+pub mod spool;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::envelope::Envelope;
+use crate::metrics::Metrics;
+
+pub use rate_limits::{DataCategory, RateLimited, RateLimits};
+pub use retry::Backoff;
+pub use spool::{Spool, SpoolConfig};
+
+use retry::{Gate, UpstreamHealth};
+use spool::{Lease, SpoolMetrics, SpoolReadError, SpoolWriteError};
+
+/// One scrubbed envelope and what is needed to forward it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub project_id: u64,
+    pub public_key: String,
+    /// The SDK's `sentry_client`, forwarded in `X-Sentry-Auth`.
+    pub sentry_client: Option<String>,
+    /// The SDK's `User-Agent`, forwarded as is.
+    pub user_agent: Option<String>,
+    /// The client address for `X-Forwarded-For`, present only when the policy allows sending it.
+    pub forwarded_for: Option<String>,
+    /// The scrubbed envelope, uncompressed.
+    pub envelope: Bytes,
+    /// When the relay accepted it; wall-clock time, because it survives restarts in the spool.
+    pub received_at: SystemTime,
+}
+
+impl Job {
+    fn size(&self) -> usize {
+        self.envelope.len()
+    }
+}
+
+/// The upstream's answer, as far as delivery cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamReply {
+    pub status: u16,
+    /// `Retry-After`, raw.
+    pub retry_after: Option<String>,
+    /// `X-Sentry-Rate-Limits`, raw.
+    pub rate_limits: Option<String>,
+}
+
+/// A request that got no HTTP answer. Both are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("upstream request timed out")]
+    Timeout,
+    #[error("upstream unreachable")]
+    Network,
+}
+
+/// Sends one envelope upstream. Implemented by the real HTTP client; kept as a trait so delivery does not depend on
+/// how requests are built.
+pub trait Transport: Send + Sync + 'static {
+    fn send<'a>(&'a self, job: &'a Job) -> Pin<Box<dyn Future<Output = Result<UpstreamReply, SendError>> + Send + 'a>>;
+}
+
+/// How much the relay holds and how it retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryConfig {
+    /// Upstream requests in flight at once.
+    pub workers: usize,
+    /// Cap on envelopes held in memory (waiting, in flight or held back by a rate limit).
+    pub queue_max_envelopes: usize,
+    /// Cap on the bytes of those envelopes (uncompressed).
+    pub queue_max_bytes: usize,
+    /// Envelopes still undelivered this long after they arrived are dropped (`envelopes_dropped{reason="expired"}`).
+    pub max_age: Duration,
+    /// The disk spool; `None` keeps everything in memory.
+    pub spool: Option<SpoolConfig>,
+    pub backoff: Backoff,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            workers: 8,
+            queue_max_envelopes: 10_000,
+            queue_max_bytes: 256 * 1024 * 1024,
+            max_age: Duration::from_secs(24 * 60 * 60),
+            spool: None,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Why an envelope was not accepted. The SDK gets 503 with `Retry-After: retry_after_secs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Rejected {
+    #[error("the relay's queue and spool are full")]
+    Full { retry_after_secs: u64 },
+    #[error("the relay is shutting down")]
+    ShuttingDown { retry_after_secs: u64 },
+}
+
+impl Rejected {
+    pub fn retry_after_secs(&self) -> u64 {
+        match self {
+            Rejected::Full { retry_after_secs } | Rejected::ShuttingDown { retry_after_secs } => *retry_after_secs,
+        }
+    }
+}
+
+/// What shutdown did with the envelopes it still held.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Memory-queue envelopes written to the spool.
+    pub spooled: usize,
+    /// Memory-queue envelopes lost (no spool, or the spool was full or failing).
+    pub lost: usize,
+}
+
+/// A memory-queue envelope. `seq` orders it among spool entries should it be spooled.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    job: Job,
+}
+
+/// An envelope held back by a rate limit until `until`.
+#[derive(Debug)]
+enum Deferred {
+    Memory {
+        until: Instant,
+        entry: Entry,
+    },
+    /// The file stays on disk (leased); only the lease is kept in memory.
+    Spool {
+        until: Instant,
+        lease: Lease,
+    },
+}
+
+impl Deferred {
+    fn until(&self) -> Instant {
+        match self {
+            Deferred::Memory { until, .. } | Deferred::Spool { until, .. } => *until,
+        }
+    }
+}
+
+/// What a worker took.
+enum Work {
+    Memory(Entry),
+    Spool(Lease),
+}
+
+/// Where an envelope being sent came from, which decides what "done" and "try again" mean.
+enum Origin {
+    Memory(u64),
+    Spool(Lease),
+}
+
+#[derive(Debug)]
+struct State {
+    /// Memory-queue envelopes waiting to be sent, oldest first.
+    waiting: VecDeque<Entry>,
+    deferred: Vec<Deferred>,
+    /// Every memory envelope the relay holds: waiting, deferred, in flight or being spooled.
+    memory_envelopes: usize,
+    memory_bytes: usize,
+    /// Memory envelopes taken by a worker and not yet done with (sent, spooled or put back).
+    memory_busy: usize,
+    health: UpstreamHealth,
+    next_seq: u64,
+    /// A worker is moving the memory queue to the spool.
+    spilling: bool,
+    /// The workers have stopped; new envelopes go straight to the spool.
+    closed: bool,
+}
+
+struct Shared {
+    config: DeliveryConfig,
+    transport: Arc<dyn Transport>,
+    metrics: Arc<Metrics>,
+    rate_limits: RateLimits,
+    spool: Option<Arc<Spool>>,
+    state: Mutex<State>,
+    /// Bumped on every change a waiting worker or shutdown may care about.
+    changed: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The delivery handle: cheap to clone, shared by every request handler.
+#[derive(Clone)]
+pub struct Delivery {
+    shared: Arc<Shared>,
+}
+
+impl Delivery {
+    /// Opens the spool (replaying what it holds, oldest first) and starts the workers. Must be called inside a Tokio
+    /// runtime. Fails only when the spool directory cannot be created or listed.
+    pub fn start(config: DeliveryConfig, transport: Arc<dyn Transport>, metrics: Arc<Metrics>) -> io::Result<Delivery> {
+        let spool = match &config.spool {
+            Some(spool_config) => {
+                let spool_metrics = SpoolMetrics {
+                    envelopes: metrics.spool_envelopes.clone(),
+                    bytes: metrics.spool_bytes.clone(),
+                    corrupt: metrics.spool_corrupt.clone(),
+                };
+                let (spool, report) = Spool::open(spool_config.clone(), spool_metrics)?;
+                tracing::info!(
+                    entries = report.entries,
+                    bytes = report.bytes,
+                    removed_partial_writes = report.removed_tmp,
+                    moved_aside = report.moved_aside,
+                    "spool opened; replaying its entries oldest first"
+                );
+                Some(Arc::new(spool))
+            }
+            None => None,
+        };
+        let next_seq = spool.as_ref().map_or(0, |spool| spool.next_seq());
+        let state = State {
+            waiting: VecDeque::new(),
+            deferred: Vec::new(),
+            memory_envelopes: 0,
+            memory_bytes: 0,
+            memory_busy: 0,
+            health: UpstreamHealth::new(config.backoff),
+            next_seq,
+            spilling: false,
+            closed: false,
+        };
+        let workers = config.workers.max(1);
+        let shared = Arc::new(Shared {
+            config,
+            transport,
+            metrics,
+            rate_limits: RateLimits::new(),
+            spool,
+            state: Mutex::new(state),
+            changed: watch::channel(0).0,
+            stop: watch::channel(false).0,
+            workers: Mutex::new(Vec::new()),
+        });
+        shared.publish(&shared.lock());
+        let handles = (0..workers).map(|_| tokio::spawn(worker(shared.clone()))).collect();
+        *shared.workers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
+        Ok(Delivery { shared })
+    }
+
+    /// Takes a scrubbed envelope for delivery. `Ok` means it is queued (or, when the upstream is failing and a spool
+    /// is configured, durably on disk) and the SDK may be told 200.
+    pub async fn submit(&self, job: Job) -> Result<(), Rejected> {
+        let shared = &self.shared;
+        let size = job.size();
+        let (seq, to_spool) = {
+            let mut state = shared.lock();
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            let to_spool = match &shared.spool {
+                Some(spool) => {
+                    state.closed || state.health.is_down() || !spool.is_empty() || !shared.memory_has_room(&state, size)
+                }
+                None => false,
+            };
+            if !to_spool {
+                if state.closed {
+                    return Err(Rejected::ShuttingDown { retry_after_secs: 1 });
+                }
+                if !shared.memory_has_room(&state, size) {
+                    return Err(Rejected::Full {
+                        retry_after_secs: state.health.retry_after_secs(Instant::now()),
+                    });
+                }
+                shared.push_memory(&mut state, Entry { seq, job });
+                drop(state);
+                shared.bump();
+                return Ok(());
+            }
+            (seq, to_spool)
+        };
+        debug_assert!(to_spool);
+        let Some(spool) = shared.spool.clone() else {
+            unreachable!("to_spool implies a spool")
+        };
+        let written = run_blocking(move || spool.write(seq, &job).map_err(|error| (error, job))).await;
+        match written {
+            Ok(()) => {
+                shared.bump();
+                Ok(())
+            }
+            Err((error, job)) => {
+                if let SpoolWriteError::Io(io_error) = &error {
+                    tracing::error!(error = %io_error, "could not write to the spool; keeping the envelope in memory");
+                }
+                let mut state = shared.lock();
+                if state.closed || !shared.memory_has_room(&state, size) {
+                    let retry_after_secs = state.health.retry_after_secs(Instant::now());
+                    return Err(Rejected::Full { retry_after_secs });
+                }
+                shared.push_memory(&mut state, Entry { seq, job });
+                drop(state);
+                shared.bump();
+                Ok(())
+            }
+        }
+    }
+
+    /// Applies the rate limits the upstream announced for `project_id`: drops limited items (counted as
+    /// `items_dropped{reason="rate_limited"}`), or, when every item is limited, returns the 429 answer for the SDK
+    /// (counted as `envelopes_dropped{reason="rate_limited"}`).
+    pub fn enforce_rate_limits(&self, project_id: u64, envelope: &mut Envelope) -> Result<(), RateLimited> {
+        let metrics = &self.shared.metrics;
+        match self.shared.rate_limits.enforce(project_id, envelope, Instant::now()) {
+            Ok(dropped) => {
+                for item_type in dropped {
+                    metrics
+                        .items_dropped
+                        .with_label_values(&[label_item_type(&item_type), "rate_limited"])
+                        .inc();
+                }
+                Ok(())
+            }
+            Err(limited) => {
+                for item in &envelope.items {
+                    metrics
+                        .items_dropped
+                        .with_label_values(&[item.ty().as_str(), "rate_limited"])
+                        .inc();
+                }
+                metrics.envelopes_dropped.with_label_values(&["rate_limited"]).inc();
+                Err(limited)
+            }
+        }
+    }
+
+    /// The remembered rate limits, for callers that need more than [`Delivery::enforce_rate_limits`].
+    pub fn rate_limits(&self) -> &RateLimits {
+        &self.shared.rate_limits
+    }
+
+    /// True when a new envelope would be refused: the memory queue is at a cap and the spool (if any) is full.
+    /// Readiness reports not-ready while this holds.
+    pub fn is_full(&self) -> bool {
+        let state = self.shared.lock();
+        let memory_full = !self.shared.memory_has_room(&state, 1);
+        let spool_full = self.shared.spool.as_ref().is_none_or(|spool| spool.is_full());
+        memory_full && spool_full
+    }
+
+    /// Stops delivery: keeps sending the memory queue for up to `grace`, then stops the workers and writes what is
+    /// left in memory to the spool (when configured). Spooled envelopes are delivered by the next start.
+    pub async fn shutdown(self, grace: Duration) -> ShutdownReport {
+        let shared = self.shared;
+        let deadline = Instant::now() + grace;
+        let mut changed = shared.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            {
+                let state = shared.lock();
+                if state.waiting.is_empty() && state.memory_busy == 0 {
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = changed.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        shared.lock().closed = true;
+        shared.stop.send_replace(true);
+        let handles = std::mem::take(&mut *shared.workers.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            // A worker that panicked has already lost its one envelope; the others are still ours to save.
+            let _ = handle.await;
+        }
+        let leftovers: Vec<Entry> = {
+            let mut state = shared.lock();
+            let mut entries: Vec<Entry> = state.waiting.drain(..).collect();
+            for deferred in state.deferred.drain(..) {
+                if let Deferred::Memory { entry, .. } = deferred {
+                    entries.push(entry);
+                }
+            }
+            entries
+        };
+        let mut report = ShutdownReport::default();
+        for entry in leftovers {
+            let size = entry.job.size();
+            let saved = match &shared.spool {
+                Some(spool) => {
+                    let spool = spool.clone();
+                    run_blocking(move || spool.write(entry.seq, &entry.job)).await.is_ok()
+                }
+                None => false,
+            };
+            if saved {
+                report.spooled += 1;
+            } else {
+                report.lost += 1;
+                shared.metrics.envelopes_dropped.with_label_values(&["shutdown"]).inc();
+            }
+            let mut state = shared.lock();
+            shared.forget_memory(&mut state, size);
+        }
+        if report.lost > 0 {
+            tracing::error!(
+                lost = report.lost,
+                "shutdown: envelopes could not be delivered or spooled and are lost"
+            );
+        } else {
+            tracing::info!(spooled = report.spooled, "shutdown: delivery stopped");
+        }
+        report
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // State updates are small and complete before the lock is released; a panic elsewhere cannot leave it torn.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|version| *version = version.wrapping_add(1));
+    }
+
+    fn memory_has_room(&self, state: &State, size: usize) -> bool {
+        state.memory_envelopes < self.config.queue_max_envelopes
+            && state.memory_bytes.saturating_add(size) <= self.config.queue_max_bytes
+    }
+
+    fn push_memory(&self, state: &mut State, entry: Entry) {
+        state.memory_envelopes += 1;
+        state.memory_bytes += entry.job.size();
+        state.waiting.push_back(entry);
+        self.publish(state);
+    }
+
+    /// A memory envelope is gone (delivered, dropped or spooled).
+    fn forget_memory(&self, state: &mut State, size: usize) {
+        state.memory_envelopes -= 1;
+        state.memory_bytes -= size;
+        self.publish(state);
+    }
+
+    fn publish(&self, state: &State) {
+        self.metrics
+            .queue_envelopes
+            .set(i64::try_from(state.memory_envelopes).unwrap_or(i64::MAX));
+        self.metrics
+            .queue_bytes
+            .set(i64::try_from(state.memory_bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The oldest thing to send: a held-back envelope whose limit expired, then the memory queue, then the spool.
+    fn take_next(&self, state: &mut State, now: Instant) -> Option<Work> {
+        if let Some(pos) = state.deferred.iter().position(|d| d.until() <= now) {
+            return Some(match state.deferred.remove(pos) {
+                Deferred::Memory { entry, .. } => {
+                    state.memory_busy += 1;
+                    Work::Memory(entry)
+                }
+                Deferred::Spool { lease, .. } => Work::Spool(lease),
+            });
+        }
+        if let Some(entry) = state.waiting.pop_front() {
+            state.memory_busy += 1;
+            return Some(Work::Memory(entry));
+        }
+        self.spool.as_ref()?.lease_next().map(Work::Spool)
+    }
+
+    fn next_deferred_due(state: &State) -> Option<Instant> {
+        state.deferred.iter().map(Deferred::until).min()
+    }
+
+    fn is_expired(&self, received_at: SystemTime) -> bool {
+        SystemTime::now()
+            .duration_since(received_at)
+            .is_ok_and(|age| age > self.config.max_age)
+    }
+
+    /// Done with an envelope for good (delivered or given up on).
+    async fn finish(&self, origin: Origin, size: usize) {
+        match origin {
+            Origin::Memory(_) => {
+                let mut state = self.lock();
+                state.memory_busy -= 1;
+                self.forget_memory(&mut state, size);
+            }
+            Origin::Spool(lease) => {
+                if let Some(spool) = self.spool.clone() {
+                    if let Err(error) = run_blocking(move || spool.remove(lease.seq)).await {
+                        tracing::error!(%error, "could not delete a delivered spool entry; it may be sent again");
+                    }
+                }
+            }
+        }
+        self.bump();
+    }
+
+    /// Holds an envelope back until a rate limit expires.
+    fn defer(&self, origin: Origin, job: Job, until: Instant) {
+        let mut state = self.lock();
+        let deferred = match origin {
+            Origin::Memory(seq) => {
+                state.memory_busy -= 1;
+                Deferred::Memory {
+                    until,
+                    entry: Entry { seq, job },
+                }
+            }
+            Origin::Spool(lease) => Deferred::Spool { until, lease },
+        };
+        state.deferred.push(deferred);
+        drop(state);
+        self.bump();
+    }
+
+    /// Gives an envelope back after a failed attempt: to the spool when there is one (so a crash cannot lose it),
+    /// otherwise to the head of the memory queue.
+    async fn put_back(&self, origin: Origin, job: Job) {
+        match origin {
+            Origin::Spool(lease) => {
+                if let Some(spool) = &self.spool {
+                    spool.release(lease.seq);
+                }
+            }
+            Origin::Memory(seq) => {
+                let size = job.size();
+                let spooled = match self.spool.clone() {
+                    Some(spool) => run_blocking(move || spool.write(seq, &job).map_err(|error| (error, job))).await,
+                    None => Err((SpoolWriteError::Full, job)),
+                };
+                let mut state = self.lock();
+                state.memory_busy -= 1;
+                match spooled {
+                    Ok(()) => self.forget_memory(&mut state, size),
+                    Err((_, job)) => state.waiting.push_front(Entry { seq, job }),
+                }
+            }
+        }
+        self.bump();
+    }
+
+    /// Moves the whole memory queue to the spool, oldest first, so that while the upstream is down a crash loses
+    /// nothing that was accepted before the outage was noticed.
+    async fn spill_memory_to_spool(&self) {
+        let Some(spool) = self.spool.clone() else { return };
+        let entries: Vec<Entry> = {
+            let mut state = self.lock();
+            if state.spilling || state.waiting.is_empty() {
+                return;
+            }
+            state.spilling = true;
+            let entries: Vec<Entry> = state.waiting.drain(..).collect();
+            state.memory_busy += entries.len();
+            entries
+        };
+        let count = entries.len();
+        let results = run_blocking(move || {
+            entries
+                .into_iter()
+                .map(|entry| match spool.write(entry.seq, &entry.job) {
+                    Ok(()) => Ok(entry.job.size()),
+                    Err(_) => Err(entry),
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let mut state = self.lock();
+        state.memory_busy -= count;
+        state.spilling = false;
+        let mut unspilled = Vec::new();
+        for result in results {
+            match result {
+                Ok(size) => self.forget_memory(&mut state, size),
+                Err(entry) => unspilled.push(entry),
+            }
+        }
+        // Whatever did not fit goes back to the head of the queue in its original order.
+        for entry in unspilled.into_iter().rev() {
+            state.waiting.push_front(entry);
+        }
+        drop(state);
+        self.bump();
+    }
+}
+
+/// Runs blocking file I/O off the async threads.
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        // The closures above do not panic by design; if one did, the panic belongs to the caller.
+        Err(error) => std::panic::resume_unwind(error.into_panic()),
+    }
+}
+
+fn label_item_type(type_name: &str) -> &'static str {
+    crate::envelope::ItemType::from_name(type_name).as_str()
+}
+
+fn outcome_label(result: &Result<UpstreamReply, SendError>) -> &'static str {
+    match result {
+        Ok(reply) => match reply.status {
+            200..=299 => "2xx",
+            429 => "429",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        },
+        Err(SendError::Timeout) => "timeout",
+        Err(SendError::Network) => "network_error",
+    }
+}
+
+async fn sleep_until_or_forever(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_for_stop(stop: &mut watch::Receiver<bool>) {
+    // The sender lives as long as the workers; an error would mean it is gone, which also means stop.
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// One delivery worker: waits for the upstream gate and for work, then sends one envelope at a time.
+async fn worker(shared: Arc<Shared>) {
+    let mut changed = shared.changed.subscribe();
+    let mut stop = shared.stop.subscribe();
+    loop {
+        changed.borrow_and_update();
+        if *stop.borrow_and_update() {
+            return;
+        }
+        let now = Instant::now();
+        let (work, probe, wake_at) = {
+            let mut state = shared.lock();
+            match state.health.acquire(now) {
+                Gate::Open => {
+                    let probe = state.health.is_down();
+                    match shared.take_next(&mut state, now) {
+                        Some(work) => (Some(work), probe, None),
+                        None => {
+                            if probe {
+                                state.health.release_probe();
+                            }
+                            (None, false, Shared::next_deferred_due(&state))
+                        }
+                    }
+                }
+                Gate::WaitUntil(at) => (None, false, Some(at)),
+                Gate::WaitForProbe => (None, false, None),
+            }
+        };
+        match work {
+            Some(work) => deliver(&shared, work, probe, &mut stop).await,
+            None => {
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = sleep_until_or_forever(wake_at) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// One attempt at one envelope, and what follows from the answer.
+async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Receiver<bool>) {
+    let release_probe = || {
+        if probe {
+            shared.lock().health.release_probe();
+            shared.bump();
+        }
+    };
+    let (origin, job) = match work {
+        Work::Memory(entry) => (Origin::Memory(entry.seq), entry.job),
+        Work::Spool(lease) => {
+            let Some(spool) = shared.spool.clone() else {
+                unreachable!("spool work implies a spool")
+            };
+            let read_lease = lease.clone();
+            match run_blocking(move || spool.read(&read_lease)).await {
+                Ok(job) => (Origin::Spool(lease), job),
+                Err(SpoolReadError::Corrupt(_)) => {
+                    // Counted and logged by the spool.
+                    release_probe();
+                    return;
+                }
+                Err(SpoolReadError::Io(error)) => {
+                    tracing::error!(%error, "could not read a spool entry; skipped");
+                    release_probe();
+                    return;
+                }
+            }
+        }
+    };
+    let size = job.size();
+
+    if shared.is_expired(job.received_at) {
+        shared.metrics.envelopes_dropped.with_label_values(&["expired"]).inc();
+        release_probe();
+        shared.finish(origin, size).await;
+        return;
+    }
+
+    // Do not send what the upstream already said it would refuse. The queued job keeps every item (and its size, for
+    // the queue accounting) in case this attempt fails and a later one finds the limit expired.
+    let now = Instant::now();
+    let mut outgoing = None;
+    if shared.rate_limits.has_limits(job.project_id, now) {
+        if let Ok(mut envelope) = Envelope::parse(job.envelope.clone()) {
+            if let Some(until) = shared.rate_limits.all_limited_until(job.project_id, &envelope, now) {
+                release_probe();
+                shared.defer(origin, job, until);
+                return;
+            }
+            if let Ok(dropped) = shared.rate_limits.enforce(job.project_id, &mut envelope, now) {
+                if !dropped.is_empty() {
+                    for item_type in &dropped {
+                        let labels = [label_item_type(item_type), "rate_limited"];
+                        shared.metrics.items_dropped.with_label_values(&labels).inc();
+                    }
+                    outgoing = Some(Job {
+                        envelope: envelope.to_bytes(),
+                        ..job.clone()
+                    });
+                }
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let result = tokio::select! {
+        result = shared.transport.send(outgoing.as_ref().unwrap_or(&job)) => result,
+        () = wait_for_stop(stop) => {
+            // Shutdown: the answer will never be seen, so the envelope counts as undelivered (it may arrive twice).
+            release_probe();
+            shared.put_back(origin, job).await;
+            return;
+        }
+    };
+    shared
+        .metrics
+        .upstream_duration
+        .observe(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .upstream_requests
+        .with_label_values(&[outcome_label(&result)])
+        .inc();
+
+    let now = Instant::now();
+    let retryable = match &result {
+        Ok(reply) => {
+            shared.rate_limits.record_response(
+                job.project_id,
+                reply.status,
+                reply.rate_limits.as_deref(),
+                reply.retry_after.as_deref(),
+                now,
+            );
+            !(200..500).contains(&reply.status)
+        }
+        Err(_) => true,
+    };
+    if retryable {
+        shared.metrics.upstream_retries.inc();
+        let was_down = {
+            let mut state = shared.lock();
+            let was_down = state.health.is_down();
+            let delay = state.health.on_failure(now, probe);
+            if !was_down {
+                tracing::warn!(
+                    outcome = outcome_label(&result),
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "upstream is failing; holding envelopes and retrying with backoff"
+                );
+            }
+            was_down
+        };
+        shared.put_back(origin, job).await;
+        if !was_down {
+            shared.spill_memory_to_spool().await;
+        }
+        return;
+    }
+
+    let Ok(reply) = result else {
+        unreachable!("network errors are retryable")
+    };
+    let recovered = {
+        let mut state = shared.lock();
+        let was_down = state.health.is_down();
+        state.health.on_success();
+        was_down
+    };
+    if recovered {
+        tracing::info!("upstream is answering again; resuming delivery");
+    }
+    match reply.status {
+        200..=299 => {
+            shared.metrics.envelopes_forwarded.inc();
+            shared.finish(origin, size).await;
+        }
+        429 => {
+            shared.metrics.upstream_retries.inc();
+            let until = Envelope::parse(job.envelope.clone())
+                .ok()
+                .and_then(|envelope| shared.rate_limits.all_limited_until(job.project_id, &envelope, now))
+                .unwrap_or_else(|| {
+                    let retry_after = reply.retry_after.as_deref().and_then(rate_limits::parse_retry_after);
+                    now + retry_after.unwrap_or(rate_limits::DEFAULT_RETRY_AFTER)
+                });
+            shared.defer(origin, job, until);
+        }
+        status => {
+            tracing::warn!(status, "upstream rejected an envelope; dropped");
+            shared
+                .metrics
+                .envelopes_dropped
+                .with_label_values(&["upstream_rejected"])
+                .inc();
+            shared.finish(origin, size).await;
+        }
+    }
+}
