@@ -10,3 +10,8 @@ pub mod envelope;
 pub mod healthcheck;
 pub mod logging;
 pub mod metrics;
+pub mod filter;
+pub mod pipeline;
+pub mod rules;
+pub mod scrub;
+pub mod truncate;

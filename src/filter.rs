@@ -1,0 +1,275 @@
+//! Drop rules for health-check and static-file traffic: transactions by name or `request.url` path, and span-v2
+//! segment spans (by `url.path`, `http.route` or name) together with their child spans.
+//!
+//! Routes are matched as paths, never as substrings: `/health/` drops `/health` and `/health/` but not
+//! `/api/healthcare/providers`; the prefix `/static/*` drops `/static/app.js` but not `/static-pages/about`.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+/// Compiled drop routes.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatcher {
+    /// Exact paths without their trailing `/`.
+    exact: HashSet<String>,
+    /// Prefixes, each ending in `/` (or whatever preceded the `*`).
+    prefixes: Vec<String>,
+}
+
+impl RouteMatcher {
+    /// Builds the matcher from entries such as `/health/`, `/robots.txt` or `/static/*`.
+    pub fn new<'a>(routes: impl IntoIterator<Item = &'a str>) -> Result<RouteMatcher, String> {
+        let mut matcher = RouteMatcher::default();
+        for route in routes {
+            if !route.starts_with('/') {
+                return Err(format!("route `{route}` must start with `/`"));
+            }
+            if let Some(prefix) = route.strip_suffix('*') {
+                if prefix.contains('*') {
+                    return Err(format!("route `{route}`: only a trailing `*` is supported"));
+                }
+                matcher.prefixes.push(prefix.to_string());
+                // `/static/*` also drops `/static` itself.
+                matcher.exact.insert(trim_slash(prefix).to_string());
+            } else if route.contains('*') {
+                return Err(format!("route `{route}`: only a trailing `*` is supported"));
+            } else {
+                matcher.exact.insert(trim_slash(route).to_string());
+            }
+        }
+        Ok(matcher)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    /// Whether a URL path (query and fragment allowed, they are ignored) is a dropped route.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let path = path.split(['?', '#']).next().unwrap_or(path);
+        if !path.starts_with('/') {
+            return false;
+        }
+        self.exact.contains(trim_slash(path)) || self.prefixes.iter().any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// Whether a transaction or span name is a dropped route: `/health/`, `GET /health/`, or a full URL.
+    pub fn matches_name(&self, name: &str) -> bool {
+        let name = name.trim();
+        let name = match name.split_once(' ') {
+            Some((method, rest)) if is_http_method(method) => rest.trim(),
+            _ => name,
+        };
+        match url_path(name) {
+            Some(path) => self.matches_path(path),
+            None => false,
+        }
+    }
+
+    /// Whether a URL (absolute, or just a path) points at a dropped route.
+    pub fn matches_url(&self, url: &str) -> bool {
+        url_path(url.trim()).is_some_and(|path| self.matches_path(path))
+    }
+}
+
+fn trim_slash(path: &str) -> &str {
+    if path.len() > 1 {
+        path.strip_suffix('/').unwrap_or(path)
+    } else {
+        path
+    }
+}
+
+fn is_http_method(word: &str) -> bool {
+    matches!(
+        word,
+        "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS" | "TRACE" | "CONNECT"
+    )
+}
+
+/// The path of a URL or path-like string; `None` when it is neither.
+pub fn url_path(text: &str) -> Option<&str> {
+    if text.starts_with('/') {
+        return Some(text);
+    }
+    let rest = text.split_once("://")?.1;
+    Some(rest.find('/').map_or("/", |i| &rest[i..]))
+}
+
+/// Whether a transaction event hits a drop route, by its name or its `request.url`.
+pub fn should_drop_transaction(event: &Value, routes: &RouteMatcher) -> bool {
+    if routes.is_empty() {
+        return false;
+    }
+    if let Some(name) = event.get("transaction").and_then(Value::as_str)
+        && routes.matches_name(name)
+    {
+        return true;
+    }
+    event
+        .pointer("/request/url")
+        .and_then(Value::as_str)
+        .is_some_and(|url| routes.matches_url(url))
+}
+
+fn attribute_str<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
+    match span.get("attributes")?.get(key)? {
+        Value::String(s) => Some(s),
+        Value::Object(typed) => typed.get("value")?.as_str(),
+        _ => None,
+    }
+}
+
+/// Whether a v2 segment span hits a drop route (`url.path`, `http.route`, `url.full`, or its name).
+pub fn is_dropped_segment(span: &Value, routes: &RouteMatcher) -> bool {
+    if span.get("is_segment").and_then(Value::as_bool) != Some(true) {
+        return false;
+    }
+    ["url.path", "http.route", "http.target"]
+        .iter()
+        .any(|k| attribute_str(span, k).is_some_and(|p| routes.matches_path(p)))
+        || attribute_str(span, "url.full").is_some_and(|u| routes.matches_url(u))
+        || span
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| routes.matches_name(n))
+}
+
+/// Removes dropped segment spans and every span below them (by parent chain or `sentry.segment.id`) from a span-v2
+/// container's `items`. Returns how many spans were removed.
+pub fn filter_span_items(items: &mut Vec<Value>, routes: &RouteMatcher) -> usize {
+    if routes.is_empty() {
+        return 0;
+    }
+    let mut dropped: HashSet<String> = items
+        .iter()
+        .filter(|span| is_dropped_segment(span, routes))
+        .filter_map(|span| span.get("span_id").and_then(Value::as_str).map(str::to_string))
+        .collect();
+    if dropped.is_empty() {
+        return 0;
+    }
+    // Children can appear before their parents, so repeat until nothing new is found (at most one pass per level).
+    loop {
+        let before = dropped.len();
+        for span in items.iter() {
+            let Some(id) = span.get("span_id").and_then(Value::as_str) else {
+                continue;
+            };
+            if dropped.contains(id) {
+                continue;
+            }
+            let parent = span.get("parent_span_id").and_then(Value::as_str);
+            let segment = attribute_str(span, "sentry.segment.id");
+            if parent.is_some_and(|p| dropped.contains(p)) || segment.is_some_and(|s| dropped.contains(s)) {
+                dropped.insert(id.to_string());
+            }
+        }
+        if dropped.len() == before {
+            break;
+        }
+    }
+    let len = items.len();
+    items.retain(|span| {
+        !span
+            .get("span_id")
+            .and_then(Value::as_str)
+            .is_some_and(|id| dropped.contains(id))
+    });
+    len - items.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn routes() -> RouteMatcher {
+        RouteMatcher::new([
+            "/health/",
+            "/ping/",
+            "/robots.txt",
+            "/static/*",
+            "/health_check",
+            "/favicon.ico",
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn drops_health_and_static_routes() {
+        let r = routes();
+        for name in [
+            "/health/",
+            "/health",
+            "GET /health/",
+            "/ping/",
+            "/ping",
+            "/robots.txt",
+            "/static/app.js",
+            "/static",
+            "/health_check",
+            "/favicon.ico",
+            "https://shop.example.com/health/",
+            "/health/?probe=1",
+            "HEAD /ping",
+        ] {
+            assert!(r.matches_name(name), "{name} should be dropped");
+        }
+    }
+
+    #[test]
+    fn keeps_real_traffic() {
+        let r = routes();
+        for name in [
+            "/api/healthcare/providers",
+            "/static-pages/about",
+            "/pingdom/report",
+            "/",
+            "GET /checkout",
+            "/api/health/status",
+            "health",
+            "POST /api/chat",
+            "/health_checks",
+            "/robots.txt.bak",
+        ] {
+            assert!(!r.matches_name(name), "{name} should survive");
+        }
+    }
+
+    #[test]
+    fn transaction_by_name_or_url() {
+        let r = routes();
+        assert!(should_drop_transaction(&json!({"transaction": "GET /health/"}), &r));
+        assert!(should_drop_transaction(
+            &json!({"transaction": "generic WSGI request", "request": {"url": "https://x.io/ping/"}}),
+            &r
+        ));
+        assert!(!should_drop_transaction(
+            &json!({"transaction": "/api/healthcare/providers"}),
+            &r
+        ));
+    }
+
+    #[test]
+    fn segment_and_children_are_removed() {
+        let r = routes();
+        let mut items = vec![
+            json!({"span_id": "a", "is_segment": true, "name": "GET", "attributes": {"url.path": {"value": "/health/", "type": "string"}}}),
+            json!({"span_id": "b", "parent_span_id": "a", "name": "db"}),
+            json!({"span_id": "c", "parent_span_id": "b", "name": "inner"}),
+            json!({"span_id": "d", "is_segment": true, "name": "GET", "attributes": {"url.path": {"value": "/checkout", "type": "string"}}}),
+            json!({"span_id": "e", "parent_span_id": "x", "attributes": {"sentry.segment.id": {"value": "a", "type": "string"}}}),
+        ];
+        assert_eq!(filter_span_items(&mut items, &r), 4);
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0]["span_id"], "d");
+    }
+
+    #[test]
+    fn bad_routes_are_rejected() {
+        assert!(RouteMatcher::new(["health"]).is_err());
+        assert!(RouteMatcher::new(["/a*b"]).is_err());
+    }
+}

@@ -1,0 +1,906 @@
+//! Value detectors: concrete shapes of secrets and PII found inside any string (emails, US phone numbers, SSNs,
+//! Luhn-valid card numbers, bearer tokens, credentials in URLs, private keys, JWTs, cloud keys, IBANs), plus
+//! user-defined regex rules.
+//!
+//! The hot path is "most strings contain nothing". So a single cheap pass over each string ([`Prefilter`]) counts
+//! digits and an Aho-Corasick automaton looks for the literal each detector needs (`@`, `earer`, `PRIVATE KEY`, `eyJ`,
+//! ...); a detector's regex only runs when its trigger is present. Digit-shaped detectors (card, SSN, phone, IBAN)
+//! need a minimum digit count before they look at all.
+//!
+//! Each detector is narrow on purpose: cards must pass Luhn and start like a real card, phones need the NANP shape with
+//! separators (or `+1`), SSNs need dashes and valid ranges. Over-scrubbing ids, timestamps, dates, versions and
+//! ports is a bug.
+
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+use regex::Regex;
+
+use super::Action;
+
+/// The built-in detector kinds, in priority order: when two matches overlap, the earlier kind wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    PrivateKey,
+    UrlCredentials,
+    BearerToken,
+    Jwt,
+    AwsAccessKey,
+    ApiToken,
+    CredentialInText,
+    Email,
+    CreditCard,
+    Iban,
+    Ssn,
+    PhoneUs,
+    Ipv4,
+    Custom,
+}
+
+impl Kind {
+    /// The rule id used in metrics, remarks and the rules file.
+    pub fn id(self) -> &'static str {
+        match self {
+            Kind::PrivateKey => "private_key",
+            Kind::UrlCredentials => "url_credentials",
+            Kind::BearerToken => "bearer_token",
+            Kind::Jwt => "jwt",
+            Kind::AwsAccessKey => "aws_access_key",
+            Kind::ApiToken => "api_token",
+            Kind::CredentialInText => "credential_in_text",
+            Kind::Email => "email",
+            Kind::CreditCard => "credit_card",
+            Kind::Iban => "iban",
+            Kind::Ssn => "ssn",
+            Kind::PhoneUs => "phone_us",
+            Kind::Ipv4 => "ipv4",
+            Kind::Custom => "custom",
+        }
+    }
+
+    /// The trigger bit this kind needs from the prefilter (0 = always runs).
+    fn trigger(self) -> u32 {
+        match self {
+            Kind::PrivateKey => T_PRIVATE_KEY,
+            Kind::UrlCredentials => T_AT,
+            Kind::BearerToken => T_BEARER,
+            Kind::Jwt => T_JWT,
+            Kind::AwsAccessKey => T_AWS,
+            Kind::ApiToken => T_API_TOKEN,
+            Kind::Email => T_AT,
+            Kind::CredentialInText => T_CREDENTIAL_WORD,
+            _ => 0,
+        }
+    }
+
+    /// Minimum number of ASCII digits a string needs before this kind can match.
+    fn min_digits(self) -> u32 {
+        match self {
+            Kind::CreditCard => 13,
+            Kind::Iban => 10,
+            Kind::Ssn => 9,
+            Kind::PhoneUs => 10,
+            Kind::Ipv4 => 4,
+            _ => 0,
+        }
+    }
+}
+
+const T_AT: u32 = 1;
+const T_BEARER: u32 = 1 << 1;
+const T_PRIVATE_KEY: u32 = 1 << 2;
+const T_JWT: u32 = 1 << 3;
+const T_AWS: u32 = 1 << 4;
+const T_API_TOKEN: u32 = 1 << 5;
+const T_CREDENTIAL_WORD: u32 = 1 << 6;
+
+/// Literal triggers and the bit each sets.
+const TRIGGERS: &[(&str, u32)] = &[
+    ("@", T_AT),
+    ("%40", T_AT),
+    ("earer", T_BEARER),
+    ("EARER", T_BEARER),
+    ("asic ", T_BEARER),
+    ("ASIC ", T_BEARER),
+    ("PRIVATE KEY", T_PRIVATE_KEY),
+    ("eyJ", T_JWT),
+    ("AKIA", T_AWS),
+    ("ASIA", T_AWS),
+    ("sk_live_", T_API_TOKEN),
+    ("sk_test_", T_API_TOKEN),
+    ("rk_live_", T_API_TOKEN),
+    ("rk_test_", T_API_TOKEN),
+    ("whsec_", T_API_TOKEN),
+    ("ghp_", T_API_TOKEN),
+    ("gho_", T_API_TOKEN),
+    ("ghu_", T_API_TOKEN),
+    ("ghs_", T_API_TOKEN),
+    ("ghr_", T_API_TOKEN),
+    ("github_pat_", T_API_TOKEN),
+    ("xox", T_API_TOKEN),
+    ("glpat-", T_API_TOKEN),
+    ("AIza", T_API_TOKEN),
+    ("sk-", T_API_TOKEN),
+    ("npm_", T_API_TOKEN),
+    ("assw", T_CREDENTIAL_WORD),
+    ("ASSW", T_CREDENTIAL_WORD),
+    ("wd", T_CREDENTIAL_WORD),
+    ("WD", T_CREDENTIAL_WORD),
+    ("ecret", T_CREDENTIAL_WORD),
+    ("ECRET", T_CREDENTIAL_WORD),
+    ("oken", T_CREDENTIAL_WORD),
+    ("OKEN", T_CREDENTIAL_WORD),
+    ("pi_", T_CREDENTIAL_WORD),
+    ("pi-", T_CREDENTIAL_WORD),
+    ("pi ", T_CREDENTIAL_WORD),
+    ("pik", T_CREDENTIAL_WORD),
+    ("piK", T_CREDENTIAL_WORD),
+    ("PI_", T_CREDENTIAL_WORD),
+    ("PI-", T_CREDENTIAL_WORD),
+    ("PI ", T_CREDENTIAL_WORD),
+    ("PIK", T_CREDENTIAL_WORD),
+];
+
+static TRIGGER_AUTOMATON: LazyLock<AhoCorasick> = LazyLock::new(|| {
+    AhoCorasick::new(TRIGGERS.iter().map(|(literal, _)| literal)).expect("fixed literal trigger list builds")
+});
+
+/// What one pass over a string found: trigger bits and the digit count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prefilter {
+    pub triggers: u32,
+    pub digits: u32,
+}
+
+impl Prefilter {
+    pub fn of(text: &str) -> Prefilter {
+        let bytes = text.as_bytes();
+        let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count() as u32;
+        let mut triggers = 0;
+        for m in TRIGGER_AUTOMATON.find_overlapping_iter(bytes) {
+            triggers |= TRIGGERS[m.pattern().as_usize()].1;
+        }
+        Prefilter { triggers, digits }
+    }
+}
+
+/// One compiled detector: a kind, the id it reports under, and what it writes.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    pub kind: Kind,
+    pub id: String,
+    pub replacement: String,
+    pub action: Action,
+    /// Only for [`Kind::Custom`].
+    pub regex: Option<Regex>,
+}
+
+/// A match: the byte range to replace and the index of the detector that found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hit {
+    pub start: usize,
+    pub end: usize,
+    pub detector: usize,
+}
+
+/// All enabled detectors of an engine, in priority order.
+#[derive(Debug, Clone, Default)]
+pub struct DetectorSet {
+    pub detectors: Vec<Detector>,
+}
+
+impl DetectorSet {
+    /// Appends every match in `text` to `hits` (cleared first), sorted by start, without overlaps.
+    pub fn find(&self, text: &str, hits: &mut Vec<Hit>) {
+        hits.clear();
+        if text.is_empty() || self.detectors.is_empty() {
+            return;
+        }
+        let pre = Prefilter::of(text);
+        for (index, detector) in self.detectors.iter().enumerate() {
+            let kind = detector.kind;
+            let trigger = kind.trigger();
+            if trigger != 0 && pre.triggers & trigger == 0 {
+                continue;
+            }
+            if pre.digits < kind.min_digits() {
+                continue;
+            }
+            find_kind(kind, detector.regex.as_ref(), text, &mut |start, end| {
+                hits.push(Hit {
+                    start,
+                    end,
+                    detector: index,
+                })
+            });
+        }
+        if hits.len() > 1 {
+            // Stable sort keeps priority order between hits that start at the same byte.
+            hits.sort_by_key(|h| h.start);
+            let mut last_end = 0;
+            hits.retain(|h| {
+                if h.start >= last_end {
+                    last_end = h.end;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+    }
+}
+
+macro_rules! regex {
+    ($name:ident, $re:expr) => {
+        static $name: LazyLock<Regex> = LazyLock::new(|| Regex::new($re).expect(concat!("built-in regex ", $re)));
+    };
+}
+
+regex!(
+    EMAIL,
+    r"(?i)[a-z0-9][a-z0-9._%+\-]*(?:@|%40)(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,24}\b"
+);
+regex!(
+    PHONE,
+    r"(?:\+1[ .\-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .\-])\d{3}[ .\-]\d{4}"
+);
+regex!(SSN, r"\d{3}-\d{2}-\d{4}");
+regex!(BEARER, r"(?i)\b(bearer|basic)[ \t]+([A-Za-z0-9\-._~+/]+=*)");
+regex!(
+    URL_CREDENTIALS,
+    r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://([^\s/?#@:]+:[^\s/?#@]+)@"
+);
+regex!(
+    PRIVATE_KEY,
+    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----|\z)"
+);
+regex!(JWT, r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*");
+regex!(AWS, r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b");
+regex!(
+    API_TOKEN,
+    r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{35}|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36})"
+);
+regex!(
+    CREDENTIAL_IN_TEXT,
+    r#"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_ -]?key|access[_ -]?token|auth[_ -]?token|token)\b(?:\s*(?:[:=]|\bis\b)\s*|\s+)["']?([^\s"',;()\[\]{}<>]{6,})"#
+);
+regex!(IBAN, r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b");
+regex!(
+    IPV4,
+    r"\b(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\b"
+);
+
+/// Words that follow "bearer"/"basic" in prose and are not credentials.
+const BEARER_STOPWORDS: &[&str] = &[
+    "a",
+    "an",
+    "and",
+    "auth",
+    "authentication",
+    "authorization",
+    "bond",
+    "bonds",
+    "for",
+    "header",
+    "in",
+    "is",
+    "of",
+    "or",
+    "scheme",
+    "the",
+    "to",
+    "token",
+    "tokens",
+    "usage",
+    "with",
+];
+
+fn find_kind(kind: Kind, custom: Option<&Regex>, text: &str, push: &mut dyn FnMut(usize, usize)) {
+    let bytes = text.as_bytes();
+    match kind {
+        Kind::Email => {
+            for m in EMAIL.find_iter(text) {
+                // `scheme://user@host` is URL userinfo, not an address.
+                if text[..m.start()].ends_with("://") {
+                    continue;
+                }
+                let local = m.as_str();
+                let at = local
+                    .find('@')
+                    .or_else(|| local.find("%40"))
+                    .map_or(m.end(), |i| m.start() + i);
+                push(m.start(), at);
+            }
+        }
+        Kind::PhoneUs => {
+            for m in PHONE.find_iter(text) {
+                if number_boundary_before(bytes, m.start()) && number_boundary_after(bytes, m.end()) {
+                    push(m.start(), m.end());
+                }
+            }
+        }
+        Kind::Ssn => {
+            for m in SSN.find_iter(text) {
+                if !number_boundary_before(bytes, m.start()) || !number_boundary_after(bytes, m.end()) {
+                    continue;
+                }
+                let s = m.as_str();
+                let (area, group, serial) = (&s[0..3], &s[4..6], &s[7..11]);
+                if area == "000" || area == "666" || group == "00" || serial == "0000" {
+                    continue;
+                }
+                push(m.start(), m.end());
+            }
+        }
+        Kind::CreditCard => find_cards(bytes, push),
+        Kind::BearerToken => {
+            for caps in BEARER.captures_iter(text) {
+                let (Some(scheme), Some(token)) = (caps.get(1), caps.get(2)) else {
+                    continue;
+                };
+                let value = token.as_str();
+                if BEARER_STOPWORDS
+                    .iter()
+                    .any(|w| w.eq_ignore_ascii_case(value.trim_end_matches('.')))
+                {
+                    continue;
+                }
+                if scheme.as_str().eq_ignore_ascii_case("basic") && !is_basic_credential(value) {
+                    continue;
+                }
+                push(token.start(), token.end());
+            }
+        }
+        Kind::UrlCredentials => {
+            if !text.contains("://") {
+                return;
+            }
+            for caps in URL_CREDENTIALS.captures_iter(text) {
+                if let Some(userinfo) = caps.get(1) {
+                    push(userinfo.start(), userinfo.end());
+                }
+            }
+        }
+        Kind::PrivateKey => regex_hits(&PRIVATE_KEY, text, push),
+        Kind::Jwt => regex_hits(&JWT, text, push),
+        Kind::AwsAccessKey => regex_hits(&AWS, text, push),
+        Kind::ApiToken => regex_hits(&API_TOKEN, text, push),
+        Kind::CredentialInText => {
+            for caps in CREDENTIAL_IN_TEXT.captures_iter(text) {
+                let Some(value) = caps.get(1) else { continue };
+                // A credential mixes letters and digits; prose ("password required") and code
+                // ("password = form['password']") do not.
+                let v = value.as_str().trim_end_matches(['.', '!', '?']);
+                let has_digit = v.bytes().any(|b| b.is_ascii_digit());
+                let has_letter = v.bytes().any(|b| b.is_ascii_alphabetic());
+                let placeholder = v.starts_with("[") || v.starts_with("hmac:") || v.starts_with("***");
+                if has_digit && has_letter && !placeholder {
+                    push(value.start(), value.end());
+                }
+            }
+        }
+        Kind::Iban => {
+            for m in IBAN.find_iter(text) {
+                if iban_valid(m.as_str()) {
+                    push(m.start(), m.end());
+                }
+            }
+        }
+        Kind::Ipv4 => {
+            for m in IPV4.find_iter(text) {
+                let dotted_before = m.start() > 0 && bytes[m.start() - 1] == b'.';
+                let dotted_after =
+                    bytes.get(m.end()) == Some(&b'.') && bytes.get(m.end() + 1).is_some_and(u8::is_ascii_digit);
+                if !dotted_before && !dotted_after && !is_non_public_ipv4(m.as_str()) {
+                    push(m.start(), m.end());
+                }
+            }
+        }
+        Kind::Custom => {
+            if let Some(regex) = custom {
+                for m in regex.find_iter(text) {
+                    if m.start() < m.end() {
+                        push(m.start(), m.end());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn regex_hits(regex: &Regex, text: &str, push: &mut dyn FnMut(usize, usize)) {
+    for m in regex.find_iter(text) {
+        push(m.start(), m.end());
+    }
+}
+
+/// Loopback, private, link-local, unspecified and broadcast addresses name machines, not people.
+fn is_non_public_ipv4(text: &str) -> bool {
+    let octets: Vec<u8> = text.split('.').filter_map(|o| o.parse().ok()).collect();
+    match octets.as_slice() {
+        [a, b, _, _] => {
+            *a == 0
+                || *a == 10
+                || *a == 127
+                || (*a == 169 && *b == 254)
+                || (*a == 172 && (16..=31).contains(b))
+                || (*a == 192 && *b == 168)
+                || *a >= 224
+        }
+        _ => true,
+    }
+}
+
+/// A number-shaped match must not continue a larger number: no digit, letter, or `digit.`/`digit-` right before it.
+fn number_boundary_before(bytes: &[u8], start: usize) -> bool {
+    if start == 0 {
+        return true;
+    }
+    let prev = bytes[start - 1];
+    if prev.is_ascii_alphanumeric() || prev == b'_' {
+        return false;
+    }
+    if matches!(prev, b'.' | b'-' | b'/' | b':') && start >= 2 && bytes[start - 2].is_ascii_digit() {
+        return false;
+    }
+    true
+}
+
+/// ... and no digit, letter, or `.digit`/`-digit` right after it.
+fn number_boundary_after(bytes: &[u8], end: usize) -> bool {
+    let Some(&next) = bytes.get(end) else { return true };
+    if next.is_ascii_alphanumeric() || next == b'_' {
+        return false;
+    }
+    if matches!(next, b'.' | b'-' | b'/' | b':') && bytes.get(end + 1).is_some_and(u8::is_ascii_digit) {
+        return false;
+    }
+    true
+}
+
+/// Finds runs of 13-19 digits (single spaces or dashes allowed between digits) that pass Luhn and start like a card.
+fn find_cards(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
+    let mut i = 0;
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() || !number_boundary_before(bytes, i) {
+            // Skip the rest of this alphanumeric run so we never start inside a word or number.
+            if bytes[i].is_ascii_alphanumeric() {
+                while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+                    i += 1;
+                }
+            } else {
+                i += 1;
+            }
+            continue;
+        }
+        groups.clear();
+        let mut j = i;
+        loop {
+            let group_start = j;
+            while j < bytes.len() && bytes[j].is_ascii_digit() {
+                j += 1;
+            }
+            groups.push((group_start, j));
+            if j + 1 < bytes.len() && matches!(bytes[j], b' ' | b'-') && bytes[j + 1].is_ascii_digit() {
+                j += 1;
+            } else {
+                break;
+            }
+        }
+        let run_end = j;
+        if number_boundary_after_card(bytes, run_end) {
+            card_windows(bytes, &groups, push);
+        }
+        i = run_end.max(i + 1);
+    }
+}
+
+fn number_boundary_after_card(bytes: &[u8], end: usize) -> bool {
+    match bytes.get(end) {
+        None => true,
+        Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => false,
+        Some(b'.') => !bytes.get(end + 1).is_some_and(u8::is_ascii_digit),
+        _ => true,
+    }
+}
+
+/// Tries the whole run of digit groups, then each window of whole groups, as a card number.
+fn card_windows(bytes: &[u8], groups: &[(usize, usize)], push: &mut dyn FnMut(usize, usize)) {
+    let digits_in = |from: usize, to: usize| -> usize { groups[from..to].iter().map(|(s, e)| e - s).sum() };
+    let total = digits_in(0, groups.len());
+    if total < 13 {
+        return;
+    }
+    if groups.len() > 12 {
+        return; // a long list of numbers, not a card
+    }
+    let mut from = 0;
+    while from < groups.len() {
+        let mut matched = None;
+        // Longest window first, so a 16-digit card is not reported as a 13-digit one.
+        for to in (from + 1..=groups.len()).rev() {
+            let n = digits_in(from, to);
+            if !(13..=19).contains(&n) {
+                continue;
+            }
+            let (start, end) = (groups[from].0, groups[to - 1].1);
+            if is_card_number(&bytes[start..end]) {
+                matched = Some((to, start, end));
+                break;
+            }
+        }
+        match matched {
+            Some((to, start, end)) => {
+                push(start, end);
+                from = to;
+            }
+            None => from += 1,
+        }
+    }
+}
+
+/// Luhn plus a plausible issuer prefix (2221-2720, 3[0456789], 4, 5[0-9], 6).
+pub fn is_card_number(candidate: &[u8]) -> bool {
+    let digits: Vec<u8> = candidate
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| b - b'0')
+        .collect();
+    if !(13..=19).contains(&digits.len()) {
+        return false;
+    }
+    let prefix_ok = match digits[0] {
+        2 => {
+            let four = digits[..4].iter().fold(0u32, |acc, d| acc * 10 + u32::from(*d));
+            (2221..=2720).contains(&four)
+        }
+        3 => matches!(digits[1], 0 | 4 | 5 | 6 | 7 | 8 | 9),
+        4..=6 => true,
+        _ => false,
+    };
+    prefix_ok && luhn_valid(&digits)
+}
+
+/// The Luhn checksum over decimal digits (values 0-9).
+pub fn luhn_valid(digits: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (i, d) in digits.iter().rev().enumerate() {
+        let mut d = u32::from(*d);
+        if i % 2 == 1 {
+            d *= 2;
+            if d > 9 {
+                d -= 9;
+            }
+        }
+        sum += d;
+    }
+    sum % 10 == 0
+}
+
+/// IBAN mod-97 check, after removing spaces.
+pub fn iban_valid(candidate: &str) -> bool {
+    let compact: Vec<u8> = candidate.bytes().filter(|b| *b != b' ').collect();
+    if !(15..=34).contains(&compact.len()) {
+        return false;
+    }
+    let (head, tail) = compact.split_at(4);
+    let mut remainder: u32 = 0;
+    for &b in tail.iter().chain(head.iter()) {
+        let value = match b {
+            b'0'..=b'9' => u32::from(b - b'0'),
+            b'A'..=b'Z' => u32::from(b - b'A') + 10,
+            _ => return false,
+        };
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
+    }
+    remainder == 1
+}
+
+/// `Basic` credentials are base64 of `user:password`; prose after the word "basic" is not.
+fn is_basic_credential(token: &str) -> bool {
+    if token.len() < 8 {
+        return false;
+    }
+    decode_base64(token).is_some_and(|decoded| decoded.contains(&b':'))
+}
+
+fn decode_base64(input: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(input.len() * 3 / 4);
+    let mut buffer = 0u32;
+    let mut bits = 0;
+    for b in input.bytes() {
+        let value = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            b'=' => break,
+            _ => return None,
+        };
+        buffer = (buffer << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(kinds: &[Kind]) -> DetectorSet {
+        DetectorSet {
+            detectors: kinds
+                .iter()
+                .map(|k| Detector {
+                    kind: *k,
+                    id: k.id().into(),
+                    replacement: "[redacted]".into(),
+                    action: Action::Replace,
+                    regex: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn matches(kind: Kind, text: &str) -> Vec<String> {
+        let mut hits = Vec::new();
+        set(&[kind]).find(text, &mut hits);
+        hits.iter().map(|h| text[h.start..h.end].to_string()).collect()
+    }
+
+    fn assert_finds(kind: Kind, text: &str, want: &str) {
+        assert_eq!(
+            matches(kind, text),
+            vec![want.to_string()],
+            "{kind:?} should find {want:?} in {text:?}"
+        );
+    }
+
+    fn assert_none(kind: Kind, text: &str) {
+        assert!(
+            matches(kind, text).is_empty(),
+            "{kind:?} should find nothing in {text:?}, found {:?}",
+            matches(kind, text)
+        );
+    }
+
+    #[test]
+    fn email_masks_local_part() {
+        assert_finds(Kind::Email, "contact jane.doe@example.com now", "jane.doe");
+        assert_finds(Kind::Email, "'jane.doe@example.com'", "jane.doe");
+        assert_finds(Kind::Email, "/members/jane@x.org/profile", "jane");
+        assert_finds(Kind::Email, "x=jane+tag@sub.example.co.uk", "jane+tag");
+        assert_finds(Kind::Email, "email=jane.doe%40example.com&x=1", "jane.doe");
+    }
+
+    #[test]
+    fn email_ignores_versions_and_userinfo() {
+        assert_none(Kind::Email, "sdkcap-demo@1.2.3");
+        assert_none(Kind::Email, "@sentry/node@11.12.0");
+        assert_none(Kind::Email, "http://publickey123@127.0.0.1:38441/42");
+        assert_none(Kind::Email, "https://abc123@o1.ingest.sentry.io/42");
+        assert_none(Kind::Email, "no at sign here");
+    }
+
+    #[test]
+    fn phone_positive() {
+        for phone in [
+            "(312) 555-0148",
+            "312-555-0199",
+            "312.555.0123",
+            "+1 312 555 0177",
+            "+1 555-123-4567",
+            "(555) 123-4567",
+        ] {
+            assert_finds(Kind::PhoneUs, &format!("call {phone} today"), phone);
+        }
+    }
+
+    #[test]
+    fn phone_negative() {
+        for text in [
+            "2026-11-22",
+            "1795386427",
+            "1795386427.882619",
+            "port 41649",
+            "version 3.11.7",
+            "3125550148",
+            "10.0.0.1",
+            "ts 2026-11-22T22:27:07.890452Z",
+            "order 123-456-7890",
+            "id 312-555-01489",
+            "978-3-16-148410-0",
+            "1.312.555.0123.4",
+        ] {
+            assert_none(Kind::PhoneUs, text);
+        }
+    }
+
+    #[test]
+    fn ssn_positive_and_negative() {
+        assert_finds(Kind::Ssn, "SSN 123-45-6789,", "123-45-6789");
+        assert_finds(Kind::Ssn, "ssn='078-05-1120'", "078-05-1120");
+        for text in [
+            "000-12-3456",
+            "666-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "2026-11-2233",
+            "1123-45-6789",
+            "123-45-67890",
+            "x123-45-6789",
+        ] {
+            assert_none(Kind::Ssn, text);
+        }
+    }
+
+    #[test]
+    fn cards_need_luhn_and_issuer() {
+        for card in [
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "4111111111111111",
+            "5500 0000 0000 0004",
+            "3782 822463 10005",
+            "6011111111111117",
+            "2221000000000009",
+        ] {
+            assert_finds(Kind::CreditCard, &format!("card {card}."), card);
+        }
+        for text in [
+            "4111 1111 1111 1112", // Luhn-invalid
+            "1234567812345678",    // Luhn-invalid id
+            "1795386427882",       // unix ms timestamp (starts with 1)
+            "978-0-306-40615-7",   // ISBN-13
+            "139797781740416",     // thread id (starts with 1)
+            "4111111111111111abc", // part of a token
+            "0000000000000000",    // no issuer
+            "2026-11-22 22:27:07", // date
+            "9999999999999995",    // no issuer
+        ] {
+            assert_none(Kind::CreditCard, text);
+        }
+    }
+
+    #[test]
+    fn card_inside_longer_digit_run() {
+        assert_finds(Kind::CreditCard, "4111 1111 1111 1111 2026", "4111 1111 1111 1111");
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        assert_finds(Kind::BearerToken, "Authorization: Bearer xyz", "xyz");
+        assert_finds(Kind::BearerToken, "bearer abc.def-ghi", "abc.def-ghi");
+        assert_finds(Kind::BearerToken, "Basic dXNlcjpwYXNz", "dXNlcjpwYXNz");
+        assert_none(Kind::BearerToken, "the bearer of bad news");
+        assert_none(Kind::BearerToken, "basic authentication failed");
+        assert_none(Kind::BearerToken, "Basic usage is free");
+    }
+
+    #[test]
+    fn url_credentials() {
+        assert_finds(
+            Kind::UrlCredentials,
+            "postgres://admin:hunter2@db.internal:5432/app",
+            "admin:hunter2",
+        );
+        assert_finds(Kind::UrlCredentials, "see https://user:pass@host/x", "user:pass");
+        assert_none(Kind::UrlCredentials, "http://publickey123@127.0.0.1:38441/42");
+        assert_none(Kind::UrlCredentials, "https://host:8443/path?a=b@c");
+    }
+
+    #[test]
+    fn private_keys() {
+        let key = "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA\n-----END RSA PRIVATE KEY-----";
+        assert_finds(Kind::PrivateKey, &format!("k={key} end"), key);
+        assert_finds(
+            Kind::PrivateKey,
+            "-----BEGIN PRIVATE KEY-----\nMIIEv",
+            "-----BEGIN PRIVATE KEY-----\nMIIEv",
+        );
+        assert_none(
+            Kind::PrivateKey,
+            "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----",
+        );
+    }
+
+    #[test]
+    fn tokens_and_keys() {
+        assert_finds(
+            Kind::Jwt,
+            "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_abc",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_abc",
+        );
+        assert_finds(Kind::AwsAccessKey, "key AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE");
+        assert_finds(
+            Kind::ApiToken,
+            "k=sk_live_51H8xYzAbCdEfGhIjKlMnOpQr",
+            "sk_live_51H8xYzAbCdEfGhIjKlMnOpQr",
+        );
+        assert_finds(
+            Kind::ApiToken,
+            "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+            "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+        );
+        assert_none(Kind::ApiToken, "task-runner sk-short");
+        assert_none(Kind::AwsAccessKey, "ASIA-PACIFIC region");
+        assert_none(Kind::Jwt, "eyJ alone");
+    }
+
+    #[test]
+    fn credentials_in_text() {
+        assert_finds(
+            Kind::CredentialInText,
+            "password hunter2-S3cret!. Lorem",
+            "hunter2-S3cret!.",
+        );
+        assert_finds(Kind::CredentialInText, "db password: 'pa55word'", "pa55word");
+        assert_finds(Kind::CredentialInText, "token=abc123def456", "abc123def456");
+        assert_finds(Kind::CredentialInText, "API key is sk9f8d7s6", "sk9f8d7s6");
+        for text in [
+            "User authenticated successfully",
+            "password = form['password']",
+            "password required",
+            "token expired at 12:00",
+            "max_tokens=2048",
+            "token count 2500",
+            "password reset for user42",
+            "secret = os.environ['SECRET_2']",
+        ] {
+            assert_none(Kind::CredentialInText, text);
+        }
+    }
+
+    #[test]
+    fn iban_mod97() {
+        assert_finds(
+            Kind::Iban,
+            "iban DE89 3704 0044 0532 0130 00.",
+            "DE89 3704 0044 0532 0130 00",
+        );
+        assert_finds(Kind::Iban, "GB82WEST12345698765432", "GB82WEST12345698765432");
+        assert_none(Kind::Iban, "DE89 3704 0044 0532 0130 01");
+    }
+
+    #[test]
+    fn ipv4_when_enabled() {
+        assert_finds(Kind::Ipv4, "from 203.0.113.7 at", "203.0.113.7");
+        assert_none(Kind::Ipv4, "version 1.2.3.4.5");
+        for private in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "192.168.1.20",
+            "172.16.0.3",
+            "0.0.0.0",
+            "255.255.255.255",
+        ] {
+            assert_none(Kind::Ipv4, &format!("http://{private}:8080/health"));
+        }
+    }
+
+    #[test]
+    fn overlapping_hits_keep_priority() {
+        let detectors = set(&[Kind::UrlCredentials, Kind::Email]);
+        let mut hits = Vec::new();
+        let text = "https://jane:secret@example.com and bob@example.org";
+        detectors.find(text, &mut hits);
+        let found: Vec<&str> = hits.iter().map(|h| &text[h.start..h.end]).collect();
+        assert_eq!(found, vec!["jane:secret", "bob"]);
+    }
+
+    #[test]
+    fn luhn() {
+        assert!(luhn_valid(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+        assert!(!luhn_valid(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]));
+    }
+}

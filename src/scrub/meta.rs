@@ -1,0 +1,58 @@
+//! Sentry `_meta` remarks: `{"_meta": {"request": {"headers": {"Authorization": {"": {"rem": [...], "len": n}}}}}}`.
+//!
+//! Sentry's UI reads these to show which rule removed what. Entries mirror the path of the changed field (array
+//! indices as string keys) and are merged into whatever `_meta` the SDK already sent.
+
+use serde_json::{Map, Value};
+
+use super::MetaEntry;
+
+/// Merges remarks into the root object's `_meta`, creating it if needed.
+pub fn merge_meta(root: &mut Map<String, Value>, entries: &[MetaEntry]) {
+    if entries.is_empty() {
+        return;
+    }
+    let meta = root.entry("_meta").or_insert_with(|| Value::Object(Map::new()));
+    if !meta.is_object() {
+        // An SDK sent something that is not `_meta`; ours replaces it rather than being lost.
+        *meta = Value::Object(Map::new());
+    }
+    for entry in entries {
+        let mut node = &mut *meta;
+        for segment in &entry.path {
+            let Value::Object(map) = node else { break };
+            let child = map.entry(segment.clone()).or_insert_with(|| Value::Object(Map::new()));
+            if !child.is_object() {
+                *child = Value::Object(Map::new());
+            }
+            node = child;
+        }
+        let Value::Object(map) = node else { continue };
+        let leaf = map.entry(String::new()).or_insert_with(|| Value::Object(Map::new()));
+        if !leaf.is_object() {
+            *leaf = Value::Object(Map::new());
+        }
+        let Value::Object(leaf) = leaf else { continue };
+        if !entry.remarks.is_empty() {
+            let rem = leaf.entry("rem").or_insert_with(|| Value::Array(Vec::new()));
+            if !rem.is_array() {
+                *rem = Value::Array(Vec::new());
+            }
+            if let Value::Array(rem) = rem {
+                for remark in &entry.remarks {
+                    let mut item = vec![Value::from(remark.rule.as_str()), Value::from(remark.ty)];
+                    if let Some((start, end)) = remark.range {
+                        item.push(Value::from(start));
+                        item.push(Value::from(end));
+                    }
+                    rem.push(Value::Array(item));
+                }
+            }
+        }
+        if let Some(len) = entry.len
+            && !leaf.contains_key("len")
+        {
+            leaf.insert("len".into(), Value::from(len));
+        }
+    }
+}

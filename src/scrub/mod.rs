@@ -1,0 +1,262 @@
+//! The scrubbing walk over a parsed JSON payload: key rules, header rules, value detectors, `send_default_pii`
+//! removals and truncation, with `_meta` remarks and an optional per-change trail for `--explain`.
+//!
+//! The walk knows the shape of Sentry payloads through a small set of [`Scope`]s (event root, request, headers,
+//! frame, typed attributes, ...). The scope decides which fields are never touched (ids, timestamps, releases,
+//! frame filenames and line numbers), which are free text (detectors only), which are source code (detectors only,
+//! never key rules) and where key and header rules apply. Anything the walk does not know is walked generically:
+//! key rules on keys, detectors on string values.
+//!
+//! A [`Scrubber`] is created per envelope and is cheap: no regex is compiled here.
+
+mod meta;
+mod text;
+mod walk;
+
+pub use meta::merge_meta;
+pub use text::TextMode;
+pub use walk::Scope;
+
+use std::collections::BTreeMap;
+
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::envelope::ItemType;
+use crate::rules::Engine;
+use crate::rules::detectors::Hit;
+
+/// What happened to a field, for `--explain` (never the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeAction {
+    /// The whole value was replaced.
+    Replaced,
+    /// Part of a string was replaced by a value detector.
+    Masked,
+    /// A value (or part of it) was replaced by its HMAC.
+    Hashed,
+    /// The field was deleted.
+    Removed,
+    /// The value was cut to its length limit.
+    Truncated,
+}
+
+impl ChangeAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeAction::Replaced => "replaced",
+            ChangeAction::Masked => "masked",
+            ChangeAction::Hashed => "hashed",
+            ChangeAction::Removed => "removed",
+            ChangeAction::Truncated => "truncated",
+        }
+    }
+}
+
+/// One change, as `--explain` shows it: where and by which rule, never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// Index of the item in the received envelope; `None` for the envelope header.
+    pub item_index: Option<usize>,
+    #[serde(serialize_with = "serialize_item_type")]
+    pub item_type: Option<ItemType>,
+    /// Dotted JSON path, e.g. `request.headers.Authorization` or `items.0.attributes.gen_ai.prompt.value`.
+    pub path: String,
+    pub rule: String,
+    pub action: ChangeAction,
+}
+
+fn serialize_item_type<S: serde::Serializer>(ty: &Option<ItemType>, s: S) -> Result<S::Ok, S::Error> {
+    match ty {
+        Some(ty) => s.serialize_str(ty.as_str()),
+        None => s.serialize_str("envelope_header"),
+    }
+}
+
+/// A path segment into the JSON tree being walked.
+#[derive(Debug, Clone, Copy)]
+pub enum Seg<'t> {
+    Key(&'t str),
+    Index(usize),
+}
+
+impl Seg<'_> {
+    fn to_owned_string(self) -> String {
+        match self {
+            Seg::Key(k) => k.to_string(),
+            Seg::Index(i) => i.to_string(),
+        }
+    }
+}
+
+/// A `_meta` remark: `[rule_id, type]` or `[rule_id, type, start, end]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remark {
+    pub rule: String,
+    /// `s` substituted, `x` removed, `p` pseudonymized (hashed).
+    pub ty: &'static str,
+    pub range: Option<(usize, usize)>,
+}
+
+/// `_meta` for one field: remarks and, when the value changed length, the original length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaEntry {
+    pub path: Vec<String>,
+    pub remarks: Vec<Remark>,
+    pub len: Option<usize>,
+}
+
+/// Counters and trails gathered while scrubbing one envelope.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub redactions: BTreeMap<String, u64>,
+    pub truncations: BTreeMap<String, u64>,
+    pub changes: Vec<Change>,
+}
+
+/// Scrubs JSON values and strings with one engine. One per envelope.
+pub struct Scrubber<'e> {
+    pub(crate) engine: &'e Engine,
+    pub(crate) explain: bool,
+    /// Collect `_meta` entries (event-like items only).
+    pub(crate) collect_meta: bool,
+    pub(crate) item_index: Option<usize>,
+    pub(crate) item_type: Option<ItemType>,
+    /// Set when anything in the current item changed.
+    pub(crate) changed: bool,
+    pub(crate) meta: Vec<MetaEntry>,
+    pub(crate) tally: Tally,
+    /// Depth of nested JSON-in-string walks; they record no `_meta` of their own.
+    pub(crate) nested: u32,
+    scratch: String,
+    hits: Vec<Hit>,
+}
+
+impl<'e> Scrubber<'e> {
+    pub fn new(engine: &'e Engine, explain: bool) -> Scrubber<'e> {
+        Scrubber {
+            engine,
+            explain,
+            collect_meta: false,
+            item_index: None,
+            item_type: None,
+            changed: false,
+            meta: Vec::new(),
+            tally: Tally::default(),
+            nested: 0,
+            scratch: String::new(),
+            hits: Vec::new(),
+        }
+    }
+
+    /// Starts a new item: resets the per-item state.
+    pub fn begin_item(&mut self, index: Option<usize>, ty: Option<ItemType>, collect_meta: bool) {
+        self.item_index = index;
+        self.item_type = ty;
+        self.collect_meta = collect_meta;
+        self.changed = false;
+        self.meta.clear();
+    }
+
+    pub fn into_tally(self) -> Tally {
+        self.tally
+    }
+
+    pub(crate) fn is_sensitive_key(&mut self, key: &str) -> bool {
+        self.engine.keys.is_sensitive_with(key, &mut self.scratch)
+    }
+
+    /// HMAC-SHA256 of `text` under the rules' key, as `hmac:` and 32 hex digits (128 bits: plenty to correlate).
+    pub(crate) fn hash(&self, text: &str) -> String {
+        let key: &[u8] = self.engine.hmac_key.as_deref().unwrap_or_default();
+        // HMAC accepts keys of any length, so construction cannot fail.
+        let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(text.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(5 + 32);
+        out.push_str("hmac:");
+        for byte in &digest[..16] {
+            out.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+            out.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap_or('0'));
+        }
+        out
+    }
+
+    /// Counts a change and records it for `--explain` and `_meta`.
+    pub(crate) fn record(
+        &mut self,
+        path: &[Seg<'_>],
+        extra: Option<&str>,
+        rule: &str,
+        action: ChangeAction,
+        remarks: Vec<Remark>,
+        len: Option<usize>,
+    ) {
+        self.changed = true;
+        if action == ChangeAction::Truncated {
+            *self.tally.truncations.entry(rule.to_string()).or_default() += 1;
+        } else {
+            match self.tally.redactions.get_mut(rule) {
+                Some(count) => *count += 1,
+                None => {
+                    self.tally.redactions.insert(rule.to_string(), 1);
+                }
+            }
+        }
+        if self.explain {
+            let mut rendered = String::new();
+            for seg in path
+                .iter()
+                .map(|s| s.to_owned_string())
+                .chain(extra.map(str::to_string))
+            {
+                if !rendered.is_empty() {
+                    rendered.push('.');
+                }
+                rendered.push_str(&seg);
+            }
+            self.tally.changes.push(Change {
+                item_index: self.item_index,
+                item_type: self.item_type,
+                path: rendered,
+                rule: rule.to_string(),
+                action,
+            });
+        }
+        if self.collect_meta && self.nested == 0 && !remarks.is_empty() {
+            let mut owned: Vec<String> = path.iter().map(|s| s.to_owned_string()).collect();
+            if let Some(extra) = extra {
+                owned.push(extra.to_string());
+            }
+            match self.meta.iter_mut().find(|m| m.path == owned) {
+                Some(entry) => {
+                    entry.remarks.extend(remarks);
+                    if entry.len.is_none() {
+                        entry.len = len;
+                    }
+                }
+                None => self.meta.push(MetaEntry {
+                    path: owned,
+                    remarks,
+                    len,
+                }),
+            }
+        }
+    }
+}
+
+/// Values SDKs (and this relay) already wrote in place of a secret; re-redacting them would only add noise.
+pub(crate) fn is_already_filtered(value: &str, engine: &Engine) -> bool {
+    value.is_empty()
+        || value == "[Filtered]"
+        || value == "[FILTERED]"
+        || value == "[redacted]"
+        || value == "[REDACTED]"
+        || value == engine.key_replacement
+        || value.starts_with("hmac:") && value.len() == 37
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,549 @@
+//! Unit tests of the walk through `process`, on small hand-written payloads and on the real SDK captures.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::envelope::{Envelope, Item};
+use crate::pipeline::{DropReason, ProcessOptions, Processed, process};
+use crate::rules::CompiledRules;
+
+fn rules() -> CompiledRules {
+    CompiledRules::defaults()
+}
+
+fn envelope_with(ty: &str, payload: &Value) -> Envelope {
+    let mut envelope = Envelope::new(serde_json::Map::new());
+    envelope
+        .items
+        .push(Item::new(ty, Bytes::from(serde_json::to_vec(payload).unwrap())));
+    envelope
+}
+
+fn run(ty: &str, payload: Value) -> (Value, Processed) {
+    let processed = process(
+        envelope_with(ty, &payload),
+        &rules(),
+        &ProcessOptions {
+            project_id: None,
+            explain: true,
+        },
+    );
+    let out = processed
+        .envelope
+        .items
+        .first()
+        .map(|item| serde_json::from_slice(item.payload()).unwrap())
+        .unwrap_or(Value::Null);
+    (out, processed)
+}
+
+fn event(payload: Value) -> Value {
+    run("event", payload).0
+}
+
+fn fixture(name: &str) -> Envelope {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk/");
+    let bytes = std::fs::read(format!("{dir}{name}.envelope"))
+        .or_else(|_| std::fs::read(format!("{dir}{name}.body")))
+        .unwrap_or_else(|e| panic!("fixture {name}: {e}"));
+    Envelope::parse(Bytes::from(bytes)).unwrap()
+}
+
+fn scrubbed_text(name: &str) -> (String, Processed) {
+    let processed = process(fixture(name), &rules(), &ProcessOptions::default());
+    let text = String::from_utf8_lossy(&processed.envelope.to_bytes()).into_owned();
+    (text, processed)
+}
+
+const SECRETS: &[&str] = &[
+    "hunter2-S3cret!",
+    "sk_live_51H8xYzAbCdEfGhIjKlMnOpQr",
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "123-45-6789",
+    "jane.doe@example.com",
+    "jane.doe%40example.com",
+    "(555) 123-4567",
+    "555-123-4567",
+    "4111 1111 1111 1111",
+    "000123456789",
+    "021000021",
+    "DE89 3704 0044 0532 0130 00",
+    "AKIAIOSFODNN7EXAMPLE",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9",
+    "203.0.113.7",
+    "Bearer xyz",
+    "abc123sessionvalue",
+    "csrf987",
+    "5257a869e7ecebeda32affa62cdca3fa51cad7e77a0e56ff536d0ce8e108d8bd",
+];
+
+fn assert_no_secrets(name: &str, text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "{name}: `{secret}` survived scrubbing");
+    }
+}
+
+#[test]
+fn sensitive_keys_replace_any_value_type() {
+    let out = event(
+        json!({"extra": {"password": "hunter2", "pin": 917364, "cvv": 8317, "auth": {"jwt": "x"},
+        "token_list": ["a"], "enabled": true, "author": "Ann", "max_tokens": 512}}),
+    );
+    let extra = &out["extra"];
+    assert_eq!(extra["password"], "[FILTERED]");
+    assert_eq!(extra["pin"], "[FILTERED]", "numbers under sensitive keys never leak");
+    assert_eq!(extra["cvv"], "[FILTERED]");
+    assert_eq!(
+        extra["auth"], "[FILTERED]",
+        "objects under sensitive keys are replaced whole"
+    );
+    assert_eq!(extra["token_list"], "[FILTERED]");
+    assert_eq!(extra["enabled"], true);
+    assert_eq!(extra["author"], "Ann");
+    assert_eq!(extra["max_tokens"], 512);
+}
+
+#[test]
+fn meta_remarks_are_written_and_merged() {
+    let out = event(json!({
+        "extra": {"password": "hunter2", "note": "mail jane@x.org now"},
+        "_meta": {"request": {"headers": {"Authorization": {"": {"rem": [["!config", "s"]]}}}}}
+    }));
+    assert_eq!(
+        out["_meta"]["extra"]["password"][""]["rem"],
+        json!([["sensitive_key", "s", 0, 10]])
+    );
+    assert_eq!(out["_meta"]["extra"]["password"][""]["len"], 7);
+    assert_eq!(out["extra"]["note"], "mail ***@x.org now");
+    assert_eq!(out["_meta"]["extra"]["note"][""]["rem"], json!([["email", "s", 5, 8]]));
+    assert_eq!(
+        out["_meta"]["request"]["headers"]["Authorization"][""]["rem"],
+        json!([["!config", "s"]]),
+        "SDK meta kept"
+    );
+}
+
+#[test]
+fn request_headers_cookies_query_env() {
+    let out = event(json!({"request": {
+        "url": "https://shop.example.com/checkout?token=abc&page=2",
+        "query_string": "email=jane@x.org&api_key=sk_1&page=2",
+        "headers": {"Authorization": "Bearer xyz", "Stripe-Signature": "t=1,v1=ab", "X-Forwarded-For": "203.0.113.7",
+                    "Host": "shop.example.com", "X-Hub-Signature-256": "sha256=abc"},
+        "cookies": {"sessionid": "abc"},
+        "env": {"REMOTE_ADDR": "203.0.113.7", "SERVER_NAME": "shop"},
+        "data": "user=bob&password=hunter2"
+    }}));
+    let request = &out["request"];
+    assert_eq!(
+        request["url"],
+        "https://shop.example.com/checkout?token=[FILTERED]&page=2"
+    );
+    assert_eq!(request["query_string"], "email=***@x.org&api_key=[FILTERED]&page=2");
+    assert_eq!(request["headers"]["Authorization"], "[FILTERED]");
+    assert_eq!(request["headers"]["Stripe-Signature"], "[FILTERED]");
+    assert_eq!(request["headers"]["X-Hub-Signature-256"], "[FILTERED]");
+    assert_eq!(request["headers"]["Host"], "shop.example.com");
+    assert!(
+        request["headers"].get("X-Forwarded-For").is_none(),
+        "client IP header removed"
+    );
+    assert!(
+        request.get("cookies").is_none(),
+        "cookies removed without send_default_pii"
+    );
+    assert!(request["env"].get("REMOTE_ADDR").is_none());
+    assert_eq!(request["env"]["SERVER_NAME"], "shop");
+    assert_eq!(request["data"], "user=bob&password=[FILTERED]");
+}
+
+#[test]
+fn headers_and_query_as_pairs_and_tags_as_pairs() {
+    let out = event(json!({
+        "request": {"headers": [["Authorization", "Bearer x"], ["X-Real-Ip", "1.2.3.4"], ["Accept", "*/*"]],
+                    "query_string": [["token", "t1"], ["q", "shoes"]]},
+        "tags": [["customer.email", "jane@x.org"], ["password", "p"], ["plan", "pro"]]
+    }));
+    assert_eq!(
+        out["request"]["headers"],
+        json!([["Authorization", "[FILTERED]"], ["Accept", "*/*"]])
+    );
+    assert_eq!(
+        out["request"]["query_string"],
+        json!([["token", "[FILTERED]"], ["q", "shoes"]])
+    );
+    assert_eq!(
+        out["tags"],
+        json!([
+            ["customer.email", "***@x.org"],
+            ["password", "[FILTERED]"],
+            ["plan", "pro"]
+        ])
+    );
+}
+
+#[test]
+fn user_ip_removed_including_auto() {
+    for ip in ["203.0.113.7", "{{auto}}"] {
+        let out = event(json!({"user": {"id": "u-1", "ip_address": ip, "email": "jane@x.org"}}));
+        assert!(out["user"].get("ip_address").is_none(), "{ip} removed");
+        assert_eq!(out["user"]["id"], "u-1");
+        assert_eq!(out["user"]["email"], "***@x.org");
+    }
+}
+
+#[test]
+fn frames_keep_source_and_scrub_vars() {
+    let out = event(
+        json!({"exception": {"values": [{"type": "ValueError", "value": "bad card 4111 1111 1111 1111",
+        "stacktrace": {"frames": [{"filename": "app/jane@x.org.py", "function": "charge", "lineno": 42,
+            "context_line": "    password = form['password']",
+            "pre_context": ["def charge(token):", "    # call 312-555-0199"],
+            "vars": {"password": "'hunter2'", "email": "'jane.doe@example.com'", "count": 3}}]}}]}}),
+    );
+    let exception = &out["exception"]["values"][0];
+    assert_eq!(exception["value"], "bad card [redacted]");
+    let frame = &exception["stacktrace"]["frames"][0];
+    assert_eq!(frame["filename"], "app/jane@x.org.py", "filenames are never touched");
+    assert_eq!(frame["lineno"], 42);
+    assert_eq!(
+        frame["context_line"], "    password = form['password']",
+        "key rules never apply to source"
+    );
+    assert_eq!(frame["pre_context"][0], "def charge(token):");
+    assert_eq!(
+        frame["pre_context"][1], "    # call [redacted]",
+        "detectors do apply to source lines"
+    );
+    assert_eq!(frame["vars"]["password"], "[FILTERED]");
+    assert_eq!(frame["vars"]["email"], "'***@example.com'");
+    assert_eq!(frame["vars"]["count"], 3);
+}
+
+#[test]
+fn breadcrumbs_as_object_and_array() {
+    for crumbs in [
+        json!({"values": [{"message": "login jane@x.org", "category": "auth", "data": {"password": "p"}}]}),
+        json!([{"message": "login jane@x.org", "category": "auth", "data": {"password": "p"}}]),
+    ] {
+        let out = event(json!({"breadcrumbs": crumbs}));
+        let crumb = out["breadcrumbs"]
+            .get("values")
+            .map_or(&out["breadcrumbs"][0], |v| &v[0]);
+        assert_eq!(crumb["message"], "login ***@x.org");
+        assert_eq!(crumb["category"], "auth", "category is never a key rule target");
+        assert_eq!(crumb["data"]["password"], "[FILTERED]");
+    }
+}
+
+#[test]
+fn ids_timestamps_and_innocent_text_survive() {
+    let payload = json!({
+        "event_id": "8e582431b8f04e90b432de3a419a34f3", "timestamp": 1795386767.266112, "release": "app@1.2.3",
+        "environment": "prod", "message": "User authenticated successfully",
+        "contexts": {"trace": {"trace_id": "4111111111111111", "span_id": "4111111111111111"}},
+        "extra": {"order_id": "1234567812345678", "isbn": "978-3-16-148410-0", "date": "2026-11-22",
+                  "ts_ms": "1795386427882", "port": "41649", "version": "3.11.7",
+                  "gen_ai.usage.input_tokens": 2500, "gen_ai.request.model": "gpt-4o", "status_code": 402}
+    });
+    let (out, processed) = run("event", payload.clone());
+    assert_eq!(out, payload, "nothing to scrub, nothing changed");
+    assert!(
+        processed.report.redactions.is_empty(),
+        "{:?}",
+        processed.report.redactions
+    );
+}
+
+#[test]
+fn unchanged_items_stay_byte_identical() {
+    let raw = br#"{"event_id":"8e582431b8f04e90b432de3a419a34f3",  "message": "hello"}"#;
+    let mut envelope = Envelope::new(serde_json::Map::new());
+    envelope.items.push(Item::new("event", Bytes::from_static(raw)));
+    let processed = process(envelope, &rules(), &ProcessOptions::default());
+    assert_eq!(processed.envelope.items[0].payload().as_ref(), raw.as_slice());
+}
+
+#[test]
+fn transactions_spans_and_truncation() {
+    let long = "a".repeat(5000);
+    let (out, processed) = run(
+        "transaction",
+        json!({"type": "transaction", "transaction": "/members/jane@x.org/profile",
+            "contexts": {"trace": {"trace_id": "t", "data": {"gen_ai.prompt": long, "http.client_ip": "203.0.113.7"}}},
+            "spans": [{"span_id": "s1", "description": "SELECT * FROM u WHERE email = 'jane@x.org'",
+                "data": {"db.statement": "ssn = '123-45-6789'", "tool.arguments": "{\"ssn\": \"1\", \"n\": 2}"}}]}),
+    );
+    assert_eq!(out["transaction"], "/members/***@x.org/profile");
+    let prompt = out["contexts"]["trace"]["data"]["gen_ai.prompt"].as_str().unwrap();
+    assert_eq!(prompt.chars().count(), 2000);
+    assert!(prompt.ends_with("...[truncated]"));
+    assert_eq!(
+        out["_meta"]["contexts"]["trace"]["data"]["gen_ai.prompt"][""]["len"],
+        5000
+    );
+    assert!(out["contexts"]["trace"]["data"].get("http.client_ip").is_none());
+    assert_eq!(
+        out["spans"][0]["description"],
+        "SELECT * FROM u WHERE email = '***@x.org'"
+    );
+    assert_eq!(out["spans"][0]["data"]["db.statement"], "ssn = '[redacted]'");
+    assert_eq!(
+        out["spans"][0]["data"]["tool.arguments"], r#"{"ssn":"[FILTERED]","n":2}"#,
+        "JSON in strings walked"
+    );
+    assert_eq!(processed.report.truncations.get("gen_ai.prompt"), Some(&1));
+}
+
+#[test]
+fn span_v2_typed_attributes() {
+    let (out, _) = run(
+        "span",
+        json!({"version": 2, "items": [{"span_id": "a", "trace_id": "t", "name": "GET /u/jane@x.org", "is_segment": false,
+        "attributes": {
+            "http.request.header.authorization": {"type": "array", "value": ["Bearer x"]},
+            "http.request.header.x-forwarded-for": {"type": "array", "value": ["203.0.113.7"]},
+            "client.address": {"type": "string", "value": "203.0.113.7"},
+            "user.pin": {"type": "integer", "value": 917364},
+            "db.password": {"type": "string", "value": "hunter2"},
+            "gen_ai.usage.input_tokens": {"type": "integer", "value": 2500},
+            "url.query": {"type": "string", "value": "token=abc&q=1"},
+            "user.email": {"type": "string", "value": "jane@x.org"}
+        }}]}),
+    );
+    let span = &out["items"][0];
+    assert_eq!(span["name"], "GET /u/***@x.org");
+    let attrs = &span["attributes"];
+    assert_eq!(
+        attrs["http.request.header.authorization"],
+        json!({"type": "array", "value": ["[FILTERED]"]})
+    );
+    assert!(attrs.get("http.request.header.x-forwarded-for").is_none());
+    assert!(attrs.get("client.address").is_none());
+    assert!(
+        attrs.get("user.pin").is_none(),
+        "typed numbers under sensitive keys are removed, not retyped"
+    );
+    assert_eq!(attrs["db.password"], json!({"type": "string", "value": "[FILTERED]"}));
+    assert_eq!(
+        attrs["gen_ai.usage.input_tokens"],
+        json!({"type": "integer", "value": 2500})
+    );
+    assert_eq!(attrs["url.query"]["value"], "token=[FILTERED]&q=1");
+    assert_eq!(attrs["user.email"]["value"], "***@x.org");
+    assert!(out.get("_meta").is_none(), "no _meta in span containers");
+}
+
+#[test]
+fn filtered_transactions_and_segments_are_dropped() {
+    let (_, processed) = run(
+        "transaction",
+        json!({"type": "transaction", "transaction": "GET /health/"}),
+    );
+    assert!(processed.envelope.items.is_empty());
+    assert_eq!(
+        processed.report.dropped,
+        vec![(crate::envelope::ItemType::Transaction, DropReason::FilteredRoute)]
+    );
+    let (out, processed) = run(
+        "transaction",
+        json!({"type": "transaction", "transaction": "/api/healthcare/providers"}),
+    );
+    assert_eq!(out["transaction"], "/api/healthcare/providers");
+    assert!(processed.report.dropped.is_empty());
+
+    let (out, processed) = run(
+        "span",
+        json!({"version": 2, "items": [
+            {"span_id": "a", "is_segment": true, "name": "GET", "attributes": {"url.path": {"type": "string", "value": "/ping/"}}},
+            {"span_id": "b", "parent_span_id": "a", "name": "child"},
+            {"span_id": "c", "is_segment": true, "name": "GET", "attributes": {"url.path": {"type": "string", "value": "/pingdom/report"}}}]}),
+    );
+    assert_eq!(out["items"].as_array().unwrap().len(), 1);
+    assert_eq!(processed.report.dropped_spans, 2);
+    assert_eq!(processed.envelope.items[0].headers()["item_count"], 1);
+}
+
+#[test]
+fn logs_sessions_feedback_checkins() {
+    let (out, _) = run(
+        "log",
+        json!({"version": 2, "items": [{"timestamp": 1.5, "level": "info", "body": "User jane@x.org SSN 123-45-6789",
+            "trace_id": "t", "attributes": {"sentry.message.parameter.0": {"type": "string", "value": "jane@x.org"},
+            "password": {"type": "string", "value": "p"}}}]}),
+    );
+    assert_eq!(out["items"][0]["body"], "User ***@x.org SSN [redacted]");
+    assert_eq!(
+        out["items"][0]["attributes"]["sentry.message.parameter.0"]["value"],
+        "***@x.org"
+    );
+    assert_eq!(out["items"][0]["attributes"]["password"]["value"], "[FILTERED]");
+
+    let (out, _) = run(
+        "session",
+        json!({"sid": "s", "did": "jane@x.org", "status": "exited", "attrs": {"release": "r", "ip_address": "203.0.113.7"}}),
+    );
+    assert_eq!(out["did"], "***@x.org");
+    assert_eq!(out["sid"], "s");
+    assert!(out["attrs"].get("ip_address").is_none());
+    assert_eq!(out["attrs"]["release"], "r");
+
+    let (out, _) = run(
+        "feedback",
+        json!({"type": "feedback", "contexts": {"feedback": {"contact_email": "jane@x.org", "message": "call (555) 123-4567",
+            "url": "https://shop.example.com/orders?email=jane@x.org"}}}),
+    );
+    let feedback = &out["contexts"]["feedback"];
+    assert_eq!(feedback["contact_email"], "***@x.org");
+    assert_eq!(feedback["message"], "call [redacted]");
+    assert_eq!(feedback["url"], "https://shop.example.com/orders?email=***@x.org");
+
+    let payload = json!({"check_in_id": "c", "monitor_slug": "nightly", "status": "ok",
+        "monitor_config": {"schedule": {"type": "crontab", "value": "0 3 * * *"}}});
+    assert_eq!(run("check_in", payload.clone()).0, payload);
+}
+
+#[test]
+fn attachments_binary_and_unparseable() {
+    let mut envelope = Envelope::new(serde_json::Map::new());
+    let mut text = Item::new("attachment", Bytes::from_static(b"user jane@x.org\nline two\n"));
+    text.headers_mut().insert("content_type".into(), json!("text/plain"));
+    envelope.items.push(text);
+    envelope.items.push(Item::new(
+        "attachment",
+        Bytes::from_static(b"\x89PNG\r\n\x1a\n\xff\xfejane@x.org"),
+    ));
+    envelope
+        .items
+        .push(Item::new("event", Bytes::from_static(b"{\"password\": \"hunter2\"")));
+    envelope.items.push(Item::new(
+        "client_report",
+        Bytes::from_static(b"{\"discarded_events\":[]}"),
+    ));
+    let processed = process(envelope, &rules(), &ProcessOptions::default());
+    let items = &processed.envelope.items;
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0].payload().as_ref(), b"user ***@x.org\nline two\n");
+    assert_eq!(items[1].type_name(), "client_report");
+    assert_eq!(
+        processed
+            .report
+            .dropped
+            .iter()
+            .map(|(_, r)| r.as_str())
+            .collect::<Vec<_>>(),
+        vec!["binary_attachment", "unparseable_json"]
+    );
+}
+
+#[test]
+fn envelope_header_is_scrubbed_but_dsn_kept() {
+    let mut headers = serde_json::Map::new();
+    headers.insert("dsn".into(), json!("https://abc123@o1.ingest.sentry.io/42"));
+    headers.insert(
+        "trace".into(),
+        json!({"trace_id": "t", "public_key": "abc123", "transaction": "/u/jane@x.org",
+        "user_segment": "vip jane@x.org"}),
+    );
+    let processed = process(Envelope::new(headers), &rules(), &ProcessOptions::default());
+    let headers = &processed.envelope.headers;
+    assert_eq!(headers["dsn"], "https://abc123@o1.ingest.sentry.io/42");
+    assert_eq!(headers["trace"]["transaction"], "/u/***@x.org");
+    assert_eq!(headers["trace"]["user_segment"], "vip ***@x.org");
+    assert_eq!(headers["trace"]["public_key"], "abc123");
+}
+
+#[test]
+fn dry_run_forwards_unchanged_and_counts() {
+    let yaml = crate::rules::DEFAULT_RULES_YAML.replace("dry_run: false", "dry_run: true");
+    let rules = CompiledRules::from_yaml(&yaml).unwrap();
+    let payload = json!({"extra": {"password": "hunter2"}, "message": "mail jane@x.org"});
+    let envelope = envelope_with("event", &payload);
+    let original = envelope.items[0].payload().clone();
+    let processed = process(envelope, &rules, &ProcessOptions::default());
+    assert!(processed.report.dry_run);
+    assert_eq!(processed.envelope.items[0].payload(), &original);
+    assert_eq!(processed.report.redactions.get("sensitive_key"), Some(&1));
+    assert_eq!(processed.report.redactions.get("email"), Some(&1));
+}
+
+#[test]
+fn explain_lists_paths_never_values() {
+    let (_, processed) = run(
+        "event",
+        json!({"request": {"headers": {"Authorization": "Bearer sekrit"}}}),
+    );
+    let change = &processed.report.changes[0];
+    assert_eq!(change.path, "request.headers.Authorization");
+    assert_eq!(change.rule, "sensitive_header");
+    assert!(!format!("{:?}", processed.report).contains("sekrit"));
+}
+
+#[test]
+fn hashing_uses_hmac_key() {
+    // `std::env::set_var` needs `unsafe` in edition 2024 (and the crate forbids it), so use a variable every test
+    // process has as the key.
+    let yaml = "hashing:\n  key_env: PATH\nsensitive_keys:\n  action: hash\n  words: [password]\n";
+    let rules = CompiledRules::from_yaml(yaml).unwrap();
+    let run_once = |value: &str| {
+        let envelope = envelope_with("event", &json!({"extra": {"password": value}}));
+        let processed = process(envelope, &rules, &ProcessOptions::default());
+        let out: Value = serde_json::from_slice(processed.envelope.items[0].payload()).unwrap();
+        out["extra"]["password"].as_str().unwrap().to_string()
+    };
+    let hashed = run_once("hunter2");
+    assert!(hashed.starts_with("hmac:") && hashed.len() == 37, "{hashed}");
+    assert_eq!(hashed, run_once("hunter2"), "equal values hash equally");
+    assert_ne!(hashed, run_once("hunter3"));
+}
+
+#[test]
+fn sdk_captures_leak_nothing() {
+    for name in [
+        "py-error-event-rawpii",
+        "py-error-exception-rawpii",
+        "py-error-event",
+        "py-transaction",
+        "py-transaction-nostream",
+        "py-logs-2",
+        "py-logs-pii-2",
+        "py-metrics",
+        "py-session-2",
+        "py-attachment",
+        "node-error-2",
+        "node-event-1",
+        "node-http-1",
+        "node-http-2",
+        "node-feedback",
+        "node-logs-2",
+        "node-metrics",
+        "node-genai",
+        "node-genai-static",
+        "node10-http-1",
+        "node10-genai",
+        "rust-event-1",
+        "rust-event-2",
+        "rust-transaction-1",
+        "rust-transaction-2",
+        "node-tunnel-3",
+        "py-wsgi-error-pii-1",
+    ] {
+        let (text, _) = scrubbed_text(name);
+        assert_no_secrets(name, &text);
+    }
+}
+
+#[test]
+fn health_captures_are_dropped() {
+    for name in [
+        "py-health-1",
+        "py-health-2",
+        "py-health-3",
+        "py-health-4",
+        "py-health-5",
+        "py-health-6",
+    ] {
+        let (_, processed) = scrubbed_text(name);
+        assert!(processed.envelope.items.is_empty(), "{name} should be dropped");
+    }
+}

@@ -1,0 +1,281 @@
+//! Scrubbing inside one string: value detectors, key rules on `name=value` pairs (query strings, form bodies,
+//! cookie strings), and the rewrite that applies every hit at once so `_meta` ranges stay exact.
+
+use super::{ChangeAction, Remark, Scrubber, Seg, is_already_filtered};
+use crate::rules::Action;
+use crate::rules::detectors::Hit;
+
+/// How a string is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextMode {
+    /// Free text: detectors, plus key rules on query parameters after a `?`; JSON objects in strings are walked.
+    Free,
+    /// Source code (frame context lines): detectors only, never key rules.
+    Source,
+    /// The whole string is a query string or form body: `a=b&c=d`.
+    Query,
+    /// The whole string is a cookie header: `a=b; c=d`.
+    Cookie,
+    /// Free text without the JSON-in-string walk (attachments, unparseable items).
+    Plain,
+}
+
+/// Which rule produced a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleRef {
+    Key,
+    Detector(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+    rule: RuleRef,
+}
+
+impl Scrubber<'_> {
+    /// Scrubs `text` in place; returns whether it changed.
+    pub(crate) fn scrub_text(&mut self, text: &mut String, mode: TextMode, path: &[Seg<'_>]) -> bool {
+        if text.is_empty() {
+            return false;
+        }
+        if mode == TextMode::Free && self.nested < 2 && self.scrub_json_string(text, path) {
+            return true;
+        }
+        let mut spans: Vec<Span> = Vec::new();
+        match mode {
+            TextMode::Query => self.param_spans(text, 0, b'&', &mut spans),
+            TextMode::Cookie => self.param_spans(text, 0, b';', &mut spans),
+            TextMode::Free | TextMode::Plain => {
+                if let Some(q) = text.find('?')
+                    && text[q..].contains('=')
+                {
+                    self.param_spans(text, q + 1, b'&', &mut spans);
+                }
+            }
+            TextMode::Source => {}
+        }
+        let mut hits = std::mem::take(&mut self.hits);
+        self.engine.detectors.find(text, &mut hits);
+        if hits.is_empty() && spans.is_empty() {
+            self.hits = hits;
+            return false;
+        }
+        if !hits.is_empty() {
+            let detector_spans = hits.iter().map(|h: &Hit| Span {
+                start: h.start,
+                end: h.end,
+                rule: RuleRef::Detector(h.detector),
+            });
+            if spans.is_empty() {
+                spans.extend(detector_spans);
+            } else {
+                spans.extend(detector_spans);
+                // Key hits come first at equal starts (stable sort), so they win overlaps.
+                spans.sort_by_key(|s| s.start);
+                let mut last_end = 0;
+                spans.retain(|s| {
+                    let keep = s.start >= last_end;
+                    if keep {
+                        last_end = s.end;
+                    }
+                    keep
+                });
+            }
+        }
+        self.hits = hits;
+        self.apply_spans(text, &spans, path);
+        true
+    }
+
+    /// Rewrites `text` with every span replaced, recording one change per span and one `_meta` entry.
+    fn apply_spans(&mut self, text: &mut String, spans: &[Span], path: &[Seg<'_>]) {
+        let original_chars = text.chars().count();
+        let mut out = String::with_capacity(text.len());
+        let mut remarks = Vec::with_capacity(spans.len());
+        let mut rules: Vec<(String, ChangeAction)> = Vec::with_capacity(spans.len());
+        let mut cursor = 0;
+        let mut out_chars = 0;
+        for span in spans {
+            let before = &text[cursor..span.start];
+            out.push_str(before);
+            out_chars += before.chars().count();
+            let matched = &text[span.start..span.end];
+            let (rule_id, replacement, action) = match span.rule {
+                RuleRef::Key => {
+                    if self.engine.key_action == Action::Hash {
+                        ("sensitive_key".to_string(), self.hash(matched), ChangeAction::Hashed)
+                    } else {
+                        (
+                            "sensitive_key".to_string(),
+                            self.engine.key_replacement.clone(),
+                            ChangeAction::Replaced,
+                        )
+                    }
+                }
+                RuleRef::Detector(index) => {
+                    let detector = &self.engine.detectors.detectors[index];
+                    if detector.action == Action::Hash {
+                        (detector.id.clone(), self.hash(matched), ChangeAction::Hashed)
+                    } else {
+                        (detector.id.clone(), detector.replacement.clone(), ChangeAction::Masked)
+                    }
+                }
+            };
+            let replacement_chars = replacement.chars().count();
+            out.push_str(&replacement);
+            let ty = if action == ChangeAction::Hashed { "p" } else { "s" };
+            remarks.push(Remark {
+                rule: rule_id.clone(),
+                ty,
+                range: Some((out_chars, out_chars + replacement_chars)),
+            });
+            out_chars += replacement_chars;
+            rules.push((rule_id, action));
+            cursor = span.end;
+        }
+        out.push_str(&text[cursor..]);
+        let new_chars = out_chars + text[cursor..].chars().count();
+        *text = out;
+        let len = (new_chars != original_chars).then_some(original_chars);
+        let last = rules.len().saturating_sub(1);
+        let mut remarks = Some(remarks);
+        for (i, (rule, action)) in rules.into_iter().enumerate() {
+            // All remarks go into one `_meta` entry, attached with the last change.
+            let rem = if i == last {
+                remarks.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            self.record(path, None, &rule, action, rem, if i == last { len } else { None });
+        }
+    }
+
+    /// Finds the values of `name=value` pairs whose name is a sensitive key, from `start` to the end of the pairs.
+    fn param_spans(&mut self, text: &str, start: usize, separator: u8, spans: &mut Vec<Span>) {
+        let bytes = text.as_bytes();
+        let mut pos = start;
+        while pos < bytes.len() {
+            // A pair ends at the separator; a free-text query also ends at whitespace, quotes or a fragment.
+            let mut end = pos;
+            while end < bytes.len() && bytes[end] != separator {
+                if separator == b'&'
+                    && (bytes[end].is_ascii_whitespace() || matches!(bytes[end], b'"' | b'\'' | b'#' | b'<' | b'>'))
+                {
+                    break;
+                }
+                end += 1;
+            }
+            let pair = &text[pos..end];
+            if let Some(eq) = pair.find('=') {
+                let name = pair[..eq].trim();
+                let value_start = pos + eq + 1;
+                let value = &text[value_start..end];
+                if !name.is_empty() && !value.is_empty() && !is_already_filtered(value, self.engine) {
+                    let decoded = percent_decode(name);
+                    if self.is_sensitive_key(&decoded) {
+                        spans.push(Span {
+                            start: value_start,
+                            end,
+                            rule: RuleRef::Key,
+                        });
+                    }
+                }
+            }
+            if end >= bytes.len() || bytes[end] != separator {
+                break;
+            }
+            pos = end + 1;
+        }
+    }
+
+    /// Walks a string holding a JSON object or array (tool arguments, message lists) and re-serializes it if a rule
+    /// changed something inside. Returns false (and leaves the string alone) when it is not JSON.
+    fn scrub_json_string(&mut self, text: &mut String, path: &[Seg<'_>]) -> bool {
+        let trimmed = text.trim();
+        let looks_like_json = (trimmed.starts_with('{') && trimmed.ends_with('}'))
+            || (trimmed.starts_with('[') && trimmed.ends_with(']') && trimmed.len() > 2);
+        if !looks_like_json {
+            return false;
+        }
+        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(trimmed) else {
+            return false;
+        };
+        if !value.is_object() && !value.is_array() {
+            return false;
+        }
+        let changed_before = self.changed;
+        let redactions_before = self.tally.redactions.clone();
+        self.changed = false;
+        self.nested += 1;
+        let mut inner_path: Vec<Seg<'_>> = Vec::new();
+        self.walk_value(&mut value, super::Scope::Data, &mut inner_path);
+        self.nested -= 1;
+        let changed = self.changed;
+        self.changed = changed_before || changed;
+        if !changed {
+            return true;
+        }
+        let original_chars = text.chars().count();
+        // Serializing a `Value` we just parsed cannot fail.
+        *text = serde_json::to_string(&value).expect("JSON value serializes");
+        if self.collect_meta && self.nested == 0 {
+            let mut remarks = Vec::new();
+            for (rule, count) in &self.tally.redactions {
+                if redactions_before.get(rule) != Some(count) {
+                    remarks.push(Remark {
+                        rule: rule.clone(),
+                        ty: "s",
+                        range: None,
+                    });
+                }
+            }
+            let owned: Vec<String> = path.iter().map(|s| s.to_owned_string()).collect();
+            self.meta.push(super::MetaEntry {
+                path: owned,
+                remarks,
+                len: Some(original_chars),
+            });
+        }
+        true
+    }
+}
+
+/// Decodes `%XX` escapes and `+` in a query parameter name (invalid escapes stay as they are).
+fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
+    if !name.contains('%') && !name.contains('+') {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}

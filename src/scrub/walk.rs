@@ -1,0 +1,661 @@
+//! The walk itself: scopes, the per-scope field table, whole-value redaction, typed attributes, removals.
+
+use serde_json::{Map, Value};
+
+use super::text::TextMode;
+use super::{ChangeAction, Remark, Scrubber, Seg, is_already_filtered};
+use crate::rules::Action;
+use crate::rules::keys::normalize_header;
+use crate::truncate::truncate;
+
+/// Where in a payload the walk is; decides which fields are skipped, which rules apply, and how strings are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Root of an event, transaction, feedback, replay event, check-in, or any unknown JSON item.
+    EventRoot,
+    Request,
+    /// HTTP headers: a dict, or a list of `[name, value]` pairs.
+    Headers,
+    /// A query string: a string, a dict, or a list of pairs.
+    Query,
+    /// Cookies: a string, a dict, or a list of pairs.
+    Cookies,
+    /// `request.data`: a form string, JSON, or anything.
+    FormData,
+    Env,
+    User,
+    Contexts,
+    TraceContext,
+    /// Generic data: key rules on keys, detectors on strings, truncation by key.
+    Data,
+    Stacktrace,
+    Frames,
+    Frame,
+    /// Source code lines: detectors only.
+    Source,
+    Breadcrumbs,
+    BreadcrumbList,
+    Breadcrumb,
+    Spans,
+    Span,
+    Logentry,
+    Tags,
+    /// Typed attributes `{name: {"type", "value"}}` of v2 spans, logs and metrics.
+    Attributes,
+    SpanContainer,
+    LogContainer,
+    MetricContainer,
+    SpanItems,
+    LogItems,
+    MetricItems,
+    SpanV2,
+    LogItem,
+    MetricItem,
+    Session,
+    SessionAttrs,
+    EnvelopeHeader,
+    /// The dynamic sampling context (`trace`) in the envelope header.
+    Dsc,
+}
+
+/// What to do with one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Skip,
+    Redact(&'static str),
+    Walk(Scope),
+}
+
+/// Keys whose values are ids, never PII, wherever they appear.
+fn is_id_key(key: &str) -> bool {
+    matches!(
+        key,
+        "trace_id"
+            | "span_id"
+            | "parent_span_id"
+            | "event_id"
+            | "segment_id"
+            | "sid"
+            | "check_in_id"
+            | "profile_id"
+            | "profiler_id"
+            | "replay_id"
+            | "sentry.segment.id"
+            | "sentry.trace.parent_span_id"
+            | "thread.id"
+            | "thread_id"
+            | "process.pid"
+    )
+}
+
+impl Scope {
+    fn applies_key_rules(self) -> bool {
+        !matches!(
+            self,
+            Scope::Contexts
+                | Scope::Source
+                | Scope::Frame
+                | Scope::Frames
+                | Scope::Stacktrace
+                | Scope::Attributes
+                | Scope::Session
+                | Scope::SessionAttrs
+                | Scope::Dsc
+                | Scope::EnvelopeHeader
+                | Scope::SpanContainer
+                | Scope::LogContainer
+                | Scope::MetricContainer
+                | Scope::Breadcrumbs
+        )
+    }
+
+    /// The scope of the elements of an array found in this scope.
+    fn element(self) -> Scope {
+        match self {
+            Scope::Spans => Scope::Span,
+            Scope::Breadcrumbs | Scope::BreadcrumbList => Scope::Breadcrumb,
+            Scope::Frames => Scope::Frame,
+            Scope::SpanItems => Scope::SpanV2,
+            Scope::LogItems => Scope::LogItem,
+            Scope::MetricItems => Scope::MetricItem,
+            Scope::Source => Scope::Source,
+            Scope::Session => Scope::Session,
+            Scope::Headers | Scope::Query | Scope::Cookies | Scope::Tags | Scope::FormData => Scope::Data,
+            _ => Scope::Data,
+        }
+    }
+
+    fn takes_pairs(self) -> bool {
+        matches!(self, Scope::Headers | Scope::Query | Scope::Cookies | Scope::Tags)
+    }
+
+    /// Fields of this scope that are never touched.
+    fn skips(self, key: &str) -> bool {
+        match self {
+            Scope::EventRoot => matches!(
+                key,
+                "event_id"
+                    | "timestamp"
+                    | "start_timestamp"
+                    | "received"
+                    | "release"
+                    | "dist"
+                    | "environment"
+                    | "platform"
+                    | "level"
+                    | "type"
+                    | "sdk"
+                    | "modules"
+                    | "debug_meta"
+                    | "_meta"
+                    | "version"
+                    | "transaction_info"
+                    | "measurements"
+                    | "breakdowns"
+                    | "_metrics"
+                    | "_metrics_summary"
+                    | "errors"
+                    | "key_id"
+                    | "project"
+                    | "logger"
+                    | "server_name"
+                    | "fingerprint"
+                    | "grouping_config"
+                    | "ingest_path"
+                    | "error_ids"
+                    | "trace_ids"
+                    | "replay_id"
+                    | "segment_id"
+                    | "replay_start_timestamp"
+                    | "replay_type"
+                    | "check_in_id"
+                    | "monitor_slug"
+                    | "status"
+                    | "duration"
+            ),
+            Scope::Request => matches!(
+                key,
+                "method" | "inferred_content_type" | "api_target" | "protocol" | "body_size"
+            ),
+            Scope::User => matches!(key, "ip_address" | "geo"),
+            Scope::TraceContext => matches!(
+                key,
+                "op" | "status" | "origin" | "type" | "sampled" | "exclusive_time" | "hash" | "client_sample_rate"
+            ),
+            Scope::Span => matches!(
+                key,
+                "op" | "status"
+                    | "origin"
+                    | "timestamp"
+                    | "start_timestamp"
+                    | "exclusive_time"
+                    | "same_process_as_parent"
+                    | "hash"
+                    | "is_segment"
+                    | "sampled"
+                    | "measurements"
+                    | "_metrics_summary"
+            ),
+            Scope::Breadcrumb => matches!(key, "timestamp" | "type" | "level" | "category"),
+            Scope::Stacktrace => key != "frames",
+            Scope::Frame => !matches!(key, "vars" | "context_line" | "pre_context" | "post_context" | "data"),
+            Scope::SpanV2 => matches!(
+                key,
+                "start_timestamp" | "end_timestamp" | "is_segment" | "status" | "kind" | "links" | "_meta"
+            ),
+            Scope::LogItem => matches!(
+                key,
+                "timestamp" | "level" | "severity_number" | "severity_text" | "_meta"
+            ),
+            Scope::MetricItem => matches!(key, "timestamp" | "name" | "type" | "value" | "unit" | "_meta"),
+            Scope::SpanContainer | Scope::LogContainer | Scope::MetricContainer => key == "version",
+            Scope::Session => !matches!(key, "did" | "attrs" | "aggregates"),
+            Scope::SessionAttrs => true,
+            Scope::EnvelopeHeader => matches!(key, "event_id" | "sent_at" | "dsn" | "sdk"),
+            Scope::Dsc => matches!(
+                key,
+                "public_key" | "release" | "environment" | "sample_rate" | "sample_rand" | "sampled" | "org_id"
+            ),
+            _ => false,
+        }
+    }
+
+    /// The scope of a field's value (after skips and key rules).
+    fn child(self, key: &str) -> Scope {
+        match self {
+            Scope::EventRoot => match key {
+                "request" => Scope::Request,
+                "user" => Scope::User,
+                "contexts" => Scope::Contexts,
+                "spans" => Scope::Spans,
+                "breadcrumbs" => Scope::Breadcrumbs,
+                "logentry" => Scope::Logentry,
+                "tags" => Scope::Tags,
+                "stacktrace" => Scope::Stacktrace,
+                _ => Scope::Data,
+            },
+            Scope::Request => match key {
+                "query_string" => Scope::Query,
+                "headers" => Scope::Headers,
+                "cookies" => Scope::Cookies,
+                "env" => Scope::Env,
+                "data" => Scope::FormData,
+                _ => Scope::Data,
+            },
+            Scope::Contexts => match key {
+                "trace" => Scope::TraceContext,
+                _ => Scope::Data,
+            },
+            Scope::Breadcrumbs => match key {
+                "values" => Scope::BreadcrumbList,
+                _ => Scope::Data,
+            },
+            Scope::Stacktrace => Scope::Frames,
+            Scope::Frame => match key {
+                "context_line" | "pre_context" | "post_context" => Scope::Source,
+                _ => Scope::Data,
+            },
+            Scope::Span => match key {
+                "tags" => Scope::Tags,
+                _ => Scope::Data,
+            },
+            Scope::SpanV2 | Scope::LogItem | Scope::MetricItem => match key {
+                "attributes" => Scope::Attributes,
+                _ => Scope::Data,
+            },
+            Scope::SpanContainer => {
+                if key == "items" {
+                    Scope::SpanItems
+                } else {
+                    Scope::Data
+                }
+            }
+            Scope::LogContainer => {
+                if key == "items" {
+                    Scope::LogItems
+                } else {
+                    Scope::Data
+                }
+            }
+            Scope::MetricContainer => {
+                if key == "items" {
+                    Scope::MetricItems
+                } else {
+                    Scope::Data
+                }
+            }
+            Scope::Session => match key {
+                "attrs" => Scope::SessionAttrs,
+                "aggregates" => Scope::Session,
+                _ => Scope::Data,
+            },
+            Scope::EnvelopeHeader => match key {
+                "trace" => Scope::Dsc,
+                _ => Scope::Data,
+            },
+            // Generic data: recognize the well-known containers wherever they appear.
+            _ => match key {
+                "stacktrace" => Scope::Stacktrace,
+                "headers" => Scope::Headers,
+                "query_string" | "url.query" | "http.query" => Scope::Query,
+                "cookies" => Scope::Cookies,
+                _ => Scope::Data,
+            },
+        }
+    }
+
+    fn text_mode(self) -> TextMode {
+        match self {
+            Scope::Source => TextMode::Source,
+            Scope::Query => TextMode::Query,
+            Scope::Cookies => TextMode::Cookie,
+            _ => TextMode::Free,
+        }
+    }
+}
+
+/// `http.request.header.<name>` / `http.response.header.<name>` attribute and data keys.
+fn header_attribute_name(key: &str) -> Option<&str> {
+    key.strip_prefix("http.request.header.")
+        .or_else(|| key.strip_prefix("http.response.header."))
+}
+
+impl Scrubber<'_> {
+    /// Walks any value in a scope.
+    pub(crate) fn walk_value<'t>(&mut self, value: &'t mut Value, scope: Scope, path: &mut Vec<Seg<'t>>) {
+        match value {
+            Value::String(s) => self.walk_string(s, scope, path),
+            Value::Object(map) => self.walk_object(map, scope, path),
+            Value::Array(items) => {
+                if scope == Scope::Headers && !self.engine.send_default_pii {
+                    self.remove_ip_header_pairs(items, path);
+                }
+                let element = scope.element();
+                for (i, item) in items.iter_mut().enumerate() {
+                    path.push(Seg::Index(i));
+                    if scope.takes_pairs() && is_pair(item) {
+                        self.walk_pair(item, scope, path);
+                    } else {
+                        self.walk_value(item, element, path);
+                    }
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn walk_string(&mut self, s: &mut String, scope: Scope, path: &[Seg<'_>]) {
+        let mode = if scope == Scope::FormData {
+            form_mode(s)
+        } else {
+            scope.text_mode()
+        };
+        self.scrub_text(s, mode, path);
+    }
+
+    fn walk_object<'t>(&mut self, map: &'t mut Map<String, Value>, scope: Scope, path: &mut Vec<Seg<'t>>) {
+        if scope == Scope::Attributes {
+            self.prepare_attributes(map, path);
+            return self.walk_attributes(map, path);
+        }
+        if !self.engine.send_default_pii {
+            self.remove_pii_fields(map, scope, path);
+        }
+        let key_rules = scope.applies_key_rules();
+        for (key, value) in map.iter_mut() {
+            let field = self.classify(scope, key, key_rules);
+            path.push(Seg::Key(key));
+            match field {
+                Field::Skip => {}
+                Field::Redact(rule) => self.redact(value, rule, path),
+                Field::Walk(child) => match value {
+                    Value::String(s) => {
+                        self.walk_string(s, child, path);
+                        self.truncate_field(key, s, path);
+                    }
+                    other => self.walk_value(other, child, path),
+                },
+            }
+            path.pop();
+        }
+    }
+
+    fn classify(&mut self, scope: Scope, key: &str, key_rules: bool) -> Field {
+        if scope.skips(key) {
+            return Field::Skip;
+        }
+        if key_rules {
+            if is_id_key(key) {
+                return Field::Skip;
+            }
+            if scope == Scope::Headers && self.engine.headers.matches(key) {
+                return Field::Redact("sensitive_header");
+            }
+            if self.is_sensitive_key(key) {
+                return Field::Redact("sensitive_key");
+            }
+            if let Some(name) = header_attribute_name(key)
+                && self.engine.headers.matches(name)
+            {
+                return Field::Redact("sensitive_header");
+            }
+        }
+        Field::Walk(scope.child(key))
+    }
+
+    /// A `[name, value]` pair in headers, query strings, cookies or tags.
+    fn walk_pair<'t>(&mut self, pair: &'t mut Value, scope: Scope, path: &mut Vec<Seg<'t>>) {
+        let Value::Array(items) = pair else { return };
+        let [name, value] = items.as_mut_slice() else { return };
+        let Value::String(name) = name else { return };
+        let sensitive = (scope == Scope::Headers && self.engine.headers.matches(name))
+            .then_some("sensitive_header")
+            .or_else(|| self.is_sensitive_key(name).then_some("sensitive_key"));
+        path.push(Seg::Index(1));
+        match sensitive {
+            Some(rule) => self.redact(value, rule, path),
+            None => self.walk_value(value, Scope::Data, path),
+        }
+        path.pop();
+    }
+
+    /// Replaces a whole value (string, number, object, ...) under a sensitive key.
+    pub(crate) fn redact(&mut self, value: &mut Value, rule: &'static str, path: &[Seg<'_>]) {
+        match &*value {
+            Value::Null => return,
+            Value::String(s) if is_already_filtered(s, self.engine) => return,
+            Value::Array(a) if a.is_empty() => return,
+            Value::Object(o) if o.is_empty() => return,
+            _ => {}
+        }
+        let original_len = match &*value {
+            Value::String(s) => Some(s.chars().count()),
+            _ => None,
+        };
+        let (replacement, action, ty) = if self.engine.key_action == Action::Hash {
+            let text = match &*value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (self.hash(&text), ChangeAction::Hashed, "p")
+        } else {
+            (self.engine.key_replacement.clone(), ChangeAction::Replaced, "s")
+        };
+        let replacement_chars = replacement.chars().count();
+        *value = Value::String(replacement);
+        let remark = Remark {
+            rule: rule.to_string(),
+            ty,
+            range: Some((0, replacement_chars)),
+        };
+        self.record(path, None, rule, action, vec![remark], original_len);
+    }
+
+    fn truncate_field(&mut self, key: &str, value: &mut String, path: &[Seg<'_>]) {
+        let Some(limit) = self.engine.truncation.limit_for(key) else {
+            return;
+        };
+        let Some(cut) = truncate(value, limit.max_chars, self.engine.truncation.marker()) else {
+            return;
+        };
+        let marker_chars = self.engine.truncation.marker().chars().count();
+        *value = cut.value;
+        let label = limit.label.to_string();
+        let remark = Remark {
+            rule: "!limit".into(),
+            ty: "s",
+            range: Some((cut.kept_chars, cut.kept_chars + marker_chars)),
+        };
+        self.record(
+            path,
+            None,
+            &label,
+            ChangeAction::Truncated,
+            vec![remark],
+            Some(cut.original_chars),
+        );
+    }
+
+    /// Deletes what an SDK with `send_default_pii` off would not have sent.
+    fn remove_pii_fields(&mut self, map: &mut Map<String, Value>, scope: Scope, path: &[Seg<'_>]) {
+        let engine = self.engine;
+        let doomed = |key: &str| -> bool {
+            match scope {
+                Scope::User | Scope::SessionAttrs => key == "ip_address",
+                Scope::Request => key == "cookies",
+                Scope::Env => {
+                    key == "REMOTE_ADDR"
+                        || key
+                            .strip_prefix("HTTP_")
+                            .is_some_and(|h| engine.ip_headers.contains(&normalize_header(h)))
+                }
+                Scope::Headers => engine.ip_headers.contains(&normalize_header(key)),
+                Scope::Data | Scope::TraceContext | Scope::Span | Scope::SpanV2 | Scope::LogItem => {
+                    engine.ip_keys.contains(key)
+                        || header_attribute_name(key).is_some_and(|h| engine.ip_headers.contains(&normalize_header(h)))
+                }
+                _ => false,
+            }
+        };
+        if !map.keys().any(|k| doomed(k)) {
+            return;
+        }
+        let mut removed = Vec::new();
+        map.retain(|key, value| {
+            if doomed(key) && !value.is_null() {
+                removed.push(key.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for key in removed {
+            let remark = Remark {
+                rule: "send_default_pii".into(),
+                ty: "x",
+                range: None,
+            };
+            self.record(
+                path,
+                Some(&key),
+                "send_default_pii",
+                ChangeAction::Removed,
+                vec![remark],
+                None,
+            );
+        }
+    }
+
+    fn remove_ip_header_pairs(&mut self, items: &mut Vec<Value>, path: &[Seg<'_>]) {
+        let engine = self.engine;
+        let is_ip_pair = |item: &Value| -> bool {
+            item.as_array()
+                .and_then(|pair| pair.first())
+                .and_then(Value::as_str)
+                .is_some_and(|name| engine.ip_headers.contains(&normalize_header(name)))
+        };
+        let before = items.len();
+        items.retain(|item| !is_ip_pair(item));
+        for _ in items.len()..before {
+            self.record(path, None, "send_default_pii", ChangeAction::Removed, Vec::new(), None);
+        }
+    }
+
+    /// Removes typed attributes that must go: client IPs (with `send_default_pii` off) and numbers or booleans under
+    /// sensitive keys (a string in an `integer` attribute would break its type).
+    fn prepare_attributes(&mut self, map: &mut Map<String, Value>, path: &[Seg<'_>]) {
+        let mut doomed: Vec<(String, &'static str)> = Vec::new();
+        for (key, attribute) in map.iter() {
+            if is_id_key(key) {
+                continue;
+            }
+            let header = header_attribute_name(key);
+            if !self.engine.send_default_pii
+                && (self.engine.ip_keys.contains(key.as_str())
+                    || header.is_some_and(|h| self.engine.ip_headers.contains(&normalize_header(h))))
+            {
+                doomed.push((key.clone(), "send_default_pii"));
+                continue;
+            }
+            let scalar = matches!(attribute.get("value"), Some(Value::Number(_) | Value::Bool(_)));
+            if scalar {
+                if header.is_some_and(|h| self.engine.headers.matches(h)) {
+                    doomed.push((key.clone(), "sensitive_header"));
+                } else if self.is_sensitive_key(key) {
+                    doomed.push((key.clone(), "sensitive_key"));
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        map.retain(|key, _| !doomed.iter().any(|(k, _)| k == key));
+        for (key, rule) in doomed {
+            self.record(path, Some(&key), rule, ChangeAction::Removed, Vec::new(), None);
+        }
+    }
+
+    fn walk_attributes<'t>(&mut self, map: &'t mut Map<String, Value>, path: &mut Vec<Seg<'t>>) {
+        for (key, attribute) in map.iter_mut() {
+            if is_id_key(key)
+                || matches!(
+                    key.as_str(),
+                    "sentry.release" | "sentry.environment" | "sentry.sdk.version"
+                )
+            {
+                continue;
+            }
+            let rule = if header_attribute_name(key).is_some_and(|h| self.engine.headers.matches(h)) {
+                Some("sensitive_header")
+            } else if self.is_sensitive_key(key) {
+                Some("sensitive_key")
+            } else {
+                None
+            };
+            path.push(Seg::Key(key));
+            let typed = attribute.as_object().is_some_and(|o| o.contains_key("value"));
+            if !typed {
+                match rule {
+                    Some(rule) => self.redact(attribute, rule, path),
+                    None => self.walk_value(attribute, Scope::Data, path),
+                }
+                path.pop();
+                continue;
+            }
+            let Some(value) = attribute.as_object_mut().and_then(|o| o.get_mut("value")) else {
+                path.pop();
+                continue;
+            };
+            path.push(Seg::Key("value"));
+            match rule {
+                Some(rule) => self.redact_typed(value, rule, path),
+                None => {
+                    let scope = match key.as_str() {
+                        "url.query" | "http.query" => Scope::Query,
+                        _ => Scope::Data,
+                    };
+                    match value {
+                        Value::String(s) => {
+                            self.walk_string(s, scope, path);
+                            self.truncate_field(key, s, path);
+                        }
+                        other => self.walk_value(other, scope, path),
+                    }
+                }
+            }
+            path.pop();
+            path.pop();
+        }
+    }
+
+    /// Redacts a typed attribute's `value` without changing its type: strings and arrays of strings only (scalars
+    /// were removed by [`Self::prepare_attributes`]).
+    fn redact_typed(&mut self, value: &mut Value, rule: &'static str, path: &mut Vec<Seg<'_>>) {
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    path.push(Seg::Index(i));
+                    self.redact(item, rule, path);
+                    path.pop();
+                }
+            }
+            other => self.redact(other, rule, path),
+        }
+    }
+}
+
+fn is_pair(value: &Value) -> bool {
+    matches!(value, Value::Array(pair) if pair.len() == 2 && pair[0].is_string())
+}
+
+/// `request.data` strings that look like a form body (`a=b&c=d`, no spaces) are read as query strings.
+fn form_mode(text: &str) -> TextMode {
+    let looks_like_form =
+        text.contains('=') && !text.bytes().any(|b| b.is_ascii_whitespace()) && !text.starts_with('{');
+    if looks_like_form {
+        TextMode::Query
+    } else {
+        TextMode::Free
+    }
+}
