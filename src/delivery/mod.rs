@@ -82,17 +82,23 @@ pub struct UpstreamReply {
     pub rate_limits: Option<String>,
 }
 
-/// A request that got no HTTP answer. Both are retried.
+/// A request that got no HTTP answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
+    /// Retried.
     #[error("upstream request timed out")]
     Timeout,
+    /// Retried.
     #[error("upstream unreachable")]
     Network,
+    /// The request could not even be built (compression failed, a header was invalid). Trying again would fail the
+    /// same way and block the queue, so the envelope is dropped (`envelopes_dropped{reason="unsendable"}`).
+    #[error("envelope could not be sent")]
+    Unsendable,
 }
 
 /// Sends one envelope upstream. Implemented by the real HTTP client; kept as a trait so delivery does not depend on
-/// how requests are built.
+/// how requests are built. The implementation records `upstream_requests` and `upstream_duration`.
 pub trait Transport: Send + Sync + 'static {
     fn send<'a>(&'a self, job: &'a Job) -> Pin<Box<dyn Future<Output = Result<UpstreamReply, SendError>> + Send + 'a>>;
 }
@@ -553,9 +559,9 @@ impl Shared {
         self.bump();
     }
 
-    /// Gives an envelope back after a failed attempt: to the spool when there is one (so a crash cannot lose it),
-    /// otherwise to the head of the memory queue.
-    async fn put_back(&self, origin: Origin, job: Job) {
+    /// Gives an envelope back after a failed attempt: to the spool when there is one and `to_spool` (so a crash cannot
+    /// lose it), otherwise to the head of the memory queue.
+    async fn put_back(&self, origin: Origin, job: Job, to_spool: bool) {
         match origin {
             Origin::Spool(lease) => {
                 if let Some(spool) = &self.spool {
@@ -565,8 +571,10 @@ impl Shared {
             Origin::Memory(seq) => {
                 let size = job.size();
                 let spooled = match self.spool.clone() {
-                    Some(spool) => run_blocking(move || spool.write(seq, &job).map_err(|error| (error, job))).await,
-                    None => Err((SpoolWriteError::Full, job)),
+                    Some(spool) if to_spool => {
+                        run_blocking(move || spool.write(seq, &job).map_err(|error| (error, job))).await
+                    }
+                    _ => Err((SpoolWriteError::Full, job)),
                 };
                 let mut state = self.lock();
                 state.memory_busy -= 1;
@@ -647,6 +655,7 @@ fn outcome_label(result: &Result<UpstreamReply, SendError>) -> &'static str {
         },
         Err(SendError::Timeout) => "timeout",
         Err(SendError::Network) => "network_error",
+        Err(SendError::Unsendable) => "unsendable",
     }
 }
 
@@ -769,25 +778,26 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
         }
     }
 
-    let started = Instant::now();
     let result = tokio::select! {
         result = shared.transport.send(outgoing.as_ref().unwrap_or(&job)) => result,
         () = wait_for_stop(stop) => {
             // Shutdown: the answer will never be seen, so the envelope counts as undelivered (it may arrive twice).
+            // Back to the head of the memory queue; shutdown spools the queue in order.
             release_probe();
-            shared.put_back(origin, job).await;
+            shared.put_back(origin, job, false).await;
             return;
         }
     };
-    shared
-        .metrics
-        .upstream_duration
-        .observe(started.elapsed().as_secs_f64());
-    shared
-        .metrics
-        .upstream_requests
-        .with_label_values(&[outcome_label(&result)])
-        .inc();
+    if let Err(SendError::Unsendable) = result {
+        shared
+            .metrics
+            .envelopes_dropped
+            .with_label_values(&["unsendable"])
+            .inc();
+        release_probe();
+        shared.finish(origin, size).await;
+        return;
+    }
 
     let now = Instant::now();
     let retryable = match &result {
@@ -818,7 +828,7 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
             }
             was_down
         };
-        shared.put_back(origin, job).await;
+        shared.put_back(origin, job, true).await;
         if !was_down {
             shared.spill_memory_to_spool().await;
         }
@@ -864,3 +874,6 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -127,6 +127,9 @@ struct Slot {
 struct Index {
     slots: BTreeMap<u64, Slot>,
     bytes: u64,
+    /// A write was refused for lack of room and nothing was removed since: full for practical purposes, even if a
+    /// few bytes are left.
+    refused_since_removal: bool,
 }
 
 /// What opening the spool found.
@@ -218,9 +221,10 @@ impl Spool {
         self.len() == 0
     }
 
-    /// True when the spool has reached its size cap.
+    /// True when the spool has reached its size cap, or refused a write and has not freed anything since.
     pub fn is_full(&self) -> bool {
-        self.lock().bytes >= self.config.max_bytes
+        let index = self.lock();
+        index.bytes >= self.config.max_bytes || index.refused_since_removal
     }
 
     /// Writes `job` as entry `seq`, durably: when this returns `Ok`, the entry survives a crash.
@@ -232,6 +236,7 @@ impl Spool {
         {
             let mut index = self.lock();
             if index.bytes + bytes > self.config.max_bytes {
+                index.refused_since_removal = true;
                 return Err(SpoolWriteError::Full);
             }
             // Reserve the space and the name before writing, so concurrent writers cannot overshoot the cap.
@@ -324,6 +329,7 @@ impl Spool {
         let mut index = self.lock();
         if let Some(slot) = index.slots.remove(&seq) {
             index.bytes -= slot.bytes;
+            index.refused_since_removal = false;
         }
         self.publish(&index);
     }
@@ -650,5 +656,7 @@ mod tests {
         assert!(matches!(spool.write(3, &job(b"{}\n")), Err(SpoolWriteError::Full)));
         assert_eq!(spool.len(), 2, "a refused write leaves no trace");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 2);
+        spool.remove(1).expect("remove");
+        assert!(!spool.is_full(), "room again");
     }
 }
