@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod filter;
 pub mod pipeline;
+pub mod reload;
 pub mod rules;
 pub mod scrub;
 pub mod truncate;
