@@ -26,6 +26,25 @@ pub enum LogFormat {
     Json,
 }
 
+/// The logging flags, shared by every subcommand that runs for a while.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log line format: `text` (human-readable) or `json` (one object per line, for log collectors).
+    #[arg(long, env = "SCRUB_RELAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Least severe level logged: error, warn, info, debug or trace (or a full filter such as
+    /// `scrub_relay=debug,hyper=info`). `RUST_LOG`, when set, takes precedence.
+    #[arg(long, env = "SCRUB_RELAY_LOG_LEVEL", default_value = DEFAULT_LOG_LEVEL)]
+    pub log_level: String,
+}
+
+impl LogArgs {
+    /// Installs the global subscriber these flags describe (see [`init`]).
+    pub fn init(&self) -> Result<(), LoggingError> {
+        init(self.log_format, &self.log_level)
+    }
+}
+
 /// The log filter could not be built from `RUST_LOG` or `--log-level`.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {

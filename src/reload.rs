@@ -105,12 +105,13 @@ impl Reloader {
 pub type Install = Arc<dyn Fn(CompiledRules) + Send + Sync>;
 
 /// Installs the SIGHUP handler and returns the task that reloads the rules on every SIGHUP, for the caller to
-/// spawn.
+/// spawn. `reloader` is `None` when the relay runs on the built-in rules: a SIGHUP is then logged and ignored
+/// rather than left to its default action, which would terminate the relay.
 ///
 /// The handler is installed when this function returns, not when the task first runs: call it (inside the runtime)
-/// before the relay binds and reports ready, because SIGHUP's default action terminates the process.
+/// before the relay binds and reports ready.
 pub fn reload_on_sighup(
-    reloader: Arc<Reloader>,
+    reloader: Option<Arc<Reloader>>,
     metrics: Arc<Metrics>,
     install: Install,
 ) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
@@ -118,9 +119,14 @@ pub fn reload_on_sighup(
     let mut hangups = signal(SignalKind::hangup())?;
     Ok(async move {
         while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP received; reloading the rules.");
-            // The outcome is logged and counted inside; nothing more to do with it here.
-            let _ = reloader.reload(&metrics, |rules| install(rules));
+            match &reloader {
+                Some(reloader) => {
+                    tracing::info!("SIGHUP received; reloading the rules.");
+                    // The outcome is logged and counted inside; nothing more to do with it here.
+                    let _ = reloader.reload(&metrics, |rules| install(rules));
+                }
+                None => tracing::info!("SIGHUP received, but the relay runs on the built-in rules; nothing to reload."),
+            }
         }
     })
 }
