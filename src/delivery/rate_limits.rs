@@ -310,6 +310,24 @@ impl RateLimits {
         Ok(dropped)
     }
 
+    /// Every limit in force for `project_id`, as an `X-Sentry-Rate-Limits` value, so an accepted request can tell
+    /// the SDK about categories it should stop sending (as Sentry does on a 200). `None` when nothing is limited.
+    pub fn active_header(&self, project_id: u64, now: Instant) -> Option<String> {
+        let projects = self.lock();
+        let limits = projects.get(&project_id)?;
+        let mut active: Vec<(Option<DataCategory>, Instant)> = limits
+            .by_category
+            .iter()
+            .filter(|(_, until)| **until > now)
+            .map(|(c, until)| (Some(*c), *until))
+            .collect();
+        active.sort();
+        if let Some(until) = limits.all.filter(|until| *until > now) {
+            active.push((None, until));
+        }
+        (!active.is_empty()).then(|| rate_limited_answer(&active, now).header)
+    }
+
     /// The latest expiry among the limits that cover every item of `envelope`, or `None` when at least one item may
     /// be sent now. The delivery workers use it to hold an envelope back instead of sending what would be refused.
     pub fn all_limited_until(&self, project_id: u64, envelope: &Envelope, now: Instant) -> Option<Instant> {
@@ -529,6 +547,23 @@ mod tests {
             !limits.record_response(1, 503, None, Some("30"), Instant::now()),
             "5xx is a retry, not a limit"
         );
+    }
+
+    #[test]
+    fn active_header_lists_what_is_limited() {
+        let limits = RateLimits::new();
+        let now = Instant::now();
+        assert_eq!(limits.active_header(1, now), None);
+        limits.record_response(1, 200, Some("10:transaction:project, 20:error:project"), None, now);
+        assert_eq!(
+            limits.active_header(1, now).as_deref(),
+            Some("20:error:project, 10:transaction:project")
+        );
+        assert_eq!(
+            limits.active_header(1, now + Duration::from_secs(15)).as_deref(),
+            Some("5:error:project")
+        );
+        assert_eq!(limits.active_header(1, now + Duration::from_secs(20)), None);
     }
 
     #[test]
