@@ -1,0 +1,539 @@
+//! End-to-end load benchmark: replays the real SDK captures in `tests/fixtures/sdk/` (gzip'd and brotli'd Python
+//! envelopes, chunked Node envelopes, uncompressed Rust envelopes) against the release `scrub-relay` binary, whose
+//! upstream is a counting sink on loopback, and reports requests/s, MB/s, latency percentiles and the relay's CPU time.
+//!
+//! ```text
+//! cargo bench --bench load -- [--seconds 30] [--requests 300000] [--connections 32] [--warmup 3] \
+//!     [--relay-arg=--upstream-encoding=identity ...]
+//! ```
+//!
+//! Everything runs on 127.0.0.1 and stops by itself: after `--seconds` or `--requests`, whichever comes first.
+//! The load generator, the sink and the relay share the machine, so the figures are a floor for a dedicated host.
+//! The HTTP/1.1 client is written out by hand so that each capture is replayed with its own framing
+//! (Content-Length or chunked), its own Content-Encoding and its own auth style, byte for byte.
+
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Linux reports process CPU time in clock ticks of 1/100 s (USER_HZ) on every mainstream architecture.
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+/// Node pipes gzip output in pieces of this size; we chunk compressed Node bodies the same way.
+const NODE_CHUNK: usize = 16 * 1024;
+
+struct Options {
+    seconds: u64,
+    requests: u64,
+    connections: usize,
+    warmup: u64,
+    /// Extra flags for `scrub-relay run`, from `--relay-arg=--flag=value` (repeatable).
+    relay_args: Vec<String>,
+}
+
+impl Options {
+    fn from_args() -> Options {
+        let mut options = Options {
+            seconds: 30,
+            requests: 300_000,
+            connections: 32,
+            warmup: 3,
+            relay_args: Vec::new(),
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            let mut number = || args.next().and_then(|value| value.parse::<u64>().ok());
+            match arg.as_str() {
+                "--seconds" => options.seconds = number().expect("--seconds takes a number"),
+                "--requests" => options.requests = number().expect("--requests takes a number"),
+                "--connections" => options.connections = number().expect("--connections takes a number") as usize,
+                "--warmup" => options.warmup = number().expect("--warmup takes a number"),
+                _ if arg.starts_with("--relay-arg=") => {
+                    options.relay_args.push(arg["--relay-arg=".len()..].to_owned());
+                }
+                // `cargo bench` passes `--bench`; libtest-style filters mean nothing here.
+                _ => {}
+            }
+        }
+        options
+    }
+}
+
+/// One capture, ready to be written to a socket as-is.
+struct Capture {
+    label: String,
+    /// Request line, headers and the body with its framing.
+    wire: Bytes,
+    /// Body bytes as the SDK sent them (compressed, without chunk framing).
+    body_len: u64,
+    /// Envelope bytes after decompression.
+    envelope_len: u64,
+}
+
+fn load_captures(dir: &Path, relay: SocketAddr) -> Vec<Capture> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("tests/fixtures/sdk exists")
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.to_string_lossy().ends_with(".headers.json"))
+        .collect();
+    names.sort();
+    let mut captures = Vec::new();
+    for headers_path in names {
+        let meta: Value = serde_json::from_slice(&std::fs::read(&headers_path).expect("readable capture"))
+            .expect("capture headers are JSON");
+        let label = meta["label"].as_str().expect("label").to_owned();
+        // Tunnel captures name the capture server's port in their envelope `dsn`; the relay rightly refuses them.
+        if label.contains("tunnel") {
+            continue;
+        }
+        let body = std::fs::read(dir.join(format!("{label}.body"))).expect("capture body");
+        let chunked = meta["transfer_chunked"].as_bool().unwrap_or(false);
+        let envelope_len = meta["decompressed_length"].as_u64().unwrap_or(body.len() as u64);
+        let query = meta["query"].as_str().unwrap_or("");
+        let path = meta["path"].as_str().expect("path");
+        let target = if query.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{query}")
+        };
+
+        let mut head = format!("POST {target} HTTP/1.1\r\n");
+        for pair in meta["headers"].as_array().expect("headers") {
+            let name = pair[0].as_str().expect("header name");
+            let value = pair[1].as_str().expect("header value");
+            match name.to_ascii_lowercase().as_str() {
+                "host" => head.push_str(&format!("{name}: {relay}\r\n")),
+                "content-length" | "transfer-encoding" | "connection" => {}
+                _ => head.push_str(&format!("{name}: {value}\r\n")),
+            }
+        }
+        let mut wire = Vec::with_capacity(head.len() + body.len() + 64);
+        if chunked {
+            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
+            wire.extend_from_slice(head.as_bytes());
+            for piece in body.chunks(NODE_CHUNK) {
+                wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                wire.extend_from_slice(piece);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+        } else {
+            head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+            wire.extend_from_slice(head.as_bytes());
+            wire.extend_from_slice(&body);
+        }
+        captures.push(Capture {
+            label,
+            wire: Bytes::from(wire),
+            body_len: body.len() as u64,
+            envelope_len,
+        });
+    }
+    captures
+}
+
+/// What the upstream sink saw.
+#[derive(Default)]
+struct SinkCounts {
+    requests: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// A stand-in for Sentry: reads every request completely and answers like Sentry does.
+async fn start_sink() -> (SocketAddr, Arc<SinkCounts>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
+    let addr = listener.local_addr().expect("sink address");
+    let counts = Arc::new(SinkCounts::default());
+    let shared = Arc::clone(&counts);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counts = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let counts = Arc::clone(&counts);
+                    async move {
+                        let body = request.into_body().collect().await?.to_bytes();
+                        counts.requests.fetch_add(1, Ordering::Relaxed);
+                        counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        let response = Response::builder()
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(
+                                br#"{"id":"00000000000000000000000000000000"}"#,
+                            )))
+                            .expect("static response");
+                        Ok::<_, hyper::Error>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, counts)
+}
+
+/// A keep-alive HTTP/1.1 connection that sends prepared requests and reads whole responses.
+struct Connection {
+    reader: BufReader<TcpStream>,
+    line: String,
+}
+
+impl Connection {
+    async fn open(addr: SocketAddr) -> io::Result<Connection> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Connection {
+            reader: BufReader::new(stream),
+            line: String::new(),
+        })
+    }
+
+    /// Sends one request and returns the response status, and whether the server keeps the connection open.
+    async fn exchange(&mut self, wire: &[u8]) -> io::Result<(u16, bool)> {
+        self.reader.get_mut().write_all(wire).await?;
+        self.line.clear();
+        if self.reader.read_line(&mut self.line).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let status = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse::<u16>().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad status line"))?;
+        let mut content_length = 0usize;
+        let mut chunked = false;
+        let mut keep_alive = true;
+        loop {
+            self.line.clear();
+            if self.reader.read_line(&mut self.line).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let header = self.line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                content_length = value.parse().unwrap_or(0);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("connection") {
+                keep_alive = !value.eq_ignore_ascii_case("close");
+            }
+        }
+        if chunked {
+            loop {
+                self.line.clear();
+                self.reader.read_line(&mut self.line).await?;
+                let size = usize::from_str_radix(self.line.trim_end(), 16)
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
+                self.skip(size + 2).await?;
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.skip(content_length).await?;
+        }
+        Ok((status, keep_alive))
+    }
+
+    async fn skip(&mut self, mut count: usize) -> io::Result<()> {
+        let mut buffer = [0u8; 4096];
+        while count > 0 {
+            let want = count.min(buffer.len());
+            let read = self.reader.read(&mut buffer[..want]).await?;
+            if read == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            count -= read;
+        }
+        Ok(())
+    }
+}
+
+/// Per-worker results, merged at the end.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    statuses: std::collections::BTreeMap<u16, u64>,
+    errors: u64,
+    wire_bytes: u64,
+    body_bytes: u64,
+    envelope_bytes: u64,
+}
+
+fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15 of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
+}
+
+async fn wait_until_ready(relay: SocketAddr, deadline: Duration) {
+    let started = Instant::now();
+    let probe = format!("GET /healthz HTTP/1.1\r\nHost: {relay}\r\n\r\n");
+    loop {
+        if let Ok(mut connection) = Connection::open(relay).await {
+            if let Ok((200, _)) = connection.exchange(probe.as_bytes()).await {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "the relay did not answer /healthz within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs `connections` workers replaying captures round-robin until `until` or `budget` requests.
+async fn drive(
+    relay: SocketAddr,
+    captures: Arc<Vec<Capture>>,
+    connections: usize,
+    until: Instant,
+    budget: u64,
+) -> (Tally, Duration) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..connections {
+        let (captures, next, stop) = (Arc::clone(&captures), Arc::clone(&next), Arc::clone(&stop));
+        workers.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut connection = None;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index as u64 >= budget {
+                    break;
+                }
+                let capture = &captures[index % captures.len()];
+                if connection.is_none() {
+                    match Connection::open(relay).await {
+                        Ok(opened) => connection = Some(opened),
+                        Err(_) => {
+                            tally.errors += 1;
+                            continue;
+                        }
+                    }
+                }
+                let sent = Instant::now();
+                let result = connection.as_mut().expect("opened above").exchange(&capture.wire).await;
+                let elapsed = sent.elapsed();
+                match result {
+                    Ok((status, keep_alive)) => {
+                        tally
+                            .latencies_us
+                            .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
+                        *tally.statuses.entry(status).or_default() += 1;
+                        tally.wire_bytes += capture.wire.len() as u64;
+                        tally.body_bytes += capture.body_len;
+                        tally.envelope_bytes += capture.envelope_len;
+                        if !keep_alive {
+                            connection = None;
+                        }
+                    }
+                    Err(_) => {
+                        tally.errors += 1;
+                        connection = None;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    let mut total = Tally::default();
+    for worker in workers {
+        let tally = worker.await.expect("worker does not panic");
+        total.latencies_us.extend(tally.latencies_us);
+        for (status, count) in tally.statuses {
+            *total.statuses.entry(status).or_default() += count;
+        }
+        total.errors += tally.errors;
+        total.wire_bytes += tally.wire_bytes;
+        total.body_bytes += tally.body_bytes;
+        total.envelope_bytes += tally.envelope_bytes;
+    }
+    stop.store(true, Ordering::Relaxed);
+    (total, started.elapsed())
+}
+
+fn percentile(sorted: &[u32], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index] as f64 / 1000.0
+}
+
+fn main() {
+    let options = Options::from_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(run(options));
+}
+
+async fn run(options: Options) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (sink, sink_counts) = start_sink().await;
+
+    // Pick a free port for the relay; the tiny window between closing this listener and the relay binding it
+    // is acceptable for a benchmark on loopback.
+    let relay = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        probe.local_addr().expect("address")
+    };
+    let binary = env!("CARGO_BIN_EXE_scrub-relay");
+    let mut child = tokio::process::Command::new(binary)
+        .args(relay_arguments(relay, sink, root))
+        .args(&options.relay_args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the relay binary");
+    let pid = child.id().expect("relay pid");
+    wait_until_ready(relay, Duration::from_secs(20)).await;
+
+    let captures = Arc::new(load_captures(&root.join("tests/fixtures/sdk"), relay));
+    let mix_envelope: u64 = captures.iter().map(|capture| capture.envelope_len).sum();
+    let mix_body: u64 = captures.iter().map(|capture| capture.body_len).sum();
+    println!(
+        "replaying {} captures round-robin (mean body {} B on the wire, {} B decompressed) over {} connections",
+        captures.len(),
+        mix_body / captures.len() as u64,
+        mix_envelope / captures.len() as u64,
+        options.connections
+    );
+    if let Some(bad) = captures.iter().find(|capture| capture.wire.is_empty()) {
+        panic!("capture {} is empty", bad.label);
+    }
+
+    if options.warmup > 0 {
+        let until = Instant::now() + Duration::from_secs(options.warmup);
+        let (warm, _) = drive(relay, Arc::clone(&captures), options.connections, until, u64::MAX).await;
+        println!("warm-up: {} requests in {} s", warm.latencies_us.len(), options.warmup);
+    }
+
+    let forwarded_before = sink_counts.requests.load(Ordering::Relaxed);
+    let sink_bytes_before = sink_counts.bytes.load(Ordering::Relaxed);
+    let relay_cpu_before = process_cpu_seconds(pid).unwrap_or(0.0);
+    let own_cpu_before = process_cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let until = Instant::now() + Duration::from_secs(options.seconds);
+    let (mut tally, elapsed) = drive(
+        relay,
+        Arc::clone(&captures),
+        options.connections,
+        until,
+        options.requests,
+    )
+    .await;
+    let relay_cpu = process_cpu_seconds(pid).unwrap_or(0.0) - relay_cpu_before;
+    let own_cpu = process_cpu_seconds(std::process::id()).unwrap_or(0.0) - own_cpu_before;
+
+    // The relay may answer before it forwards; wait (bounded) for its queue to drain before counting.
+    let drain_started = Instant::now();
+    let mut last = sink_counts.requests.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = sink_counts.requests.load(Ordering::Relaxed);
+        if now == last || drain_started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        last = now;
+    }
+    let forwarded = sink_counts.requests.load(Ordering::Relaxed) - forwarded_before;
+    let forwarded_bytes = sink_counts.bytes.load(Ordering::Relaxed) - sink_bytes_before;
+
+    tally.latencies_us.sort_unstable();
+    let seconds = elapsed.as_secs_f64();
+    let requests = tally.latencies_us.len() as f64;
+    let mb = |bytes: u64| bytes as f64 / 1_000_000.0 / seconds;
+    println!();
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| duration | {seconds:.1} s |");
+    println!("| connections | {} |", options.connections);
+    println!(
+        "| requests answered | {} ({:.0} req/s) |",
+        tally.latencies_us.len(),
+        requests / seconds
+    );
+    println!("| statuses | {:?} |", tally.statuses);
+    println!("| transport errors | {} |", tally.errors);
+    println!("| request bodies on the wire | {:.2} MB/s |", mb(tally.body_bytes));
+    println!("| requests incl. HTTP framing | {:.2} MB/s |", mb(tally.wire_bytes));
+    println!("| envelopes decompressed | {:.2} MB/s |", mb(tally.envelope_bytes));
+    println!(
+        "| latency p50 / p90 / p99 / max | {:.2} / {:.2} / {:.2} / {:.2} ms |",
+        percentile(&tally.latencies_us, 0.50),
+        percentile(&tally.latencies_us, 0.90),
+        percentile(&tally.latencies_us, 0.99),
+        percentile(&tally.latencies_us, 1.0)
+    );
+    println!(
+        "| relay CPU | {relay_cpu:.1} s over {seconds:.1} s = {:.2} cores |",
+        relay_cpu / seconds
+    );
+    println!(
+        "| relay CPU per 1000 requests | {:.3} s |",
+        relay_cpu / requests * 1000.0
+    );
+    println!(
+        "| requests per relay CPU-second | {:.0} |",
+        requests / relay_cpu.max(f64::EPSILON)
+    );
+    println!(
+        "| load generator + sink CPU | {own_cpu:.1} s = {:.2} cores |",
+        own_cpu / seconds
+    );
+    println!(
+        "| forwarded to the sink | {forwarded} envelopes, {:.2} MB/s |",
+        mb(forwarded_bytes)
+    );
+
+    child.kill().await.ok();
+    let _ = child.wait().await;
+}
+
+/// Command-line arguments that start the relay on `relay`, forwarding to the sink, with the shipped rules.
+fn relay_arguments(relay: SocketAddr, sink: SocketAddr, root: &Path) -> Vec<String> {
+    let mut arguments = vec!["run".to_owned(), "--listen".to_owned(), relay.to_string()];
+    arguments.extend(["--upstream".to_owned(), format!("http://{sink}")]);
+    let rules = root.join("rules.yaml");
+    if rules.exists() {
+        arguments.extend(["--rules".to_owned(), rules.to_string_lossy().into_owned()]);
+    }
+    arguments
+}
