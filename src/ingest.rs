@@ -1,0 +1,542 @@
+//! The ingest endpoints: `/api/<id>/envelope/`, the legacy `/api/<id>/store/`, and the JavaScript tunnel.
+//!
+//! One path for all three: check request auth and `Content-Encoding` (cheap refusals first), read the body under the
+//! wire cap, then on a blocking thread decode under the decompressed cap, parse (or wrap a store event into an
+//! envelope), resolve who sent it, apply the allowlists and per-item size limits, and run the scrubbing pipeline.
+//! What survives goes to [`deliver`], the single hand-off to the upstream, and the SDK gets the answer.
+//!
+//! Per-item size limits (Sentry's): an `event`/`transaction` (or other event-like item) over 1 MiB refuses the whole
+//! envelope with 413, as Sentry does, because the SDK's main payload cannot be delivered. Any other item over its
+//! limit (log 2 MiB, span 10 MiB, check-in 100 KiB, attachment 100 MiB, ...) is dropped alone and counted in
+//! `items_dropped_total{reason="too_large"}`, so one oversized attachment does not cost the error it belongs to.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use serde_json::{Map, Value};
+
+use crate::auth::{self, AuthSource, Identity, RequestAuth};
+use crate::decode::{self, ContentEncoding, DecodeError};
+use crate::envelope::{Envelope, Item, ItemType};
+use crate::error::RelayError;
+use crate::metrics::Metrics;
+use crate::pipeline::{self, ProcessOptions, Report};
+use crate::rules::CompiledRules;
+use crate::server::AppState;
+use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
+
+/// Which ingest endpoint a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Envelope,
+    Store,
+    Tunnel,
+}
+
+impl Endpoint {
+    /// The `endpoint` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Envelope => "envelope",
+            Endpoint::Store => "store",
+            Endpoint::Tunnel => "tunnel",
+        }
+    }
+}
+
+/// Handles one ingest request end to end.
+pub async fn handle(
+    state: &AppState,
+    request: Request<Incoming>,
+    endpoint: Endpoint,
+    path_project: Option<u64>,
+) -> Result<Response<Full<Bytes>>, RelayError> {
+    let (parts, body) = request.into_parts();
+    let request_auth = auth::from_request(&parts.headers, parts.uri.query())?;
+    let encoding = content_encoding(&parts.headers)?;
+    let max_body = state.config.max_body_bytes;
+    if content_length(&parts.headers).is_some_and(|length| length > max_body as u64) {
+        return Err(RelayError::BodyTooLarge { limit: max_body });
+    }
+    let wire = read_body(body, max_body, state.config.body_timeout).await?;
+    state
+        .metrics
+        .received_bytes
+        .with_label_values(&["wire"])
+        .inc_by(wire.len() as u64);
+
+    let input = Prepare {
+        endpoint,
+        path_project,
+        request_auth,
+        encoding,
+        wire,
+        max_decompressed: state.config.max_decompressed_bytes,
+        rules: state.rules(),
+        metrics: state.metrics.clone(),
+    };
+    let tunnel_hosts = state.tunnel_hosts.clone();
+    let (allowed_keys, allowed_projects) = (state.config.allowed_keys.clone(), state.config.allowed_projects.clone());
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(input, |identity| {
+            if endpoint == Endpoint::Tunnel || identity.source == AuthSource::EnvelopeDsn {
+                let host = identity
+                    .dsn
+                    .as_ref()
+                    .map(|dsn| dsn.host.as_str())
+                    .ok_or(RelayError::MissingAuth)?;
+                if !tunnel_hosts.iter().any(|pattern| pattern.matches(host)) {
+                    return Err(RelayError::TunnelHostNotAllowed);
+                }
+            }
+            auth::check_allowed(identity, &allowed_keys, &allowed_projects)
+        })
+    })
+    .await
+    .map_err(|_| RelayError::Internal)??;
+
+    state.metrics.envelopes_received.inc();
+    let event_id = prepared.event_id;
+    let Some(envelope) = prepared.envelope else {
+        // Everything was filtered (health checks, static assets): nothing to send, and the SDK did nothing wrong.
+        state
+            .metrics
+            .envelopes_dropped
+            .with_label_values(&["empty_after_filter"])
+            .inc();
+        return Ok(accepted(event_id.as_deref(), None));
+    };
+    let job = UpstreamRequest {
+        project_id: prepared.identity.project_id,
+        public_key: prepared.identity.public_key,
+        sentry_client: prepared.identity.client,
+        user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        envelope,
+    };
+    match deliver(state, job).await? {
+        Delivery::Accepted(upstream) => Ok(accepted(event_id.as_deref(), upstream.as_ref())),
+        Delivery::Refused(upstream) => Ok(refused(upstream)),
+    }
+}
+
+/// What became of an envelope handed to [`deliver`].
+pub enum Delivery {
+    /// The envelope is delivered (or durably queued). The upstream's answer, when there was one, may carry
+    /// rate limits for other categories that the SDK should learn about.
+    Accepted(Option<UpstreamResponse>),
+    /// The upstream refused it (4xx, 429); its answer goes back to the SDK.
+    Refused(UpstreamResponse),
+}
+
+/// The single hand-off from ingest to the upstream. Today: one inline attempt, so the SDK sees the upstream's real
+/// status (429s included). The delivery queue replaces the body of this function.
+pub async fn deliver(state: &AppState, job: UpstreamRequest) -> Result<Delivery, RelayError> {
+    match state.upstream.send(job).await {
+        Ok(response) if response.status.is_success() => {
+            state.metrics.envelopes_forwarded.inc();
+            Ok(Delivery::Accepted(Some(response)))
+        }
+        Ok(response) if response.status.is_server_error() => {
+            state
+                .metrics
+                .envelopes_dropped
+                .with_label_values(&["upstream_error"])
+                .inc();
+            Err(RelayError::UpstreamUnavailable)
+        }
+        Ok(response) => {
+            let reason = if response.status == StatusCode::TOO_MANY_REQUESTS {
+                "rate_limited"
+            } else {
+                "upstream_rejected"
+            };
+            state.metrics.envelopes_dropped.with_label_values(&[reason]).inc();
+            Ok(Delivery::Refused(response))
+        }
+        Err(error) => {
+            state
+                .metrics
+                .envelopes_dropped
+                .with_label_values(&["upstream_error"])
+                .inc();
+            Err(match error {
+                UpstreamError::Timeout => RelayError::UpstreamTimeout,
+                _ => RelayError::UpstreamUnavailable,
+            })
+        }
+    }
+}
+
+/// 200 `{"id": ...}`, passing on any rate limits the upstream announced with its success.
+fn accepted(event_id: Option<&str>, upstream: Option<&UpstreamResponse>) -> Response<Full<Bytes>> {
+    let body = match event_id {
+        Some(id) => serde_json::json!({ "id": id }),
+        None => serde_json::json!({}),
+    };
+    let mut response = crate::server::json(StatusCode::OK, &body);
+    if let Some(upstream) = upstream {
+        copy_limits(upstream, response.headers_mut());
+    }
+    response
+}
+
+/// The upstream's refusal, as the SDK would have seen it from Sentry.
+fn refused(upstream: UpstreamResponse) -> Response<Full<Bytes>> {
+    let is_json = upstream
+        .content_type
+        .as_ref()
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let mut response = if is_json && !upstream.body.is_empty() {
+        let mut response = Response::new(Full::new(upstream.body.clone()));
+        *response.status_mut() = upstream.status;
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    } else {
+        let detail = if upstream.status == StatusCode::TOO_MANY_REQUESTS {
+            "upstream rate limit in effect"
+        } else {
+            "upstream refused the envelope"
+        };
+        crate::error::json_error(upstream.status, detail)
+    };
+    copy_limits(&upstream, response.headers_mut());
+    response
+}
+
+fn copy_limits(upstream: &UpstreamResponse, headers: &mut HeaderMap) {
+    if let Some(value) = &upstream.retry_after {
+        headers.insert(header::RETRY_AFTER, value.clone());
+    }
+    if let Some(value) = &upstream.rate_limits {
+        headers.insert("x-sentry-rate-limits", value.clone());
+    }
+}
+
+/// All `Content-Encoding` lines, read as one list.
+fn content_encoding(headers: &HeaderMap) -> Result<ContentEncoding, RelayError> {
+    let mut found = ContentEncoding::Identity;
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let encoding = ContentEncoding::parse(value.as_bytes()).map_err(|_| RelayError::UnsupportedEncoding)?;
+        if encoding != ContentEncoding::Identity {
+            if found != ContentEncoding::Identity {
+                return Err(RelayError::UnsupportedEncoding);
+            }
+            found = encoding;
+        }
+    }
+    Ok(found)
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Collects the body, refusing more than `max` bytes as they stream in (chunked bodies have no length to check).
+async fn read_body(body: Incoming, max: usize, timeout: std::time::Duration) -> Result<Bytes, RelayError> {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
+        .await
+        .map_err(|_| RelayError::BodyTimeout)?;
+    match collected {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(RelayError::BodyTooLarge { limit: max })
+        }
+        Err(_) => Err(RelayError::BodyRead),
+    }
+}
+
+/// Everything the blocking half of a request needs.
+struct Prepare {
+    endpoint: Endpoint,
+    path_project: Option<u64>,
+    request_auth: Option<RequestAuth>,
+    encoding: ContentEncoding,
+    wire: Bytes,
+    max_decompressed: usize,
+    rules: Arc<CompiledRules>,
+    metrics: Arc<Metrics>,
+}
+
+struct Prepared {
+    identity: Identity,
+    /// The scrubbed envelope, serialized; `None` when no item is left to send.
+    envelope: Option<Bytes>,
+    event_id: Option<String>,
+}
+
+/// Decode → parse → identify → limit → scrub. CPU-bound, so it runs on a blocking thread.
+fn prepare(
+    input: Prepare,
+    authorize: impl FnOnce(&Identity) -> Result<(), RelayError>,
+) -> Result<Prepared, RelayError> {
+    let Prepare {
+        endpoint,
+        path_project,
+        request_auth,
+        encoding,
+        wire,
+        max_decompressed,
+        rules,
+        metrics,
+    } = input;
+    let decoded = decode::decode(encoding, &wire, max_decompressed).map_err(|error| match error {
+        DecodeError::TooLarge { limit } => RelayError::DecompressedTooLarge { limit },
+        DecodeError::Invalid(source) => RelayError::InvalidCompression(source),
+    })?;
+    drop(wire);
+    metrics
+        .received_bytes
+        .with_label_values(&["decompressed"])
+        .inc_by(decoded.len() as u64);
+    if decoded.iter().all(u8::is_ascii_whitespace) {
+        return Err(RelayError::EmptyBody);
+    }
+    let mut envelope = match endpoint {
+        Endpoint::Store => store_envelope(decoded, max_decompressed)?,
+        Endpoint::Envelope | Endpoint::Tunnel => Envelope::parse(Bytes::from(decoded))?,
+    };
+    if endpoint == Endpoint::Tunnel && envelope.dsn().is_none() {
+        // The tunnel has no other way to say who is sending.
+        return Err(RelayError::MissingAuth);
+    }
+    let identity = auth::resolve(request_auth, path_project, envelope.dsn())?;
+    authorize(&identity)?;
+    let event_id = envelope.event_id().and_then(normalize_event_id);
+
+    for item in &envelope.items {
+        metrics.items_received.with_label_values(&[item.ty().as_str()]).inc();
+    }
+    enforce_item_limits(&mut envelope, &metrics)?;
+
+    let started = Instant::now();
+    let options = ProcessOptions {
+        project_id: Some(identity.project_id),
+        explain: false,
+    };
+    let processed = pipeline::process(envelope, &rules, &options);
+    metrics.scrub_duration.observe(started.elapsed().as_secs_f64());
+    record_report(&metrics, &processed.report);
+    let envelope = processed.envelope;
+    for item in &envelope.items {
+        metrics.items_forwarded.with_label_values(&[item.ty().as_str()]).inc();
+    }
+    let envelope = (!envelope.items.is_empty()).then(|| envelope.to_bytes());
+    Ok(Prepared {
+        identity,
+        envelope,
+        event_id,
+    })
+}
+
+/// Counts what the pipeline did: redactions by rule, truncations by field, dropped items by type and reason.
+fn record_report(metrics: &Metrics, report: &Report) {
+    let redactions = if report.dry_run {
+        &metrics.dry_run_redactions
+    } else {
+        &metrics.redactions
+    };
+    for (rule, count) in &report.redactions {
+        redactions.with_label_values(&[rule.as_str()]).inc_by(*count);
+    }
+    for (field, count) in &report.truncations {
+        metrics.truncations.with_label_values(&[field.as_str()]).inc_by(*count);
+    }
+    for (item_type, reason) in &report.dropped {
+        metrics
+            .items_dropped
+            .with_label_values(&[item_type.as_str(), reason.as_str()])
+            .inc();
+    }
+}
+
+/// Sentry's per-item limits: `(limit, refuse_whole_envelope)`. Types without a limit are bounded by the envelope cap.
+fn item_limit(ty: ItemType) -> Option<(usize, bool)> {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    match ty {
+        ItemType::Event | ItemType::Transaction | ItemType::Feedback | ItemType::UserReport => Some((MIB, true)),
+        ItemType::Log => Some((2 * MIB, false)),
+        ItemType::Span | ItemType::ReplayEvent | ItemType::ReplayRecording => Some((10 * MIB, false)),
+        ItemType::CheckIn => Some((100 * KIB, false)),
+        ItemType::Session | ItemType::Sessions | ItemType::ClientReport | ItemType::TraceMetric => Some((MIB, false)),
+        ItemType::Attachment | ItemType::ReplayVideo => Some((100 * MIB, false)),
+        ItemType::Profile | ItemType::ProfileChunk => Some((50 * MIB, false)),
+        ItemType::Statsd | ItemType::Other => None,
+    }
+}
+
+fn enforce_item_limits(envelope: &mut Envelope, metrics: &Metrics) -> Result<(), RelayError> {
+    for item in &envelope.items {
+        if let Some((limit, true)) = item_limit(item.ty()) {
+            if item.payload().len() > limit {
+                return Err(RelayError::ItemTooLarge {
+                    item_type: item.ty().as_str(),
+                    size: item.payload().len(),
+                    limit,
+                });
+            }
+        }
+    }
+    envelope.items.retain(|item| match item_limit(item.ty()) {
+        Some((limit, false)) if item.payload().len() > limit => {
+            metrics
+                .items_dropped
+                .with_label_values(&[item.ty().as_str(), "too_large"])
+                .inc();
+            false
+        }
+        _ => true,
+    });
+    Ok(())
+}
+
+/// Wraps a legacy store body (JSON, or base64 of zlib-compressed JSON as old SDKs send it) into an envelope with one
+/// `event` (or `transaction`) item.
+fn store_envelope(body: Vec<u8>, max_decompressed: usize) -> Result<Envelope, RelayError> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
+    let json = if body[start..].starts_with(b"{") {
+        body
+    } else {
+        let compressed =
+            decode::base64_decode(&body).ok_or(RelayError::InvalidEvent("body is neither JSON nor base64"))?;
+        let encoding = match ContentEncoding::sniff(&compressed) {
+            ContentEncoding::Identity => ContentEncoding::Identity,
+            _ => ContentEncoding::Deflate,
+        };
+        decode::decode(encoding, &compressed, max_decompressed).map_err(|error| match error {
+            DecodeError::TooLarge { limit } => RelayError::DecompressedTooLarge { limit },
+            DecodeError::Invalid(source) => RelayError::InvalidCompression(source),
+        })?
+    };
+    let event: Map<String, Value> = match serde_json::from_slice(&json) {
+        Ok(Value::Object(event)) => event,
+        Ok(_) => return Err(RelayError::InvalidEvent("not a JSON object")),
+        Err(_) => return Err(RelayError::InvalidEvent("not valid JSON")),
+    };
+    let event_id = event
+        .get("event_id")
+        .and_then(Value::as_str)
+        .and_then(normalize_event_id)
+        .unwrap_or_else(new_event_id);
+    let ty = if event.get("type").and_then(Value::as_str) == Some("transaction") {
+        "transaction"
+    } else {
+        "event"
+    };
+    let mut headers = Map::new();
+    headers.insert("event_id".into(), Value::String(event_id));
+    let mut envelope = Envelope::new(headers);
+    let mut item = Item::new(ty, Bytes::from(json));
+    item.headers_mut()
+        .insert("content_type".into(), Value::String("application/json".into()));
+    envelope.items.push(item);
+    Ok(envelope)
+}
+
+/// A 32-hex event id (Rust SDKs hyphenate theirs); anything else is not echoed back.
+pub fn normalize_event_id(id: &str) -> Option<String> {
+    let hex: String = id.chars().filter(|&c| c != '-').collect();
+    (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| hex.to_ascii_lowercase())
+}
+
+/// A random version-4 UUID in Sentry's 32-hex form.
+fn new_event_id() -> String {
+    let mut bits = fastrand::u128(..);
+    bits = (bits & !(0xf << 76)) | (0x4 << 76);
+    bits = (bits & !(0x3 << 62)) | (0x2 << 62);
+    format!("{bits:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids() {
+        assert_eq!(
+            normalize_event_id("8e582431-b8f0-4e90-b432-de3a419a34f3").as_deref(),
+            Some("8e582431b8f04e90b432de3a419a34f3")
+        );
+        assert_eq!(normalize_event_id("jane.doe@example.com"), None, "only ids are echoed");
+        let id = new_event_id();
+        assert_eq!(normalize_event_id(&id), Some(id.clone()));
+        assert_eq!(&id[12..13], "4");
+    }
+
+    #[test]
+    fn store_bodies_become_one_event_item() {
+        let envelope = store_envelope(
+            br#"{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","message":"x"}"#.to_vec(),
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(envelope.event_id(), Some("9ec79c33ec9942ab8353589fcb2e04dc"));
+        assert_eq!(envelope.items.len(), 1);
+        assert_eq!(envelope.items[0].ty(), ItemType::Event);
+
+        let json = br#"{"type":"transaction","spans":[]}"#;
+        let encoded = base64_encode(&decode::zlib(json));
+        let envelope = store_envelope(encoded.into_bytes(), 1 << 20).unwrap();
+        assert_eq!(envelope.items[0].ty(), ItemType::Transaction);
+        assert_eq!(&envelope.items[0].payload()[..], json);
+        assert!(envelope.event_id().is_some(), "a missing event_id is generated");
+
+        assert!(matches!(
+            store_envelope(b"[1,2]".to_vec(), 1 << 20),
+            Err(RelayError::InvalidEvent(_))
+        ));
+        assert!(matches!(
+            store_envelope(b"{\"a\":".to_vec(), 1 << 20),
+            Err(RelayError::InvalidEvent(_))
+        ));
+    }
+
+    #[test]
+    fn oversized_events_refuse_the_envelope_and_other_items_are_dropped() {
+        let metrics = Metrics::new();
+        let mut envelope = Envelope::new(Map::new());
+        envelope
+            .items
+            .push(Item::new("event", Bytes::from(vec![b' '; 2 * 1024 * 1024])));
+        assert!(matches!(
+            enforce_item_limits(&mut envelope, &metrics),
+            Err(RelayError::ItemTooLarge { .. })
+        ));
+
+        let mut envelope = Envelope::new(Map::new());
+        envelope.items.push(Item::new("event", Bytes::from_static(b"{}")));
+        envelope
+            .items
+            .push(Item::new("check_in", Bytes::from(vec![b' '; 200 * 1024])));
+        enforce_item_limits(&mut envelope, &metrics).unwrap();
+        assert_eq!(envelope.items.len(), 1);
+        assert_eq!(
+            metrics
+                .items_dropped
+                .with_label_values(&["check_in", "too_large"])
+                .get(),
+            1
+        );
+    }
+
+    fn base64_encode(data: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}

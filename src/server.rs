@@ -1,0 +1,313 @@
+//! The accept loop and request routing: connections in, one hyper service per connection, graceful drain out.
+//!
+//! [`run`] takes an already-bound listener and a shutdown future (style §2), so the binary passes SIGTERM and tests
+//! pass a oneshot on port 0. Each connection is served by hyper-util's auto builder (HTTP/1.1 with keep-alive and
+//! chunked bodies, or HTTP/2 when the client opens with the h2 preface). A semaphore bounds open connections; when
+//! it is exhausted new clients wait in the kernel's backlog instead of costing memory here.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::admin::AdminRoute;
+use crate::config::Config;
+use crate::dsn::HostPattern;
+use crate::error::RelayError;
+use crate::ingest::{self, Endpoint};
+use crate::metrics::Metrics;
+use crate::rules::CompiledRules;
+use crate::shutdown::Readiness;
+use crate::upstream::Upstream;
+
+/// Time a client has to send its request headers (slow-loris protection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything a request handler needs. Shared as `Arc<AppState>`.
+pub struct AppState {
+    pub config: Config,
+    /// The rules in force. Handlers clone the inner `Arc` once per request, so a reload (which swaps it under the
+    /// write lock) never blocks or changes a request already being processed.
+    pub rules: RwLock<Arc<CompiledRules>>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Upstream,
+    pub readiness: Readiness,
+    /// `config.effective_tunnel_hosts()`, computed once.
+    pub tunnel_hosts: Vec<HostPattern>,
+}
+
+/// The relay could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+}
+
+impl AppState {
+    /// Validates the config and builds the shared state.
+    pub fn new(config: Config, rules: CompiledRules, metrics: Arc<Metrics>) -> Result<Arc<AppState>, StartError> {
+        config.validate()?;
+        let upstream = Upstream::new(&config, metrics.clone())?;
+        let readiness = Readiness::new(metrics.clone());
+        let tunnel_hosts = config.effective_tunnel_hosts();
+        Ok(Arc::new(AppState {
+            config,
+            rules: RwLock::new(Arc::new(rules)),
+            metrics,
+            upstream,
+            readiness,
+            tunnel_hosts,
+        }))
+    }
+
+    /// The rules in force right now.
+    pub fn rules(&self) -> Arc<CompiledRules> {
+        // A poisoned lock only means a writer panicked between two plain assignments; the value is still whole.
+        self.rules
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Swaps in new rules; requests already running keep the ones they started with.
+    pub fn replace_rules(&self, rules: Arc<CompiledRules>) {
+        *self.rules.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = rules;
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight requests finish within
+/// `config.shutdown_timeout`, and returns.
+pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
+    let connections_limit = Arc::new(Semaphore::new(state.config.max_connections));
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, upstream = %state.config.upstream, "listening");
+    }
+    state.readiness.set(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            permit = connections_limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // the semaphore is never closed
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning on a failing accept.
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        while connections.try_join_next().is_some() {}
+        let state = state.clone();
+        let builder = builder.clone();
+        let mut drain = drain_rx.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |request| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+            });
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => log_connection_end(result),
+                () = async { drop(drain.wait_for(|draining| *draining).await) } => {
+                    // Finish the requests in flight, refuse new ones on this connection, then close.
+                    connection.as_mut().graceful_shutdown();
+                    log_connection_end(connection.await);
+                }
+            }
+        });
+    }
+
+    state.readiness.set(false);
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let in_flight = connections.len();
+    let grace = state.config.shutdown_timeout;
+    let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
+    match drained {
+        Ok(()) => tracing::info!(connections = in_flight, "drained; stopped"),
+        Err(_) => {
+            tracing::warn!(
+                remaining = connections.len(),
+                grace_seconds = grace.as_secs_f64(),
+                "drain timed out; closing"
+            );
+            connections.shutdown().await;
+        }
+    }
+}
+
+fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
+    if let Err(error) = result {
+        // Clients that vanish mid-request are routine; nothing here carries request data.
+        tracing::debug!(error = %error, "connection ended with an error");
+    }
+}
+
+/// Dispatches one request and records its metrics.
+pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let route = Route::of(state, request.method(), request.uri().path());
+    let endpoint = route.endpoint_label();
+    let mut response = match route {
+        Route::Admin(admin) => crate::admin::respond(admin, &state.metrics, state.readiness.is_ready()),
+        Route::Preflight => empty(StatusCode::OK),
+        Route::Ingest(endpoint, project_id) => match ingest::handle(state, request, endpoint, project_id).await {
+            Ok(response) => response,
+            Err(error) => {
+                state.metrics.request_errors.with_label_values(&[error.kind()]).inc();
+                error.into_response()
+            }
+        },
+        Route::WrongMethod => reject(state, RelayError::MethodNotAllowed),
+        Route::NotFound => reject(state, RelayError::NotFound),
+    };
+    if route.wants_cors() {
+        add_cors(response.headers_mut());
+    }
+    let status = response.status();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[endpoint, status.as_str()])
+        .inc();
+    state
+        .metrics
+        .request_duration
+        .with_label_values(&[endpoint])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn reject(state: &AppState, error: RelayError) -> Response<Full<Bytes>> {
+    state.metrics.request_errors.with_label_values(&[error.kind()]).inc();
+    error.into_response()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Metrics and health checks, also served here so a single-port deployment needs nothing else.
+    Admin(AdminRoute),
+    /// `OPTIONS` on an ingest path: a browser's CORS preflight.
+    Preflight,
+    Ingest(Endpoint, Option<u64>),
+    WrongMethod,
+    NotFound,
+}
+
+impl Route {
+    fn of(state: &AppState, method: &Method, path: &str) -> Route {
+        if let Some(admin) = AdminRoute::from_path(path) {
+            let get = method == Method::GET || method == Method::HEAD;
+            return if get { Route::Admin(admin) } else { Route::WrongMethod };
+        }
+        let ingest = if path == state.config.tunnel_path || path.strip_suffix('/') == Some(&state.config.tunnel_path) {
+            Some(Route::Ingest(Endpoint::Tunnel, None))
+        } else {
+            api_route(path)
+        };
+        match ingest {
+            Some(route) if method == Method::POST => route,
+            Some(_) if method == Method::OPTIONS => Route::Preflight,
+            Some(_) => Route::WrongMethod,
+            None => Route::NotFound,
+        }
+    }
+
+    fn endpoint_label(self) -> &'static str {
+        match self {
+            Route::Admin(admin) => admin.endpoint_label(),
+            Route::Ingest(endpoint, _) => endpoint.as_str(),
+            Route::Preflight | Route::WrongMethod | Route::NotFound => "other",
+        }
+    }
+
+    fn wants_cors(self) -> bool {
+        matches!(self, Route::Preflight | Route::Ingest(..) | Route::WrongMethod)
+    }
+}
+
+/// `/api/<project_id>/envelope/` and `/api/<project_id>/store/`, trailing slash optional.
+fn api_route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix("/api/")?;
+    let (project, endpoint) = rest.split_once('/')?;
+    let project_id = crate::dsn::parse_project_id(project)?;
+    let endpoint = match endpoint.trim_end_matches('/') {
+        "envelope" => Endpoint::Envelope,
+        "store" => Endpoint::Store,
+        _ => return None,
+    };
+    Some(Route::Ingest(endpoint, Some(project_id)))
+}
+
+/// CORS for browser SDKs (protocol.md): any origin, POST, the headers SDKs send, and the headers they read back.
+fn add_cors(headers: &mut http::HeaderMap) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST, OPTIONS"),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static(
+            "x-sentry-auth, x-requested-with, origin, accept, content-type, content-encoding, authorization, \
+             sentry-trace, baggage",
+        ),
+    );
+    headers.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("x-sentry-error, x-sentry-rate-limits, retry-after"),
+    );
+    headers.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("3600"));
+}
+
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// A JSON answer.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

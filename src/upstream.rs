@@ -1,0 +1,266 @@
+//! One POST of one scrubbed envelope to the configured upstream Sentry.
+//!
+//! The destination is always `<configured upstream>/api/<project_id>/envelope/`; nothing in a request can change
+//! the host. Auth is rebuilt from the resolved identity (never copied from the client's headers), and the body is
+//! compressed as configured. Retries, queueing and spooling are the caller's business: `send` makes one attempt and
+//! reports what the upstream said, including `Retry-After` and `X-Sentry-Rate-Limits`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::config::{Config, UpstreamEncoding};
+use crate::metrics::Metrics;
+
+/// What to send: the uncompressed envelope and who it is from.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub project_id: u64,
+    pub public_key: String,
+    /// The SDK's `sentry_client`; `scrub-relay/<version>` when the SDK gave none.
+    pub sentry_client: Option<String>,
+    /// The SDK's `User-Agent`, kept so Sentry's SDK statistics stay right.
+    pub user_agent: Option<HeaderValue>,
+    /// The serialized, scrubbed envelope.
+    pub envelope: Bytes,
+}
+
+/// What the upstream answered. The body is kept (capped) so its `detail` can reach the SDK.
+#[derive(Debug, Clone)]
+pub struct UpstreamResponse {
+    pub status: StatusCode,
+    pub retry_after: Option<HeaderValue>,
+    pub rate_limits: Option<HeaderValue>,
+    pub content_type: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
+/// A request that got no HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream request timed out")]
+    Timeout,
+    #[error("could not connect to the upstream")]
+    Connect(#[source] reqwest::Error),
+    #[error("upstream request failed")]
+    Request(#[source] reqwest::Error),
+    #[error("could not compress the envelope")]
+    Compress(#[source] std::io::Error),
+}
+
+impl UpstreamError {
+    /// A bounded label for `upstream_requests_total{outcome=...}`.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            UpstreamError::Timeout => "timeout",
+            UpstreamError::Connect(_) | UpstreamError::Request(_) => "network_error",
+            UpstreamError::Compress(_) => "compress_error",
+        }
+    }
+}
+
+/// The largest upstream answer body we keep; Sentry's answers are a few dozen bytes.
+const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
+/// Envelopes smaller than this are compressed on the calling task; larger ones on a blocking thread.
+const INLINE_COMPRESS_LIMIT: usize = 64 * 1024;
+
+/// The upstream client. Cheap to clone.
+#[derive(Clone)]
+pub struct Upstream {
+    client: reqwest::Client,
+    base: Arc<str>,
+    encoding: UpstreamEncoding,
+    metrics: Arc<Metrics>,
+}
+
+impl Upstream {
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Upstream, reqwest::Error> {
+        install_crypto_provider();
+        let client = reqwest::Client::builder()
+            .connect_timeout(config.upstream_connect_timeout)
+            .timeout(config.upstream_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            // The upstream is configuration; a redirect would let the upstream pick another destination.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let base = config.upstream.as_str().trim_end_matches('/').into();
+        Ok(Upstream {
+            client,
+            base,
+            encoding: config.upstream_encoding,
+            metrics,
+        })
+    }
+
+    /// `<upstream>/api/<project_id>/envelope/`.
+    pub fn envelope_url(&self, project_id: u64) -> String {
+        format!("{}/api/{project_id}/envelope/", self.base)
+    }
+
+    /// One attempt. Any HTTP answer, 2xx or not, is `Ok`.
+    pub async fn send(&self, request: UpstreamRequest) -> Result<UpstreamResponse, UpstreamError> {
+        let encoding = self.encoding;
+        let uncompressed = request.envelope.len();
+        let body = if uncompressed <= INLINE_COMPRESS_LIMIT {
+            compress(encoding, &request.envelope)
+        } else {
+            let envelope = request.envelope.clone();
+            tokio::task::spawn_blocking(move || compress(encoding, &envelope))
+                .await
+                .map_err(|_| UpstreamError::Compress(std::io::Error::other("compression task failed")))?
+        }
+        .map_err(UpstreamError::Compress)?;
+
+        let client = request
+            .sentry_client
+            .as_deref()
+            .unwrap_or(concat!("scrub-relay/", env!("CARGO_PKG_VERSION")));
+        let auth = format!(
+            "Sentry sentry_key={}, sentry_version=7, sentry_client={client}",
+            request.public_key
+        );
+        let mut headers = HeaderMap::new();
+        // Key and client were validated to header-safe characters (`auth::safe_client`, `dsn::is_valid_public_key`).
+        headers.insert(
+            "x-sentry-auth",
+            HeaderValue::from_str(&auth).map_err(|_| invalid_header())?,
+        );
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-sentry-envelope"),
+        );
+        match encoding {
+            UpstreamEncoding::Gzip => {
+                headers.insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            UpstreamEncoding::Zstd => {
+                headers.insert(http::header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+            }
+            UpstreamEncoding::Identity => {}
+        }
+        let user_agent = request.user_agent.clone().unwrap_or(HeaderValue::from_static(concat!(
+            "scrub-relay/",
+            env!("CARGO_PKG_VERSION")
+        )));
+        headers.insert(http::header::USER_AGENT, user_agent);
+
+        self.metrics
+            .forwarded_bytes
+            .with_label_values(&["uncompressed"])
+            .inc_by(uncompressed as u64);
+        self.metrics
+            .forwarded_bytes
+            .with_label_values(&["wire"])
+            .inc_by(body.len() as u64);
+        let started = Instant::now();
+        let result = self.post(request.project_id, headers, body).await;
+        self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(response) => status_outcome(response.status),
+            Err(error) => error.outcome(),
+        };
+        self.metrics.upstream_requests.with_label_values(&[outcome]).inc();
+        if let Err(error) = &result {
+            tracing::warn!(project_id = request.project_id, outcome, error = %error_chain(error), "upstream request failed");
+        }
+        result
+    }
+
+    async fn post(
+        &self,
+        project_id: u64,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let response = self
+            .client
+            .post(self.envelope_url(project_id))
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(classify)?;
+        let status = response.status();
+        let header = |name: &str| response.headers().get(name).cloned();
+        let retry_after = header("retry-after");
+        let rate_limits = header("x-sentry-rate-limits");
+        let content_type = header("content-type");
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(classify)? {
+            let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            if room <= chunk.len() {
+                break;
+            }
+        }
+        Ok(UpstreamResponse {
+            status,
+            retry_after,
+            rate_limits,
+            content_type,
+            body: Bytes::from(body),
+        })
+    }
+}
+
+fn invalid_header() -> UpstreamError {
+    UpstreamError::Compress(std::io::Error::other("auth header has invalid characters"))
+}
+
+fn classify(error: reqwest::Error) -> UpstreamError {
+    if error.is_timeout() {
+        UpstreamError::Timeout
+    } else if error.is_connect() {
+        UpstreamError::Connect(error)
+    } else {
+        UpstreamError::Request(error)
+    }
+}
+
+/// `2xx`, `429`, `4xx`, `5xx`: the bounded outcome label.
+pub fn status_outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "2xx",
+        429 => "429",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// The error and its sources on one line (reqwest hides the useful part in the source chain).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Compresses a forwarded envelope.
+pub fn compress(encoding: UpstreamEncoding, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    match encoding {
+        UpstreamEncoding::Identity => Ok(data.to_vec()),
+        UpstreamEncoding::Gzip => {
+            // Level 6: most of level 9's ratio on JSON at a fraction of the CPU.
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::new(6));
+            encoder.write_all(data)?;
+            encoder.finish()
+        }
+        UpstreamEncoding::Zstd => zstd::encode_all(data, 3),
+    }
+}
+
+/// rustls needs one process-wide crypto provider; we build with ring (see Cargo.toml). Installing twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

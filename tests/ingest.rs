@@ -1,0 +1,719 @@
+//! End-to-end tests of the ingest path: real relay on loopback, real upstream (MiniSentry), real SDK captures.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::*;
+use scrub_relay::envelope::Envelope;
+use scrub_relay::pipeline::{self, ProcessOptions};
+use scrub_relay::rules::CompiledRules;
+
+const EVENT_ID: &str = "9ec79c33ec9942ab8353589fcb2e04dc";
+const KEY: &str = "publickey123";
+
+/// What the relay must forward for an SDK envelope: exactly what the pipeline makes of it.
+fn expected_upstream(envelope: &[u8], project_id: u64) -> Option<Vec<u8>> {
+    let envelope = Envelope::parse(envelope.to_vec().into()).expect("capture parses");
+    let options = ProcessOptions {
+        project_id: Some(project_id),
+        explain: false,
+    };
+    let processed = pipeline::process(envelope, &CompiledRules::defaults(), &options);
+    (!processed.envelope.items.is_empty()).then(|| processed.envelope.to_bytes().to_vec())
+}
+
+#[tokio::test]
+async fn every_sdk_capture_is_accepted_and_forwarded() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let captures = Capture::all();
+    assert!(captures.len() > 80, "the fixtures are all there");
+    for capture in &captures {
+        let before = mini.received();
+        let response = capture.replay(&relay).await;
+        assert_eq!(
+            response.status,
+            200,
+            "{}: {:?}",
+            capture.name,
+            String::from_utf8_lossy(&response.body)
+        );
+        match expected_upstream(&capture.envelope_bytes(), 42) {
+            Some(expected) => {
+                let upstream = mini.next().await;
+                assert_eq!(upstream.path, "/api/42/envelope/", "{}", capture.name);
+                assert_eq!(upstream.query, None, "{}: no query upstream", capture.name);
+                assert_eq!(upstream.auth_key().as_deref(), Some(KEY), "{}", capture.name);
+                assert!(upstream.header("x-sentry-auth").unwrap().contains("sentry_version=7"));
+                assert_eq!(upstream.header("content-type"), Some("application/x-sentry-envelope"));
+                assert_eq!(upstream.header("content-encoding"), Some("gzip"), "{}", capture.name);
+                assert!(
+                    upstream.envelope.is_some(),
+                    "{}: upstream body parses as an envelope",
+                    capture.name
+                );
+                assert!(
+                    upstream.body[..] == expected[..],
+                    "{}: upstream got what the pipeline produced",
+                    capture.name
+                );
+                let sdk_agent = capture
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("user-agent"));
+                if let Some((_, agent)) = sdk_agent {
+                    assert_eq!(
+                        upstream.header("user-agent"),
+                        Some(agent.as_str()),
+                        "{}: SDK User-Agent kept",
+                        capture.name
+                    );
+                }
+            }
+            None => assert_eq!(
+                mini.received(),
+                before,
+                "{}: the pipeline dropped everything",
+                capture.name
+            ),
+        }
+        let event_id = capture.envelope_bytes().split(|&b| b == b'\n').next().map(|line| {
+            serde_json::from_slice::<serde_json::Value>(line).unwrap()["event_id"]
+                .as_str()
+                .map(|id| id.replace('-', ""))
+        });
+        assert_eq!(
+            response.json()["id"].as_str().map(str::to_owned),
+            event_id.flatten(),
+            "{}: id answered",
+            capture.name
+        );
+    }
+    assert_eq!(relay.metrics().envelopes_received.get() as usize, captures.len());
+}
+
+#[tokio::test]
+async fn sdk_client_name_is_repeated_upstream() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    assert_eq!(Capture::load("py-error-event").replay(&relay).await.status, 200);
+    assert_eq!(mini.next().await.auth_client().as_deref(), Some("sentry.python/2.75.0"));
+    assert_eq!(Capture::load("node-error-1").replay(&relay).await.status, 200);
+    assert_eq!(
+        mini.next().await.auth_client().as_deref(),
+        Some("sentry.javascript.node/11.12.0")
+    );
+}
+
+#[tokio::test]
+async fn tunnel_forwards_allowed_hosts_only() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    // The capture's dsn names 127.0.0.1, the upstream's host: allowed by default.
+    let capture = Capture::load("node-tunnel-1");
+    let response = capture.replay(&relay).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    let upstream = mini.next().await;
+    assert_eq!(upstream.path, "/api/42/envelope/", "project from the dsn");
+    assert_eq!(upstream.auth_key().as_deref(), Some(KEY), "key from the dsn");
+
+    let mut config = relay_config(&mini);
+    config.tunnel_allowed_hosts = vec![scrub_relay::dsn::HostPattern::parse("*.ingest.sentry.io").unwrap()];
+    let strict = start_relay(config).await;
+    let response = capture.replay(&strict).await;
+    assert_eq!(response.status, 403);
+    assert_eq!(response.detail(), "dsn host is not an allowed tunnel destination");
+
+    let no_dsn = send_raw(relay.addr, "POST", "/tunnel", &[], &event_envelope(EVENT_ID), false).await;
+    assert_eq!(no_dsn.status, 401);
+    assert_eq!(no_dsn.detail(), "missing authorization information");
+    assert_eq!(mini.received(), 1, "refused tunnel requests never reach the upstream");
+}
+
+#[tokio::test]
+async fn tunnel_destination_never_comes_from_the_request() {
+    let mini = MiniSentry::start().await;
+    let mut config = relay_config(&mini);
+    config.tunnel_allowed_hosts = vec![scrub_relay::dsn::HostPattern::parse("o1.ingest.sentry.io").unwrap()];
+    let relay = start_relay(config).await;
+    let body = format!(
+        "{{\"event_id\":\"{EVENT_ID}\",\"dsn\":\"https://abc@o1.ingest.sentry.io/7\"}}\n{{\"type\":\"event\"}}\n{{}}\n"
+    );
+    let response = send_raw(relay.addr, "POST", "/tunnel", &[], body.as_bytes(), false).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    let upstream = mini.next().await;
+    assert_eq!(
+        upstream.path, "/api/7/envelope/",
+        "sent to the configured upstream, not to the dsn's host"
+    );
+    assert_eq!(upstream.auth_key().as_deref(), Some("abc"));
+}
+
+#[tokio::test]
+async fn every_content_encoding_is_decoded() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let envelope = event_envelope(EVENT_ID);
+    let mut deflate = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    deflate.write_all(&envelope).unwrap();
+    let mut raw_deflate = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    raw_deflate.write_all(&envelope).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("gzip", gzip(&envelope)),
+        ("x-gzip", gzip(&envelope)),
+        ("deflate", deflate.finish().unwrap()),
+        ("deflate", raw_deflate.finish().unwrap()),
+        ("br", brotli(&envelope)),
+        ("zstd", zstd(&envelope)),
+        ("identity", envelope.clone()),
+        ("UTF-8", envelope.clone()),
+        ("", envelope.clone()),
+        ("GZIP", gzip(&envelope)),
+    ];
+    for (encoding, body) in cases {
+        let auth = format!("Sentry sentry_key={KEY}, sentry_version=7");
+        let headers = headers(&[("x-sentry-auth", &auth), ("Content-Encoding", encoding)]);
+        let response = send_raw(relay.addr, "POST", "/api/42/envelope/", &headers, &body, false).await;
+        assert_eq!(response.status, 200, "{encoding}: {}", response.detail());
+        assert_eq!(response.json()["id"], EVENT_ID);
+        let upstream = mini.next().await;
+        assert_eq!(upstream.envelope().event_id(), Some(EVENT_ID), "{encoding}");
+        assert_eq!(upstream.envelope().items.len(), 1, "{encoding}");
+    }
+}
+
+#[tokio::test]
+async fn chunked_bodies_and_keep_alive() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let body = gzip(&event_envelope(EVENT_ID));
+    let headers = headers(&[
+        ("content-encoding", "gzip"),
+        ("Transfer-Encoding", "chunked"),
+        ("Connection", "keep-alive"),
+    ]);
+    let target = format!("/api/42/envelope/?sentry_key={KEY}&sentry_version=7");
+    let response = send_raw(relay.addr, "POST", &target, &headers, &body, true).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let response = client
+        .post(relay.url(&format!("/api/42/envelope/?sentry_key={KEY}")))
+        .body(event_envelope(EVENT_ID))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
+}
+
+#[tokio::test]
+async fn store_endpoint_wraps_the_event_in_an_envelope() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let auth = format!("Sentry sentry_key={KEY}, sentry_version=7, sentry_client=raven-python/6.10.0");
+    let event = format!(r#"{{"event_id":"{EVENT_ID}","message":"legacy","level":"error"}}"#);
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        "/api/42/store/",
+        &headers(&[("X-Sentry-Auth", &auth)]),
+        event.as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    assert_eq!(response.json()["id"], EVENT_ID);
+    let upstream = mini.next().await;
+    assert_eq!(upstream.path, "/api/42/envelope/");
+    assert_eq!(upstream.envelope().items[0].type_name(), "event");
+    assert_eq!(upstream.envelope().items[0].payload()[..], *event.as_bytes());
+
+    // Old SDKs: base64 of zlib, no Content-Encoding.
+    let encoded = base64(&scrub_relay::decode::zlib(event.as_bytes()));
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        "/api/42/store/",
+        &headers(&[("X-Sentry-Auth", &auth)]),
+        encoded.as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    assert_eq!(mini.next().await.envelope().items[0].payload()[..], *event.as_bytes());
+}
+
+#[tokio::test]
+async fn cors_preflight_and_headers() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let preflight = send_raw(
+        relay.addr,
+        "OPTIONS",
+        "/api/42/envelope/",
+        &headers(&[
+            ("Origin", "https://app.example"),
+            ("Access-Control-Request-Method", "POST"),
+        ]),
+        b"",
+        false,
+    )
+    .await;
+    assert_eq!(preflight.status, 200);
+    assert_eq!(preflight.header("access-control-allow-origin"), Some("*"));
+    assert!(
+        preflight
+            .header("access-control-allow-methods")
+            .unwrap()
+            .contains("POST")
+    );
+    let allowed = preflight.header("access-control-allow-headers").unwrap();
+    for header in [
+        "x-sentry-auth",
+        "content-type",
+        "content-encoding",
+        "authorization",
+        "sentry-trace",
+        "baggage",
+    ] {
+        assert!(allowed.contains(header), "{header} allowed");
+    }
+    let exposed = preflight.header("access-control-expose-headers").unwrap();
+    for header in ["x-sentry-error", "x-sentry-rate-limits", "retry-after"] {
+        assert!(exposed.contains(header), "{header} exposed");
+    }
+    let refused = send_raw(
+        relay.addr,
+        "POST",
+        "/api/42/envelope/",
+        &[],
+        &event_envelope(EVENT_ID),
+        false,
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        Some("*"),
+        "errors carry CORS headers too"
+    );
+    assert_eq!(mini.received(), 0);
+}
+
+#[tokio::test]
+async fn refusals_name_their_cause() {
+    let mini = MiniSentry::start().await;
+    let mut config = relay_config(&mini);
+    config.allowed_projects = vec![42, 43];
+    config.allowed_keys = vec![KEY.to_owned(), "otherkey".to_owned()];
+    let relay = start_relay(config).await;
+    let envelope = event_envelope(EVENT_ID);
+    let auth = |key: &str, version: u32| format!("Sentry sentry_key={key}, sentry_version={version}");
+    let header_auth = |key: &str| headers(&[("X-Sentry-Auth", &auth(key, 7))]);
+    let dsn_envelope = |dsn: &str| format!("{{\"dsn\":\"{dsn}\"}}\n{{\"type\":\"event\"}}\n{{}}\n").into_bytes();
+
+    struct Case {
+        name: &'static str,
+        target: String,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        status: u16,
+        detail: &'static str,
+    }
+    let cases = vec![
+        Case {
+            name: "malformed envelope",
+            target: "/api/42/envelope/".into(),
+            headers: header_auth(KEY),
+            body: b"not json\n".to_vec(),
+            status: 400,
+            detail: "invalid envelope: envelope header is not a JSON object",
+        },
+        Case {
+            name: "bad item length",
+            target: "/api/42/envelope/".into(),
+            headers: header_auth(KEY),
+            body: b"{}\n{\"type\":\"event\",\"length\":100}\n{}\n".to_vec(),
+            status: 400,
+            detail: "invalid envelope: item at byte 3 declares 100 bytes but only 3 remain",
+        },
+        Case {
+            name: "empty body",
+            target: "/api/42/envelope/".into(),
+            headers: header_auth(KEY),
+            body: vec![],
+            status: 400,
+            detail: "empty request body",
+        },
+        Case {
+            name: "no auth",
+            target: "/api/42/envelope/".into(),
+            headers: vec![],
+            body: envelope.clone(),
+            status: 401,
+            detail: "missing authorization information",
+        },
+        Case {
+            name: "two auth sources",
+            target: format!("/api/42/envelope/?sentry_key={KEY}"),
+            headers: header_auth(KEY),
+            body: envelope.clone(),
+            status: 401,
+            detail: "multiple authorization payloads requested",
+        },
+        Case {
+            name: "two auth headers",
+            target: "/api/42/envelope/".into(),
+            headers: headers(&[("X-Sentry-Auth", &auth(KEY, 7)), ("Authorization", &auth(KEY, 7))]),
+            body: envelope.clone(),
+            status: 401,
+            detail: "multiple authorization payloads requested",
+        },
+        Case {
+            name: "protocol version 8",
+            target: "/api/42/envelope/".into(),
+            headers: headers(&[("X-Sentry-Auth", &auth(KEY, 8))]),
+            body: envelope.clone(),
+            status: 400,
+            detail: "client requested unsupported protocol version (8)",
+        },
+        Case {
+            name: "dsn key mismatch",
+            target: "/api/42/envelope/".into(),
+            headers: header_auth(KEY),
+            body: dsn_envelope("http://otherkey@127.0.0.1/42"),
+            status: 400,
+            detail: "dsn in envelope header does not match the request's public key",
+        },
+        Case {
+            name: "dsn project mismatch",
+            target: "/api/42/envelope/".into(),
+            headers: header_auth(KEY),
+            body: dsn_envelope("http://publickey123@127.0.0.1/43"),
+            status: 400,
+            detail: "dsn in envelope header does not match the request's project id",
+        },
+        Case {
+            name: "key not allowed",
+            target: "/api/42/envelope/".into(),
+            headers: header_auth("strangerkey"),
+            body: envelope.clone(),
+            status: 403,
+            detail: "public key is not allowed",
+        },
+        Case {
+            name: "project not allowed",
+            target: "/api/44/envelope/".into(),
+            headers: header_auth(KEY),
+            body: envelope.clone(),
+            status: 403,
+            detail: "project is not allowed",
+        },
+        Case {
+            name: "unknown route",
+            target: "/api/42/unknown/".into(),
+            headers: header_auth(KEY),
+            body: envelope.clone(),
+            status: 404,
+            detail: "not found",
+        },
+        Case {
+            name: "non-numeric project",
+            target: "/api/abc/envelope/".into(),
+            headers: header_auth(KEY),
+            body: envelope.clone(),
+            status: 404,
+            detail: "not found",
+        },
+        Case {
+            name: "unknown encoding",
+            target: "/api/42/envelope/".into(),
+            headers: headers(&[("X-Sentry-Auth", &auth(KEY, 7)), ("Content-Encoding", "lz4")]),
+            body: envelope.clone(),
+            status: 415,
+            detail: "unsupported content encoding",
+        },
+        Case {
+            name: "corrupt gzip",
+            target: "/api/42/envelope/".into(),
+            headers: headers(&[("X-Sentry-Auth", &auth(KEY, 7)), ("Content-Encoding", "gzip")]),
+            body: b"\x1f\x8bnot really gzip".to_vec(),
+            status: 400,
+            detail: "",
+        },
+    ];
+    for case in cases {
+        let response = send_raw(relay.addr, "POST", &case.target, &case.headers, &case.body, false).await;
+        assert_eq!(response.status, case.status, "{}: {}", case.name, response.detail());
+        if case.detail.is_empty() {
+            assert!(
+                response.detail().starts_with("invalid compressed body"),
+                "{}: {}",
+                case.name,
+                response.detail()
+            );
+        } else {
+            assert_eq!(response.detail(), case.detail, "{}", case.name);
+        }
+        assert_eq!(
+            response.header("x-sentry-error"),
+            Some(response.detail().as_str()),
+            "{}",
+            case.name
+        );
+    }
+    let wrong_method = send_raw(relay.addr, "GET", "/api/42/envelope/", &header_auth(KEY), b"", false).await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(mini.received(), 0, "no refused request reached the upstream");
+    assert!(
+        relay
+            .metrics()
+            .request_errors
+            .with_label_values(&["multiple_auth"])
+            .get()
+            >= 2
+    );
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_before_and_after_decompression() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let auth = format!("Sentry sentry_key={KEY}, sentry_version=7");
+
+    // A Content-Length over the cap is refused before a byte of body is read.
+    let too_long = headers(&[("X-Sentry-Auth", &auth), ("Content-Length", "104857600")]);
+    let response = send_raw(relay.addr, "POST", "/api/42/envelope/", &too_long, b"", false).await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.detail(), "request body exceeds the limit of 41943040 bytes");
+
+    // 1 GiB of zeros, gzipped to about a megabyte: stopped at the decompressed cap.
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..1024 {
+        bomb.write_all(&zeros).unwrap();
+    }
+    let bomb = bomb.finish().unwrap();
+    assert!(bomb.len() < 40 << 20, "the bomb fits under the wire cap");
+    let gzip_auth = headers(&[("X-Sentry-Auth", &auth), ("Content-Encoding", "gzip")]);
+    let response = send_raw(relay.addr, "POST", "/api/42/envelope/", &gzip_auth, &bomb, false).await;
+    assert_eq!(response.status, 413);
+    assert_eq!(
+        response.detail(),
+        "decompressed body exceeds the limit of 209715200 bytes"
+    );
+
+    // The relay is still serving.
+    let response = post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
+}
+
+#[tokio::test]
+async fn chunked_bodies_are_capped_while_streaming() {
+    let mini = MiniSentry::start().await;
+    let mut config = relay_config(&mini);
+    config.max_body_bytes = 4096;
+    let relay = start_relay(config).await;
+    let body = vec![b'x'; 64 * 1024];
+    let target = format!("/api/42/envelope/?sentry_key={KEY}");
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        &target,
+        &headers(&[("Transfer-Encoding", "chunked")]),
+        &body,
+        true,
+    )
+    .await;
+    assert_eq!(response.status, 413);
+    assert_eq!(response.detail(), "request body exceeds the limit of 4096 bytes");
+}
+
+#[tokio::test]
+async fn oversized_event_items_are_refused() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let big = format!("{{\"message\":\"{}\"}}", "a".repeat(2 << 20));
+    let body = format!("{{}}\n{{\"type\":\"event\"}}\n{big}\n");
+    let response = post_envelope(&relay, 42, KEY, body.as_bytes()).await;
+    assert_eq!(response.status, 413);
+    assert!(response.detail().starts_with("event item of"), "{}", response.detail());
+}
+
+#[tokio::test]
+async fn upstream_rate_limits_reach_the_sdk() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    mini.answer_next(Answer::rate_limited("60", "60:error:organization:quota_exceeded"));
+    let response = post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await;
+    assert_eq!(response.status, 429);
+    assert_eq!(response.header("retry-after"), Some("60"));
+    assert_eq!(
+        response.header("x-sentry-rate-limits"),
+        Some("60:error:organization:quota_exceeded")
+    );
+    assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
+
+    // Limits announced with a success are passed on as well.
+    mini.answer_next(Answer::ok().header("x-sentry-rate-limits", "30:transaction:key"));
+    let response = post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("x-sentry-rate-limits"), Some("30:transaction:key"));
+}
+
+#[tokio::test]
+async fn hostile_json_gets_an_answer_not_a_panic() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let deep_header = format!("{}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let response = post_envelope(&relay, 42, KEY, deep_header.as_bytes()).await;
+    assert_eq!(response.status, 400);
+    assert_eq!(
+        response.detail(),
+        "invalid envelope: envelope header is not a JSON object"
+    );
+
+    let deep_payload = format!(
+        "{{}}\n{{\"type\":\"event\"}}\n{{\"a\":{}1{}}}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let response = post_envelope(&relay, 42, KEY, deep_payload.as_bytes()).await;
+    assert!(
+        matches!(response.status, 200 | 400),
+        "deeply nested payload: {}",
+        response.status
+    );
+
+    let invalid_utf8 = b"{}\n{\"type\":\"event\"}\n{\"message\":\"\xff\xfe jane\"}\n".to_vec();
+    let response = post_envelope(&relay, 42, KEY, &invalid_utf8).await;
+    assert!(
+        matches!(response.status, 200 | 400),
+        "invalid UTF-8 payload: {}",
+        response.status
+    );
+
+    let response = post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await;
+    assert_eq!(response.status, 200, "still serving");
+}
+
+#[tokio::test]
+async fn health_and_metrics_endpoints() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    for path in [
+        "/api/relay/healthcheck/live/",
+        "/api/relay/healthcheck/ready/",
+        "/healthz",
+        "/readyz",
+    ] {
+        let response = send_raw(relay.addr, "GET", path, &[], b"", false).await;
+        assert_eq!(response.status, 200, "{path}");
+        assert_eq!(response.json(), serde_json::json!({ "is_healthy": true }), "{path}");
+    }
+    assert_eq!(
+        post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await.status,
+        200
+    );
+    let metrics = send_raw(relay.addr, "GET", "/metrics", &[], b"", false).await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(metrics.body).unwrap();
+    assert!(
+        text.contains("scrub_relay_requests_total{endpoint=\"envelope\",status=\"200\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("scrub_relay_items_received_total{item_type=\"event\"} 1"));
+    assert!(text.contains("scrub_relay_upstream_requests_total{outcome=\"2xx\"} 1"));
+    let missing = send_raw(relay.addr, "GET", "/nope", &[], b"", false).await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json(), serde_json::json!({ "detail": "not found" }));
+}
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight() {
+    let mini = MiniSentry::start().await;
+    let mut relay = start_relay(relay_config(&mini)).await;
+    // The upstream holds its answer, so the request is in flight when shutdown starts.
+    mini.answer_next(Answer::ok().delay(Duration::from_millis(300)));
+    let addr = relay.addr;
+    let in_flight = tokio::spawn(async move {
+        let body = event_envelope(EVENT_ID);
+        send_raw(
+            addr,
+            "POST",
+            &format!("/api/42/envelope/?sentry_key={KEY}"),
+            &[],
+            &body,
+            false,
+        )
+        .await
+    });
+    mini.next().await;
+    relay.trigger_shutdown();
+    let state = relay.state.clone();
+    wait_until("readiness turns off", || !state.readiness.is_ready()).await;
+    let response = in_flight.await.unwrap();
+    assert_eq!(response.status, 200, "the request in flight finished");
+    relay.shutdown().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn scrub_command_prints_a_valid_envelope_for_every_capture() {
+    for capture in Capture::all() {
+        let path = fixtures_dir().join(format!("{}.body", capture.name));
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_scrub-relay"));
+        command.arg("scrub").arg(&path).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if capture
+            .headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case("content-encoding") && v == "br")
+        {
+            command.args(["--encoding", "br"]);
+        }
+        let output = command.output().expect("run scrub-relay scrub");
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            capture.name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Envelope::parse(output.stdout.into())
+            .unwrap_or_else(|e| panic!("{}: output is an envelope: {e}", capture.name));
+    }
+}
+
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
