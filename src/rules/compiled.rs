@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::detectors::{Detector, DetectorSet, Kind};
-use super::keys::{HeaderMatcher, KeyMatcher, normalize_header};
+use super::keys::{HeaderMatcher, KeyMatcher, header_name_eq, normalize_header};
 use super::{
     Action, BinaryPolicy, DEFAULT_RULES_YAML, DetectorConfig, ProjectOverride, RulesError, RulesFile, UnparseablePolicy,
 };
@@ -20,10 +20,10 @@ use crate::truncate::TruncationRules;
 pub struct Engine {
     pub keys: KeyMatcher,
     pub headers: HeaderMatcher,
-    /// Normalized header names carrying the client IP (`x-forwarded-for`, ...).
-    pub ip_headers: HashSet<String>,
-    /// Lower-cased attribute/data keys holding the end user's IP.
-    pub ip_keys: HashSet<String>,
+    /// Normalized header names carrying the client IP (`x-forwarded-for`, ...). A handful: a list beats hashing.
+    pub ip_headers: Vec<String>,
+    /// Attribute/data keys holding the end user's IP, matched exactly.
+    pub ip_keys: Vec<String>,
     pub send_default_pii: bool,
     pub key_action: Action,
     pub key_replacement: String,
@@ -167,6 +167,16 @@ fn valid_rule_id(id: &str) -> bool {
 }
 
 impl Engine {
+    /// Whether a header name carries the client IP.
+    pub fn is_ip_header(&self, name: &str) -> bool {
+        self.ip_headers.iter().any(|h| header_name_eq(h, name))
+    }
+
+    /// Whether an attribute or data key holds the end user's IP.
+    pub fn is_ip_key(&self, key: &str) -> bool {
+        self.ip_keys.iter().any(|k| k == key)
+    }
+
     fn build(
         file: &RulesFile,
         project: Option<&ProjectOverride>,
@@ -198,7 +208,7 @@ impl Engine {
             .iter()
             .map(|h| normalize_header(h))
             .collect();
-        let ip_keys = file.ip_address_keys.iter().map(|k| k.to_ascii_lowercase()).collect();
+        let ip_keys = file.ip_address_keys.clone();
 
         let disabled: HashSet<&str> = project.disabled_detectors.iter().map(String::as_str).collect();
         let known: HashSet<&str> = BUILT_IN.iter().map(|k| k.id()).collect();
@@ -301,7 +311,7 @@ impl Engine {
             send_default_pii: file.send_default_pii,
             key_action: file.sensitive_keys.action,
             key_replacement: file.replacements.key.clone(),
-            detectors: DetectorSet { detectors },
+            detectors: DetectorSet::new(detectors),
             truncation,
             routes,
             policy: Policy {

@@ -3,8 +3,8 @@
 //! user-defined regex rules.
 //!
 //! The hot path is "most strings contain nothing". So a single cheap pass over each string ([`Prefilter`]) counts
-//! digits and an Aho-Corasick automaton looks for the literal each detector needs (`@`, `earer`, `PRIVATE KEY`, `eyJ`,
-//! ...); a detector's regex only runs when its trigger is present. Digit-shaped detectors (card, SSN, phone, IBAN)
+//! digits, dots, dashes and capitals and records its byte pairs, which tells whether the literal each detector needs
+//! (`@`, `bearer `, `private key`, `eyJ`, ...) can be present; a detector's regex only runs when it can. Digit-shaped detectors (card, SSN, phone, IBAN)
 //! need a minimum digit count before they look at all.
 //!
 //! Each detector is narrow on purpose: cards must pass Luhn and start like a real card, phones need the NANP shape with
@@ -13,7 +13,6 @@
 
 use std::sync::LazyLock;
 
-use aho_corasick::AhoCorasick;
 use regex::Regex;
 
 use super::Action;
@@ -72,18 +71,6 @@ impl Kind {
             _ => 0,
         }
     }
-
-    /// Minimum number of ASCII digits a string needs before this kind can match.
-    fn min_digits(self) -> u32 {
-        match self {
-            Kind::CreditCard => 13,
-            Kind::Iban => 10,
-            Kind::Ssn => 9,
-            Kind::PhoneUs => 10,
-            Kind::Ipv4 => 4,
-            _ => 0,
-        }
-    }
 }
 
 const T_AT: u32 = 1;
@@ -94,22 +81,26 @@ const T_AWS: u32 = 1 << 4;
 const T_API_TOKEN: u32 = 1 << 5;
 const T_CREDENTIAL_WORD: u32 = 1 << 6;
 
-/// Literal triggers and the bit each sets.
+/// Literals each trigger family needs (compared case-insensitively). The prefilter does not search for them: it
+/// records which byte pairs occur in the string (a 256-bit Bloom filter over lower-cased bigrams) and a family fires
+/// when every bigram of one of its literals is present. That costs about a nanosecond per byte; false positives only
+/// mean the detector's regex runs and finds nothing.
 const TRIGGERS: &[(&str, u32)] = &[
-    ("@", T_AT),
     ("%40", T_AT),
-    ("earer", T_BEARER),
-    ("EARER", T_BEARER),
-    ("asic ", T_BEARER),
-    ("ASIC ", T_BEARER),
-    ("PRIVATE KEY", T_PRIVATE_KEY),
-    ("eyJ", T_JWT),
-    ("AKIA", T_AWS),
-    ("ASIA", T_AWS),
-    ("sk_live_", T_API_TOKEN),
-    ("sk_test_", T_API_TOKEN),
-    ("rk_live_", T_API_TOKEN),
-    ("rk_test_", T_API_TOKEN),
+    ("bearer ", T_BEARER),
+    ("basic ", T_BEARER),
+    ("private key", T_PRIVATE_KEY),
+    ("eyj", T_JWT),
+    ("akia", T_AWS),
+    ("asia", T_AWS),
+    ("agpa", T_AWS),
+    ("aida", T_AWS),
+    ("aroa", T_AWS),
+    ("anpa", T_AWS),
+    ("anva", T_AWS),
+    ("aipa", T_AWS),
+    ("sk_", T_API_TOKEN),
+    ("rk_", T_API_TOKEN),
     ("whsec_", T_API_TOKEN),
     ("ghp_", T_API_TOKEN),
     ("gho_", T_API_TOKEN),
@@ -119,50 +110,101 @@ const TRIGGERS: &[(&str, u32)] = &[
     ("github_pat_", T_API_TOKEN),
     ("xox", T_API_TOKEN),
     ("glpat-", T_API_TOKEN),
-    ("AIza", T_API_TOKEN),
+    ("aiza", T_API_TOKEN),
     ("sk-", T_API_TOKEN),
     ("npm_", T_API_TOKEN),
-    ("assw", T_CREDENTIAL_WORD),
-    ("ASSW", T_CREDENTIAL_WORD),
-    ("wd", T_CREDENTIAL_WORD),
-    ("WD", T_CREDENTIAL_WORD),
-    ("ecret", T_CREDENTIAL_WORD),
-    ("ECRET", T_CREDENTIAL_WORD),
-    ("oken", T_CREDENTIAL_WORD),
-    ("OKEN", T_CREDENTIAL_WORD),
-    ("pi_", T_CREDENTIAL_WORD),
-    ("pi-", T_CREDENTIAL_WORD),
-    ("pi ", T_CREDENTIAL_WORD),
-    ("pik", T_CREDENTIAL_WORD),
-    ("piK", T_CREDENTIAL_WORD),
-    ("PI_", T_CREDENTIAL_WORD),
-    ("PI-", T_CREDENTIAL_WORD),
-    ("PI ", T_CREDENTIAL_WORD),
-    ("PIK", T_CREDENTIAL_WORD),
+    ("passw", T_CREDENTIAL_WORD),
+    ("pwd", T_CREDENTIAL_WORD),
+    ("secret", T_CREDENTIAL_WORD),
+    ("token", T_CREDENTIAL_WORD),
+    ("api_", T_CREDENTIAL_WORD),
+    ("api-", T_CREDENTIAL_WORD),
+    ("api ", T_CREDENTIAL_WORD),
+    ("apik", T_CREDENTIAL_WORD),
 ];
 
-static TRIGGER_AUTOMATON: LazyLock<AhoCorasick> = LazyLock::new(|| {
-    AhoCorasick::new(TRIGGERS.iter().map(|(literal, _)| literal)).expect("fixed literal trigger list builds")
+/// A 64-bit Bloom filter of lower-cased byte pairs, kept in a register while scanning.
+#[inline(always)]
+fn bigram_bit(a: u8, b: u8) -> u64 {
+    // ASCII lower-casing by OR-ing 0x20 also folds a few punctuation pairs together; that only adds false positives.
+    let h = (u32::from(a | 0x20).wrapping_mul(0x9E37_79B1) ^ u32::from(b | 0x20).wrapping_mul(0x85EB_CA77)) >> 26;
+    1u64 << h
+}
+
+/// Each trigger literal as the Bloom bits of its bigrams, with its family bit.
+static TRIGGER_MASKS: LazyLock<Vec<(u64, u32)>> = LazyLock::new(|| {
+    TRIGGERS
+        .iter()
+        .map(|(literal, bit)| {
+            let mask = literal
+                .as_bytes()
+                .windows(2)
+                .fold(0u64, |m, pair| m | bigram_bit(pair[0], pair[1]));
+            (mask, *bit)
+        })
+        .collect()
 });
 
-/// What one pass over a string found: trigger bits and the digit count.
+/// What one pass over a string found: trigger bits and counts of the characters detectors need.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prefilter {
     pub triggers: u32,
     pub digits: u32,
+    pub dots: u32,
+    pub dashes: u32,
+    pub uppers: u32,
 }
 
 impl Prefilter {
     pub fn of(text: &str) -> Prefilter {
         let bytes = text.as_bytes();
-        let digits = bytes.iter().filter(|b| b.is_ascii_digit()).count() as u32;
-        let mut triggers = 0;
-        for m in TRIGGER_AUTOMATON.find_overlapping_iter(bytes) {
-            triggers |= TRIGGERS[m.pattern().as_usize()].1;
+        // Separate simple loops so the compiler can vectorize the counting.
+        let (mut digits, mut dots, mut dashes, mut uppers, mut ats) = (0u32, 0u32, 0u32, 0u32, 0u32);
+        for &b in bytes {
+            digits += u32::from(b.wrapping_sub(b'0') < 10);
+            dots += u32::from(b == b'.');
+            dashes += u32::from(b == b'-');
+            uppers += u32::from(b.wrapping_sub(b'A') < 26);
+            ats += u32::from(b == b'@');
         }
-        Prefilter { triggers, digits }
+        let mut bloom = 0u64;
+        for pair in bytes.windows(2) {
+            bloom |= bigram_bit(pair[0], pair[1]);
+        }
+        let mut triggers = if ats > 0 { T_AT } else { 0 };
+        for (mask, bit) in TRIGGER_MASKS.iter() {
+            if bloom & mask == *mask {
+                triggers |= bit;
+            }
+        }
+        Prefilter {
+            triggers,
+            digits,
+            dots,
+            dashes,
+            uppers,
+        }
+    }
+
+    /// Whether a kind can possibly match a string with these counts.
+    fn allows(&self, kind: Kind) -> bool {
+        let trigger = kind.trigger();
+        if trigger != 0 && self.triggers & trigger == 0 {
+            return false;
+        }
+        match kind {
+            Kind::CreditCard => self.digits >= 13,
+            Kind::Iban => self.digits >= 10 && self.uppers >= 2,
+            Kind::Ssn => self.digits >= 9 && self.dashes >= 2,
+            Kind::PhoneUs => self.digits >= 10,
+            Kind::Ipv4 => self.digits >= 4 && self.dots >= 3,
+            _ => true,
+        }
     }
 }
+
+/// Strings shorter than this cannot hold any built-in shape (the shortest is an email like `a@b.co`).
+const MIN_BUILT_IN_LEN: usize = 6;
 
 /// One compiled detector: a kind, the id it reports under, and what it writes.
 #[derive(Debug, Clone)]
@@ -187,6 +229,15 @@ pub struct Hit {
 #[derive(Debug, Clone, Default)]
 pub struct DetectorSet {
     pub detectors: Vec<Detector>,
+    /// Whether any custom rule is enabled (they run on short strings too).
+    pub has_custom: bool,
+}
+
+impl DetectorSet {
+    pub fn new(detectors: Vec<Detector>) -> DetectorSet {
+        let has_custom = detectors.iter().any(|d| d.kind == Kind::Custom);
+        DetectorSet { detectors, has_custom }
+    }
 }
 
 impl DetectorSet {
@@ -196,14 +247,18 @@ impl DetectorSet {
         if text.is_empty() || self.detectors.is_empty() {
             return;
         }
-        let pre = Prefilter::of(text);
+        let short = text.len() < MIN_BUILT_IN_LEN;
+        if short && !self.has_custom {
+            return;
+        }
+        let pre = if short {
+            Prefilter::default()
+        } else {
+            Prefilter::of(text)
+        };
         for (index, detector) in self.detectors.iter().enumerate() {
             let kind = detector.kind;
-            let trigger = kind.trigger();
-            if trigger != 0 && pre.triggers & trigger == 0 {
-                continue;
-            }
-            if pre.digits < kind.min_digits() {
+            if kind != Kind::Custom && (short || !pre.allows(kind)) {
                 continue;
             }
             find_kind(kind, detector.regex.as_ref(), text, &mut |start, end| {
@@ -638,8 +693,8 @@ mod tests {
     use super::*;
 
     fn set(kinds: &[Kind]) -> DetectorSet {
-        DetectorSet {
-            detectors: kinds
+        DetectorSet::new(
+            kinds
                 .iter()
                 .map(|k| Detector {
                     kind: *k,
@@ -649,7 +704,7 @@ mod tests {
                     regex: None,
                 })
                 .collect(),
-        }
+        )
     }
 
     fn matches(kind: Kind, text: &str) -> Vec<String> {

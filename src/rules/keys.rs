@@ -18,6 +18,9 @@ use aho_corasick::{AhoCorasick, MatchKind};
 /// `x_hub_signature_256`.
 pub fn normalize_key_into(key: &str, out: &mut String) {
     out.clear();
+    if key.is_ascii() {
+        return normalize_ascii_key_into(key.as_bytes(), out);
+    }
     let mut prev: Option<char> = None;
     let mut chars = key.chars().peekable();
     while let Some(c) = chars.next() {
@@ -51,6 +54,39 @@ pub fn normalize_key_into(key: &str, out: &mut String) {
     }
 }
 
+/// The same as the general path, byte by byte, for the (usual) ASCII keys.
+fn normalize_ascii_key_into(key: &[u8], buf: &mut String) {
+    let mut prev: u8 = 0; // 0: start of a word
+    for (i, &c) in key.iter().enumerate() {
+        if matches!(c, b'_' | b'-' | b'.' | b' ' | b'/' | b':') {
+            if !buf.is_empty() && !buf.ends_with('_') {
+                buf.push('_');
+            }
+            prev = 0;
+            continue;
+        }
+        if c.is_ascii_uppercase() {
+            let boundary = if prev.is_ascii_lowercase() || prev.is_ascii_digit() {
+                true
+            } else if prev.is_ascii_uppercase() {
+                key.get(i + 1).is_some_and(u8::is_ascii_lowercase)
+            } else {
+                false
+            };
+            if boundary && !buf.is_empty() && !buf.ends_with('_') {
+                buf.push('_');
+            }
+            buf.push(char::from(c.to_ascii_lowercase()));
+        } else {
+            buf.push(char::from(c));
+        }
+        prev = c;
+    }
+    while buf.ends_with('_') {
+        buf.pop();
+    }
+}
+
 /// Convenience wrapper around [`normalize_key_into`].
 pub fn normalize_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 4);
@@ -62,8 +98,8 @@ pub fn normalize_key(key: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct KeyMatcher {
     automaton: Option<AhoCorasick>,
-    /// Keys that match only as a whole (`account` but not `account_id`).
-    exact: HashSet<String>,
+    /// Keys that match only as a whole (`account` but not `account_id`). A handful: a list beats hashing.
+    exact: Vec<String>,
     safe: HashSet<String>,
 }
 
@@ -88,7 +124,7 @@ impl KeyMatcher {
         let safe = safe.into_iter().map(normalize_key).collect();
         KeyMatcher {
             automaton,
-            exact: HashSet::new(),
+            exact: Vec::new(),
             safe,
         }
     }
@@ -103,7 +139,7 @@ impl KeyMatcher {
     /// Whether `key` is sensitive. `scratch` is reused between calls to avoid an allocation per key.
     pub fn is_sensitive_with(&self, key: &str, scratch: &mut String) -> bool {
         normalize_key_into(key, scratch);
-        if !self.exact.is_empty() && self.exact.contains(scratch.as_str()) {
+        if self.exact.iter().any(|e| e == scratch) {
             return !self.safe.contains(scratch.as_str());
         }
         let Some(automaton) = &self.automaton else { return false };
@@ -133,10 +169,33 @@ pub fn normalize_header(name: &str) -> String {
         .collect()
 }
 
+/// Normalizes a short ASCII header name into `buf` without allocating; `None` if it does not fit or is not ASCII.
+pub fn normalize_header_into<'b>(name: &str, buf: &'b mut [u8]) -> Option<&'b str> {
+    let name = name.trim();
+    if name.len() > buf.len() || !name.is_ascii() {
+        return None;
+    }
+    for (slot, b) in buf.iter_mut().zip(name.bytes()) {
+        *slot = if b == b'_' { b'-' } else { b.to_ascii_lowercase() };
+    }
+    std::str::from_utf8(&buf[..name.len()]).ok()
+}
+
+/// Whether two header names are the same (case-insensitive, `_` equal to `-`); `normalized` is already normalized.
+pub fn header_name_eq(normalized: &str, name: &str) -> bool {
+    let name = name.trim();
+    normalized.len() == name.len()
+        && normalized
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == if b == b'_' { b'-' } else { b.to_ascii_lowercase() })
+}
+
 /// Matches HTTP header names against exact names and `*` globs.
 #[derive(Debug, Clone, Default)]
 pub struct HeaderMatcher {
-    exact: HashSet<String>,
+    /// Tens of names at most: a linear scan with a length check beats hashing every header name.
+    exact: Vec<String>,
     globs: Vec<Vec<String>>,
 }
 
@@ -152,8 +211,16 @@ impl HeaderMatcher {
     }
 
     pub fn matches(&self, name: &str) -> bool {
-        let name = normalize_header(name);
-        self.exact.contains(&name) || self.globs.iter().any(|parts| glob_match(parts, &name))
+        let mut buf = [0u8; 128];
+        let owned;
+        let name = match normalize_header_into(name, &mut buf) {
+            Some(normalized) => normalized,
+            None => {
+                owned = normalize_header(name);
+                owned.as_str()
+            }
+        };
+        self.exact.iter().any(|e| e == name) || self.globs.iter().any(|parts| glob_match(parts, name))
     }
 }
 

@@ -221,6 +221,25 @@ fn frames_keep_source_and_scrub_vars() {
 }
 
 #[test]
+fn keys_written_inside_text() {
+    let out = event(
+        json!({"message": "login user=bob password=hunter2 from https://x.io/?api_key=sk1&q=2",
+        "extra": {"repr": "{'password': 'hunter2', 'user': 'bob', 'pin': 1234}", "kw": "User(token='abc', name='x')",
+                  "code": "if a == b and password != c: x = password"}}),
+    );
+    assert_eq!(
+        out["message"],
+        "login user=bob password=[FILTERED] from https://x.io/?api_key=[FILTERED]&q=2"
+    );
+    assert_eq!(
+        out["extra"]["repr"],
+        "{'password': '[FILTERED]', 'user': 'bob', 'pin': [FILTERED]}"
+    );
+    assert_eq!(out["extra"]["kw"], "User(token='[FILTERED]', name='x')");
+    assert_eq!(out["extra"]["code"], "if a == b and password != c: x = password");
+}
+
+#[test]
 fn breadcrumbs_as_object_and_array() {
     for crumbs in [
         json!({"values": [{"message": "login jane@x.org", "category": "auth", "data": {"password": "p"}}]}),

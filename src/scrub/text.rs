@@ -47,14 +47,19 @@ impl Scrubber<'_> {
         match mode {
             TextMode::Query => self.param_spans(text, 0, b'&', &mut spans),
             TextMode::Cookie => self.param_spans(text, 0, b';', &mut spans),
-            TextMode::Free | TextMode::Plain => {
-                if let Some(q) = text.find('?')
-                    && text[q..].contains('=')
-                {
-                    self.param_spans(text, q + 1, b'&', &mut spans);
-                }
-            }
+            TextMode::Free | TextMode::Plain => self.embedded_pair_spans(text, &mut spans),
             TextMode::Source => {}
+        }
+        if spans.len() > 1 {
+            spans.sort_by_key(|s| s.start);
+            let mut last_end = 0;
+            spans.retain(|s| {
+                let keep = s.start >= last_end;
+                if keep {
+                    last_end = s.end;
+                }
+                keep
+            });
         }
         let mut hits = std::mem::take(&mut self.hits);
         self.engine.detectors.find(text, &mut hits);
@@ -150,6 +155,112 @@ impl Scrubber<'_> {
             };
             self.record(path, None, &rule, action, rem, if i == last { len } else { None });
         }
+    }
+
+    /// Finds key rules applied to keys written inside free text: `name=value` (query strings in URLs, log lines,
+    /// `repr` output like `User(password='x')`) and `'name': 'value'` / `"name": value` (Python dict reprs, JSON
+    /// fragments). Only the value is replaced, and only when the name is a sensitive key.
+    fn embedded_pair_spans(&mut self, text: &str, spans: &mut Vec<Span>) {
+        let bytes = text.as_bytes();
+        let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+        let is_quote = |b: u8| b == b'\'' || b == b'"';
+        for (eq, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'=') {
+            if eq == 0 || eq + 1 >= bytes.len() {
+                continue;
+            }
+            let (prev, next) = (bytes[eq - 1], bytes[eq + 1]);
+            // Comparisons and arrows are code, not pairs; `a = b` with spaces is code too.
+            if matches!(prev, b'=' | b'!' | b'<' | b'>' | b' ') || matches!(next, b'=' | b'>' | b' ') {
+                continue;
+            }
+            let mut key_start = eq;
+            while key_start > 0 && is_key_char(bytes[key_start - 1]) {
+                key_start -= 1;
+            }
+            if key_start == eq {
+                continue;
+            }
+            let (value_start, value_end) = if is_quote(next) {
+                let start = eq + 2;
+                match bytes[start.min(bytes.len())..].iter().position(|b| *b == next) {
+                    Some(len) => (start, start + len),
+                    None => continue,
+                }
+            } else {
+                let start = eq + 1;
+                let len = bytes[start..]
+                    .iter()
+                    .position(|b| {
+                        b.is_ascii_whitespace()
+                            || matches!(
+                                b,
+                                b'&' | b',' | b';' | b')' | b']' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'#' | b'|'
+                            )
+                    })
+                    .unwrap_or(bytes.len() - start);
+                (start, start + len)
+            };
+            self.push_key_span(text, key_start, eq, value_start, value_end, spans);
+        }
+        for (colon, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b':') {
+            if colon < 3 || !is_quote(bytes[colon - 1]) {
+                continue;
+            }
+            let quote = bytes[colon - 1];
+            let key_end = colon - 1;
+            let mut key_start = key_end;
+            while key_start > 0 && is_key_char(bytes[key_start - 1]) {
+                key_start -= 1;
+            }
+            if key_start == key_end || key_start == 0 || bytes[key_start - 1] != quote {
+                continue;
+            }
+            let mut value_start = colon + 1;
+            while value_start < bytes.len() && bytes[value_start] == b' ' {
+                value_start += 1;
+            }
+            let Some(&first) = bytes.get(value_start) else { continue };
+            let value_end = if is_quote(first) {
+                value_start += 1;
+                match bytes[value_start..].iter().position(|b| *b == first) {
+                    Some(len) => value_start + len,
+                    None => continue,
+                }
+            } else if first.is_ascii_digit() || first == b'-' {
+                value_start
+                    + bytes[value_start..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+                        .count()
+            } else {
+                continue;
+            };
+            self.push_key_span(text, key_start, key_end, value_start, value_end, spans);
+        }
+    }
+
+    fn push_key_span(
+        &mut self,
+        text: &str,
+        key_start: usize,
+        key_end: usize,
+        value_start: usize,
+        value_end: usize,
+        spans: &mut Vec<Span>,
+    ) {
+        if value_end <= value_start || value_end > text.len() {
+            return;
+        }
+        // Byte positions come from ASCII delimiters, so they are always char boundaries.
+        let value = &text[value_start..value_end];
+        if is_already_filtered(value, self.engine) || !self.is_sensitive_key(&text[key_start..key_end]) {
+            return;
+        }
+        spans.push(Span {
+            start: value_start,
+            end: value_end,
+            rule: RuleRef::Key,
+        });
     }
 
     /// Finds the values of `name=value` pairs whose name is a sensitive key, from `start` to the end of the pairs.

@@ -5,7 +5,6 @@ use serde_json::{Map, Value};
 use super::text::TextMode;
 use super::{ChangeAction, Remark, Scrubber, Seg, is_already_filtered};
 use crate::rules::Action;
-use crate::rules::keys::normalize_header;
 use crate::truncate::truncate;
 
 /// Where in a payload the walk is; decides which fields are skipped, which rules apply, and how strings are read.
@@ -484,16 +483,10 @@ impl Scrubber<'_> {
             match scope {
                 Scope::User | Scope::SessionAttrs => key == "ip_address",
                 Scope::Request => key == "cookies",
-                Scope::Env => {
-                    key == "REMOTE_ADDR"
-                        || key
-                            .strip_prefix("HTTP_")
-                            .is_some_and(|h| engine.ip_headers.contains(&normalize_header(h)))
-                }
-                Scope::Headers => engine.ip_headers.contains(&normalize_header(key)),
+                Scope::Env => key == "REMOTE_ADDR" || key.strip_prefix("HTTP_").is_some_and(|h| engine.is_ip_header(h)),
+                Scope::Headers => engine.is_ip_header(key),
                 Scope::Data | Scope::TraceContext | Scope::Span | Scope::SpanV2 | Scope::LogItem => {
-                    engine.ip_keys.contains(key)
-                        || header_attribute_name(key).is_some_and(|h| engine.ip_headers.contains(&normalize_header(h)))
+                    engine.is_ip_key(key) || header_attribute_name(key).is_some_and(|h| engine.is_ip_header(h))
                 }
                 _ => false,
             }
@@ -533,7 +526,7 @@ impl Scrubber<'_> {
             item.as_array()
                 .and_then(|pair| pair.first())
                 .and_then(Value::as_str)
-                .is_some_and(|name| engine.ip_headers.contains(&normalize_header(name)))
+                .is_some_and(|name| engine.is_ip_header(name))
         };
         let before = items.len();
         items.retain(|item| !is_ip_pair(item));
@@ -552,8 +545,7 @@ impl Scrubber<'_> {
             }
             let header = header_attribute_name(key);
             if !self.engine.send_default_pii
-                && (self.engine.ip_keys.contains(key.as_str())
-                    || header.is_some_and(|h| self.engine.ip_headers.contains(&normalize_header(h))))
+                && (self.engine.is_ip_key(key) || header.is_some_and(|h| self.engine.is_ip_header(h)))
             {
                 doomed.push((key.clone(), "send_default_pii"));
                 continue;
