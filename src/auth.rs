@@ -116,11 +116,8 @@ fn build<'a>(
     let (mut key, mut version, mut client) = (None, None, None);
     for (name, value) in pairs {
         match name {
-            "sentry_key" => {
-                if key.replace(value).is_some() {
-                    return Err(RelayError::MultipleAuth);
-                }
-            }
+            "sentry_key" if key.is_some() => return Err(RelayError::MultipleAuth),
+            "sentry_key" => key = Some(value),
             "sentry_version" => version = Some(value),
             "sentry_client" => client = Some(value),
             _ => {}
@@ -227,7 +224,7 @@ fn dsn_reason(error: DsnError) -> &'static str {
 
 /// The operator's allowlists; an empty list allows everything.
 pub fn check_allowed(identity: &Identity, allowed_keys: &[String], allowed_projects: &[u64]) -> Result<(), RelayError> {
-    if !allowed_keys.is_empty() && !allowed_keys.iter().any(|k| *k == identity.public_key) {
+    if !allowed_keys.is_empty() && !allowed_keys.contains(&identity.public_key) {
         return Err(RelayError::KeyNotAllowed);
     }
     if !allowed_projects.is_empty() && !allowed_projects.contains(&identity.project_id) {

@@ -584,25 +584,27 @@ async fn hostile_json_gets_an_answer_not_a_panic() {
         "invalid envelope: envelope header is not a JSON object"
     );
 
+    // Payloads the pipeline cannot parse: a clear answer, and never the raw payload upstream.
     let deep_payload = format!(
-        "{{}}\n{{\"type\":\"event\"}}\n{{\"a\":{}1{}}}\n",
+        "{{}}\n{{\"type\":\"event\"}}\n{{\"user\":\"jane.doe@example.com\",\"a\":{}1{}}}\n",
         "[".repeat(100_000),
         "]".repeat(100_000)
     );
-    let response = post_envelope(&relay, 42, KEY, deep_payload.as_bytes()).await;
-    assert!(
-        matches!(response.status, 200 | 400),
-        "deeply nested payload: {}",
-        response.status
-    );
-
-    let invalid_utf8 = b"{}\n{\"type\":\"event\"}\n{\"message\":\"\xff\xfe jane\"}\n".to_vec();
-    let response = post_envelope(&relay, 42, KEY, &invalid_utf8).await;
-    assert!(
-        matches!(response.status, 200 | 400),
-        "invalid UTF-8 payload: {}",
-        response.status
-    );
+    let invalid_utf8 = b"{}\n{\"type\":\"event\"}\n{\"message\":\"\xff\xfe jane.doe@example.com\"}\n".to_vec();
+    for (name, body) in [
+        ("deep nesting", deep_payload.into_bytes()),
+        ("invalid UTF-8", invalid_utf8),
+    ] {
+        let response = post_envelope(&relay, 42, KEY, &body).await;
+        assert!(matches!(response.status, 200 | 400), "{name}: {}", response.status);
+        while let Some(upstream) = mini.try_next().await {
+            let text = String::from_utf8_lossy(&upstream.body);
+            assert!(
+                !text.contains("jane.doe@example.com"),
+                "{name}: the raw payload was forwarded"
+            );
+        }
+    }
 
     let response = post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await;
     assert_eq!(response.status, 200, "still serving");
@@ -678,12 +680,22 @@ async fn shutdown_drains_requests_in_flight() {
     );
 }
 
+fn relay_binary() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_scrub-relay"));
+    // Isolated from the developer's environment: no SCRUB_RELAY_* variables, no ./rules.yaml picked up by accident.
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("SCRUB_RELAY_")) {
+        command.env_remove(name);
+    }
+    command
+}
+
 #[test]
-fn scrub_command_prints_a_valid_envelope_for_every_capture() {
+fn scrub_command_runs_the_pipeline_on_every_capture() {
     for capture in Capture::all() {
         let path = fixtures_dir().join(format!("{}.body", capture.name));
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_scrub-relay"));
-        command.arg("scrub").arg(&path).current_dir(env!("CARGO_MANIFEST_DIR"));
+        let mut command = relay_binary();
+        command.arg("scrub").arg(&path);
         if capture
             .headers
             .iter()
@@ -698,8 +710,112 @@ fn scrub_command_prints_a_valid_envelope_for_every_capture() {
             capture.name,
             String::from_utf8_lossy(&output.stderr)
         );
-        Envelope::parse(output.stdout.into())
+        Envelope::parse(output.stdout.clone().into())
             .unwrap_or_else(|e| panic!("{}: output is an envelope: {e}", capture.name));
+        // Exactly what the relay would do: the pipeline with the shipped rules (./rules.yaml is the shipped file).
+        let envelope = Envelope::parse(capture.envelope_bytes().into()).unwrap();
+        let options = ProcessOptions {
+            project_id: None,
+            explain: false,
+        };
+        let expected = pipeline::process(envelope, &CompiledRules::defaults(), &options)
+            .envelope
+            .to_bytes();
+        assert!(
+            output.stdout == expected[..],
+            "{}: scrub output is the pipeline's output",
+            capture.name
+        );
+    }
+}
+
+#[test]
+fn scrub_explain_lists_paths_and_rules_but_no_values() {
+    let path = fixtures_dir().join("py-error-event-rawpii.body");
+    let output = relay_binary().args(["scrub", "--explain"]).arg(&path).output().unwrap();
+    assert!(output.status.success());
+    let explain = String::from_utf8(output.stderr).unwrap();
+    assert!(explain.lines().count() > 3, "several changes explained: {explain}");
+    for secret in [
+        "hunter2-S3cret!",
+        "jane.doe@example.com",
+        "123-45-6789",
+        "sk_live_51H8xYzAbCdEfGhIjKlMnOpQr",
+    ] {
+        assert!(!explain.contains(secret), "explain output leaks a value");
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!stdout.contains("hunter2-S3cret!"), "the password is scrubbed");
+
+    // Compressed input on stdin, brotli named explicitly.
+    let capture = Capture::load("py-compress-br-explicit");
+    let mut child = relay_binary()
+        .args(["scrub", "--encoding", "br"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&capture.body).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert!(Envelope::parse(output.stdout.into()).is_ok());
+}
+
+#[test]
+fn check_command_accepts_the_shipped_rules_and_points_at_broken_lines() {
+    let output = relay_binary()
+        .args(["check", "--rules", "rules.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "ok");
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("rules.yaml");
+    std::fs::write(
+        &broken,
+        "version: 1\nsend_default_pii: false\nsensitive_kyes:\n  - password\n",
+    )
+    .unwrap();
+    let output = relay_binary().args(["check", "--rules"]).arg(&broken).output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&output.stdout);
+    assert!(message.contains("line 3"), "the problem names its line: {message}");
+}
+
+#[test]
+fn bad_startup_configuration_is_one_line_and_exit_64() {
+    let cases: [&[&str]; 3] = [
+        &[
+            "run",
+            "--upstream",
+            "ftp://sentry.example.com",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &["--max-body-bytes", "0", "--listen", "127.0.0.1:0"],
+        &["run", "--rules", "/nonexistent/rules.yaml", "--listen", "127.0.0.1:0"],
+    ];
+    for args in cases {
+        let output = relay_binary().args(args).output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?}: one clear line, got {stderr}"
+        );
+        assert!(stderr.starts_with("scrub-relay: "), "{stderr}");
     }
 }
 
