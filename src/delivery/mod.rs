@@ -14,9 +14,12 @@
 //!   envelope goes to the in-memory queue, or to the [`spool`] when the upstream is failing, when the spool still holds
 //!   older envelopes (so arrival order is kept), or when the memory queue is at its caps. When both are full the SDK
 //!   gets 503 with `Retry-After` ([`Rejected`]).
-//! - A fixed pool of workers sends envelopes oldest first: memory queue, then spool. Backoff is per upstream
-//!   ([`retry`]): after a retryable failure one probe at a time is sent, with exponential backoff and jitter; the
-//!   envelope goes back to the head of the line (or to the spool).
+//! - A fixed pool of workers sends envelopes oldest first: memory queue, then spool. After a network error, timeout
+//!   or 5xx, the upstream counts as failing ([`retry`]): one probe at a time, with exponential backoff and jitter,
+//!   and the failed envelope (written to the spool first, when there is one) waits for its own retry time. A probe
+//!   prefers an envelope that has not failed yet: if it goes through, the upstream is fine and only the first envelope
+//!   keeps backing off on its own (an envelope the upstream fails on alone neither blocks the line nor is retried
+//!   hot); if it fails too, it was an outage, and everything held for it is due the moment the upstream recovers.
 //! - Rate limits the upstream announces ([`rate_limits`]) are remembered per project and category. At ingest, limited
 //!   items are dropped and an envelope with nothing left is answered 429 ([`Delivery::enforce_rate_limits`]). Queued
 //!   envelopes are held back until their limit expires rather than sent to be refused; a 429'd envelope is retried
@@ -163,20 +166,39 @@ pub struct ShutdownReport {
 struct Entry {
     seq: u64,
     job: Job,
+    /// Failed attempts so far (network errors, timeouts, 5xx).
+    attempts: u32,
 }
 
-/// An envelope held back by a rate limit until `until`.
+/// An envelope held back until `until`: by a rate limit, or after a failed attempt (its own backoff, so an envelope
+/// the upstream keeps failing on is neither retried hot nor in the way of the others).
 #[derive(Debug)]
 enum Deferred {
     Memory {
         until: Instant,
         entry: Entry,
+        hold: Hold,
     },
     /// The file stays on disk (leased); only the lease is kept in memory.
     Spool {
         until: Instant,
         lease: Lease,
+        attempts: u32,
+        hold: Hold,
     },
+}
+
+/// Why an envelope is held back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Until a rate limit expires.
+    RateLimit,
+    /// Its own backoff after a failed attempt: if the upstream fails on this envelope alone, it must not be retried
+    /// hot nor stand in the way of the others.
+    Retry,
+    /// It failed, and so did the next probe: the upstream is down, not this envelope's fault. It becomes due the
+    /// moment the upstream recovers, so envelopes keep their order.
+    Outage,
 }
 
 impl Deferred {
@@ -185,12 +207,42 @@ impl Deferred {
             Deferred::Memory { until, .. } | Deferred::Spool { until, .. } => *until,
         }
     }
+
+    fn hold_mut(&mut self) -> &mut Hold {
+        match self {
+            Deferred::Memory { hold, .. } | Deferred::Spool { hold, .. } => hold,
+        }
+    }
+
+    /// The upstream failed a probe too: what was held for its own retry was held for the outage.
+    fn blame_outage(&mut self) {
+        let hold = self.hold_mut();
+        if *hold == Hold::Retry {
+            *hold = Hold::Outage;
+        }
+    }
+
+    /// The upstream is back: what was held for the outage is due now.
+    fn release_after_outage(&mut self, now: Instant) {
+        if *self.hold_mut() == Hold::Outage {
+            match self {
+                Deferred::Memory { until, .. } | Deferred::Spool { until, .. } => *until = now,
+            }
+        }
+    }
+
+    fn seq(&self) -> u64 {
+        match self {
+            Deferred::Memory { entry, .. } => entry.seq,
+            Deferred::Spool { lease, .. } => lease.seq,
+        }
+    }
 }
 
 /// What a worker took.
 enum Work {
     Memory(Entry),
-    Spool(Lease),
+    Spool(Lease, u32),
 }
 
 /// Where an envelope being sent came from, which decides what "done" and "try again" mean.
@@ -313,7 +365,7 @@ impl Delivery {
                         retry_after_secs: state.health.retry_after_secs(Instant::now()),
                     });
                 }
-                shared.push_memory(&mut state, Entry { seq, job });
+                shared.push_memory(&mut state, Entry { seq, job, attempts: 0 });
                 drop(state);
                 shared.bump();
                 return Ok(());
@@ -339,7 +391,7 @@ impl Delivery {
                     let retry_after_secs = state.health.retry_after_secs(Instant::now());
                     return Err(Rejected::Full { retry_after_secs });
                 }
-                shared.push_memory(&mut state, Entry { seq, job });
+                shared.push_memory(&mut state, Entry { seq, job, attempts: 0 });
                 drop(state);
                 shared.bump();
                 Ok(())
@@ -399,7 +451,12 @@ impl Delivery {
             changed.borrow_and_update();
             {
                 let state = shared.lock();
-                if state.waiting.is_empty() && state.memory_busy == 0 {
+                // With a spool, what is held back is spooled below; without one, it is lost unless sent in time.
+                let flushed = match shared.spool {
+                    Some(_) => state.waiting.is_empty() && state.memory_busy == 0,
+                    None => state.memory_envelopes == 0,
+                };
+                if flushed {
                     break;
                 }
             }
@@ -494,22 +551,40 @@ impl Shared {
             .set(i64::try_from(state.memory_bytes).unwrap_or(i64::MAX));
     }
 
-    /// The oldest thing to send: a held-back envelope whose limit expired, then the memory queue, then the spool.
-    fn take_next(&self, state: &mut State, now: Instant) -> Option<Work> {
-        if let Some(pos) = state.deferred.iter().position(|d| d.until() <= now) {
+    /// The oldest thing to send: a held-back envelope that is due, then the memory queue, then the spool.
+    ///
+    /// A probe (the one attempt allowed while the upstream is failing) prefers an envelope that has not failed yet: if
+    /// it goes through, the earlier failure was that envelope's own problem, not an outage.
+    fn take_next(&self, state: &mut State, now: Instant, probe: bool) -> Option<Work> {
+        if probe {
+            if let Some(work) = self.take_fresh(state) {
+                return Some(work);
+            }
+        }
+        let due = state
+            .deferred
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.until() <= now)
+            .min_by_key(|(_, d)| d.seq());
+        if let Some((pos, _)) = due {
             return Some(match state.deferred.remove(pos) {
                 Deferred::Memory { entry, .. } => {
                     state.memory_busy += 1;
                     Work::Memory(entry)
                 }
-                Deferred::Spool { lease, .. } => Work::Spool(lease),
+                Deferred::Spool { lease, attempts, .. } => Work::Spool(lease, attempts),
             });
         }
+        self.take_fresh(state)
+    }
+
+    fn take_fresh(&self, state: &mut State) -> Option<Work> {
         if let Some(entry) = state.waiting.pop_front() {
             state.memory_busy += 1;
             return Some(Work::Memory(entry));
         }
-        self.spool.as_ref()?.lease_next().map(Work::Spool)
+        self.spool.as_ref()?.lease_next().map(|lease| Work::Spool(lease, 0))
     }
 
     fn next_deferred_due(state: &State) -> Option<Instant> {
@@ -541,27 +616,63 @@ impl Shared {
         self.bump();
     }
 
-    /// Holds an envelope back until a rate limit expires.
-    fn defer(&self, origin: Origin, job: Job, until: Instant) {
+    /// Holds an envelope back until `until` (a rate limit's expiry, or its retry time).
+    fn defer(&self, origin: Origin, job: Job, attempts: u32, until: Instant, hold: Hold) {
         let mut state = self.lock();
         let deferred = match origin {
             Origin::Memory(seq) => {
                 state.memory_busy -= 1;
                 Deferred::Memory {
                     until,
-                    entry: Entry { seq, job },
+                    entry: Entry { seq, job, attempts },
+                    hold,
                 }
             }
-            Origin::Spool(lease) => Deferred::Spool { until, lease },
+            Origin::Spool(lease) => Deferred::Spool {
+                until,
+                lease,
+                attempts,
+                hold,
+            },
         };
         state.deferred.push(deferred);
         drop(state);
         self.bump();
     }
 
-    /// Gives an envelope back after a failed attempt: to the spool when there is one and `to_spool` (so a crash cannot
-    /// lose it), otherwise to the head of the memory queue.
-    async fn put_back(&self, origin: Origin, job: Job, to_spool: bool) {
+    /// After a failed attempt: a memory envelope is written to the spool first when there is one (so a crash cannot
+    /// lose it), then held back until `until`.
+    async fn retry_later(&self, origin: Origin, job: Job, attempts: u32, until: Instant, hold: Hold) {
+        let Origin::Memory(seq) = origin else {
+            self.defer(origin, job, attempts, until, hold);
+            return;
+        };
+        let Some(spool) = self.spool.clone() else {
+            self.defer(origin, job, attempts, until, hold);
+            return;
+        };
+        let size = job.size();
+        match run_blocking(move || spool.write_leased(seq, &job).map_err(|error| (error, job))).await {
+            Ok(lease) => {
+                let mut state = self.lock();
+                state.memory_busy -= 1;
+                self.forget_memory(&mut state, size);
+                state.deferred.push(Deferred::Spool {
+                    until,
+                    lease,
+                    attempts,
+                    hold,
+                });
+                drop(state);
+                self.bump();
+            }
+            Err((_, job)) => self.defer(origin, job, attempts, until, hold),
+        }
+    }
+
+    /// Gives an envelope back untried (shutdown interrupted its attempt): a spool entry is released, a memory envelope
+    /// goes back to the head of the queue, which shutdown then spools in order.
+    fn put_back(&self, origin: Origin, job: Job, attempts: u32) {
         match origin {
             Origin::Spool(lease) => {
                 if let Some(spool) = &self.spool {
@@ -569,19 +680,9 @@ impl Shared {
                 }
             }
             Origin::Memory(seq) => {
-                let size = job.size();
-                let spooled = match self.spool.clone() {
-                    Some(spool) if to_spool => {
-                        run_blocking(move || spool.write(seq, &job).map_err(|error| (error, job))).await
-                    }
-                    _ => Err((SpoolWriteError::Full, job)),
-                };
                 let mut state = self.lock();
                 state.memory_busy -= 1;
-                match spooled {
-                    Ok(()) => self.forget_memory(&mut state, size),
-                    Err((_, job)) => state.waiting.push_front(Entry { seq, job }),
-                }
+                state.waiting.push_front(Entry { seq, job, attempts });
             }
         }
         self.bump();
@@ -686,7 +787,7 @@ async fn worker(shared: Arc<Shared>) {
             match state.health.acquire(now) {
                 Gate::Open => {
                     let probe = state.health.is_down();
-                    match shared.take_next(&mut state, now) {
+                    match shared.take_next(&mut state, now, probe) {
                         Some(work) => (Some(work), probe, None),
                         None => {
                             if probe {
@@ -721,15 +822,15 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
             shared.bump();
         }
     };
-    let (origin, job) = match work {
-        Work::Memory(entry) => (Origin::Memory(entry.seq), entry.job),
-        Work::Spool(lease) => {
+    let (origin, job, attempts) = match work {
+        Work::Memory(entry) => (Origin::Memory(entry.seq), entry.job, entry.attempts),
+        Work::Spool(lease, attempts) => {
             let Some(spool) = shared.spool.clone() else {
                 unreachable!("spool work implies a spool")
             };
             let read_lease = lease.clone();
             match run_blocking(move || spool.read(&read_lease)).await {
-                Ok(job) => (Origin::Spool(lease), job),
+                Ok(job) => (Origin::Spool(lease), job, attempts),
                 Err(SpoolReadError::Corrupt(_)) => {
                     // Counted and logged by the spool.
                     release_probe();
@@ -760,7 +861,7 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
         if let Ok(mut envelope) = Envelope::parse(job.envelope.clone()) {
             if let Some(until) = shared.rate_limits.all_limited_until(job.project_id, &envelope, now) {
                 release_probe();
-                shared.defer(origin, job, until);
+                shared.defer(origin, job, attempts, until, Hold::RateLimit);
                 return;
             }
             if let Ok(dropped) = shared.rate_limits.enforce(job.project_id, &mut envelope, now) {
@@ -784,7 +885,7 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
             // Shutdown: the answer will never be seen, so the envelope counts as undelivered (it may arrive twice).
             // Back to the head of the memory queue; shutdown spools the queue in order.
             release_probe();
-            shared.put_back(origin, job, false).await;
+            shared.put_back(origin, job, attempts);
             return;
         }
     };
@@ -815,10 +916,17 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
     };
     if retryable {
         shared.metrics.upstream_retries.inc();
-        let was_down = {
+        let attempts = attempts.saturating_add(1);
+        let (was_down, retry_at) = {
             let mut state = shared.lock();
             let was_down = state.health.is_down();
             let delay = state.health.on_failure(now, probe);
+            let retry_at = now + state.health.envelope_delay(attempts);
+            if was_down {
+                for deferred in &mut state.deferred {
+                    deferred.blame_outage();
+                }
+            }
             if !was_down {
                 tracing::warn!(
                     outcome = outcome_label(&result),
@@ -826,9 +934,10 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
                     "upstream is failing; holding envelopes and retrying with backoff"
                 );
             }
-            was_down
+            (was_down, retry_at)
         };
-        shared.put_back(origin, job, true).await;
+        let hold = if was_down { Hold::Outage } else { Hold::Retry };
+        shared.retry_later(origin, job, attempts, retry_at, hold).await;
         if !was_down {
             shared.spill_memory_to_spool().await;
         }
@@ -842,10 +951,16 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
         let mut state = shared.lock();
         let was_down = state.health.is_down();
         state.health.on_success();
+        if was_down {
+            for deferred in &mut state.deferred {
+                deferred.release_after_outage(now);
+            }
+        }
         was_down
     };
     if recovered {
         tracing::info!("upstream is answering again; resuming delivery");
+        shared.bump();
     }
     match reply.status {
         200..=299 => {
@@ -861,7 +976,7 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
                     let retry_after = reply.retry_after.as_deref().and_then(rate_limits::parse_retry_after);
                     now + retry_after.unwrap_or(rate_limits::DEFAULT_RETRY_AFTER)
                 });
-            shared.defer(origin, job, until);
+            shared.defer(origin, job, attempts, until, Hold::RateLimit);
         }
         status => {
             tracing::warn!(status, "upstream rejected an envelope; dropped");

@@ -119,6 +119,12 @@ impl UpstreamHealth {
             .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
     }
 
+    /// How long one envelope waits before its next attempt after `attempts` failed ones. Separate from the upstream's
+    /// gate: an envelope the upstream keeps failing on backs off on its own while the others flow.
+    pub fn envelope_delay(&mut self, attempts: u32) -> Duration {
+        self.backoff.delay(attempts, &mut self.rng)
+    }
+
     /// A probe that ended without an answer about the upstream (nothing was sent): let another worker probe.
     pub fn release_probe(&mut self) {
         self.probing = false;

@@ -229,6 +229,15 @@ impl Spool {
 
     /// Writes `job` as entry `seq`, durably: when this returns `Ok`, the entry survives a crash.
     pub fn write(&self, seq: u64, job: &Job) -> Result<(), SpoolWriteError> {
+        self.write_inner(seq, job, false).map(|_| ())
+    }
+
+    /// Like [`Spool::write`], and the entry stays leased to the caller (it is held back, not free for others).
+    pub fn write_leased(&self, seq: u64, job: &Job) -> Result<Lease, SpoolWriteError> {
+        self.write_inner(seq, job, true)
+    }
+
+    fn write_inner(&self, seq: u64, job: &Job, keep_leased: bool) -> Result<Lease, SpoolWriteError> {
         let encoded = encode(job);
         let bytes = encoded.len() as u64;
         let received_ms = unix_ms(job.received_at);
@@ -255,9 +264,9 @@ impl Spool {
         match write_atomically(&self.config.dir, &path, &encoded) {
             Ok(()) => {
                 if let Some(slot) = self.lock().slots.get_mut(&seq) {
-                    slot.busy = false;
+                    slot.busy = keep_leased;
                 }
-                Ok(())
+                Ok(Lease { seq, received_ms, path })
             }
             Err(error) => {
                 self.forget(seq);

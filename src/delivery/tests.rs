@@ -179,11 +179,14 @@ async fn delivers_everything_once_in_order_after_an_outage() {
     upstream
         .wait_for("all delivered", |u| u.delivered.lock().unwrap().len() >= 30)
         .await;
-    assert_eq!(
-        upstream.delivered_ids(),
-        (0..30).collect::<Vec<_>>(),
-        "once each, in arrival order"
-    );
+    let ids = upstream.delivered_ids();
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..30).collect::<Vec<_>>(), "once each");
+    // The probe that finds the upstream back is a fresh envelope; after it, arrival order.
+    let mut after_probe = ids[1..].to_vec();
+    after_probe.sort_unstable();
+    assert_eq!(ids[1..], after_probe[..], "in arrival order after the probe: {ids:?}");
     assert_eq!(metrics.envelopes_forwarded.get(), 30);
     let report = delivery.shutdown(Duration::from_secs(1)).await;
     assert_eq!(report, ShutdownReport::default());
@@ -471,4 +474,40 @@ async fn expired_envelopes_are_dropped() {
         .await;
     assert_eq!(upstream.delivered_ids(), vec![1]);
     assert_eq!(metrics.envelopes_dropped.with_label_values(&["expired"]).get(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_envelope_the_upstream_keeps_failing_does_not_hold_up_the_others() {
+    let upstream = ScriptedUpstream::new(Box::new(|job| if job_id(job) == 0 { reply(503) } else { reply(200) }));
+    let mut config = config(None);
+    config.backoff = Backoff {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+    };
+    let (delivery, metrics) = start(config, &upstream);
+    let started = Instant::now();
+    for id in 0..10 {
+        delivery.submit(job(id)).await.unwrap();
+    }
+    upstream
+        .wait_for("the others delivered", |u| u.delivered.lock().unwrap().len() == 9)
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "one failing envelope stalled the rest: {:?}",
+        started.elapsed()
+    );
+    let attempts_on_the_bad_one = upstream.attempts.load(Ordering::SeqCst) - 9;
+    assert!(
+        attempts_on_the_bad_one <= 3,
+        "retried hot: {attempts_on_the_bad_one} attempts"
+    );
+    assert_eq!(metrics.queue_envelopes.get(), 1, "still held, not dropped");
+
+    upstream.set(accept());
+    upstream
+        .wait_for("the bad one delivered in the end", |u| {
+            u.delivered.lock().unwrap().len() == 10
+        })
+        .await;
 }
