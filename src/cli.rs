@@ -1,5 +1,6 @@
-//! The command line: `run` (the default), `scrub` and `check`. Every `run` flag can also be set as an environment
-//! variable `SCRUB_RELAY_<FLAG_NAME>` (e.g. `SCRUB_RELAY_UPSTREAM`), which is how containers configure the relay.
+//! The command line: `run` (the default), `scrub`, `check` and `healthcheck`. Every `run` flag can also be set as an
+//! environment variable `SCRUB_RELAY_<FLAG_NAME>` (e.g. `SCRUB_RELAY_UPSTREAM`), which is how containers configure
+//! the relay.
 //!
 //! Exit codes: 0 success; 1 runtime failure (cannot bind, bad input to `scrub`); 2 `check` found a problem;
 //! 64 (`EX_USAGE`) a bad configuration or rules file at startup, reported as one line before any port is bound.
@@ -19,6 +20,7 @@ use crate::dsn::HostPattern;
 use crate::envelope::Envelope;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, ProcessOptions};
+use crate::reload::{self, Reloader};
 use crate::rules::{CompiledRules, RulesError};
 use crate::server::{self, AppState};
 
@@ -45,6 +47,8 @@ pub enum Command {
     Scrub(ScrubArgs),
     /// Validate a rules file: prints "ok", or the problem with its line and exits 2.
     Check(CheckArgs),
+    /// Ask a running relay's health route; exits 0 when healthy, 1 otherwise (the container image's HEALTHCHECK).
+    Healthcheck(crate::healthcheck::HealthcheckArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -92,6 +96,15 @@ pub struct RunArgs {
     /// Client connections served at once.
     #[arg(long, env = "SCRUB_RELAY_MAX_CONNECTIONS", default_value = "1024")]
     pub max_connections: usize,
+    /// A second address serving only /metrics and the health routes (e.g. 0.0.0.0:9091), for Prometheus and
+    /// probes. Default: none (they are served on --listen only).
+    #[arg(long, env = "SCRUB_RELAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often the rules file is checked for changes and reloaded (0 turns this off; SIGHUP always reloads).
+    #[arg(long, env = "SCRUB_RELAY_RULES_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub rules_poll_interval: Duration,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 impl RunArgs {
@@ -176,6 +189,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Some(Command::Run(args)) => run(args),
         Some(Command::Scrub(args)) => scrub(args),
         Some(Command::Check(args)) => check(args),
+        Some(Command::Healthcheck(args)) => crate::healthcheck::run(&args),
     }
 }
 
@@ -199,25 +213,23 @@ pub fn load_rules(path: Option<&Path>) -> Result<CompiledRules, String> {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn run(args: RunArgs) -> ExitCode {
-    init_logging();
+    if let Err(error) = args.log.init() {
+        return fail(EXIT_CONFIG, &error.to_string());
+    }
     let mut config = match args.to_config() {
         Ok(config) => config,
         Err(error) => return fail(EXIT_CONFIG, &error.to_string()),
     };
     config.rules_path = rules_path(config.rules_path.as_deref());
-    let rules = match load_rules(config.rules_path.as_deref()) {
-        Ok(rules) => rules,
-        Err(error) => return fail(EXIT_CONFIG, &error),
+    // With a rules file, a `Reloader` remembers it for SIGHUP and polling; the built-in rules never change.
+    let (rules, reloader) = match config.rules_path.as_deref() {
+        Some(path) => match Reloader::load(path) {
+            Ok((rules, reloader)) => (rules, Some(Arc::new(reloader))),
+            Err(error @ RulesError::Read { .. }) => return fail(EXIT_CONFIG, &error.to_string()),
+            Err(error) => return fail(EXIT_CONFIG, &format!("{}: {error}", path.display())),
+        },
+        None => (CompiledRules::defaults(), None),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -229,6 +241,39 @@ fn run(args: RunArgs) -> ExitCode {
             Ok(state) => state,
             Err(error) => return fail(EXIT_CONFIG, &error.to_string()),
         };
+        match &state.config.rules_path {
+            Some(path) => tracing::info!(path = %path.display(), "rules loaded"),
+            None => tracing::info!("no rules file; using the built-in rules"),
+        }
+        // Before binding: SIGHUP's default action would otherwise kill a relay that is already taking traffic.
+        let install: reload::Install = {
+            let state = state.clone();
+            Arc::new(move |rules| state.replace_rules(Arc::new(rules)))
+        };
+        match reload::reload_on_sighup(reloader.clone(), state.metrics.clone(), install.clone()) {
+            Ok(task) => drop(tokio::spawn(task)),
+            Err(error) => return fail(1, &format!("cannot install the SIGHUP handler: {error}")),
+        }
+        if let Some(reloader) = reloader {
+            tokio::spawn(reload::reload_on_change(
+                reloader,
+                state.metrics.clone(),
+                install,
+                args.rules_poll_interval,
+            ));
+        }
+        if let Some(metrics_listen) = args.metrics_listen {
+            let listener = match tokio::net::TcpListener::bind(metrics_listen).await {
+                Ok(listener) => listener,
+                Err(error) => return fail(1, &format!("cannot listen on {metrics_listen}: {error}")),
+            };
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "metrics listening");
+            }
+            let ready_state = state.clone();
+            let is_ready = Arc::new(move || ready_state.readiness.is_ready());
+            tokio::spawn(crate::admin::serve(listener, state.metrics.clone(), is_ready));
+        }
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(listener) => listener,
             Err(error) => return fail(1, &format!("cannot listen on {listen}: {error}")),

@@ -168,18 +168,18 @@ fn parse_status_line(head: &[u8]) -> Option<u16> {
 }
 
 /// Runs the subcommand: prints one line and returns the process exit code (0 healthy, 1 not).
-pub fn run(args: &HealthcheckArgs) -> i32 {
+pub fn run(args: &HealthcheckArgs) -> std::process::ExitCode {
     let outcome = args
         .target_url()
         .and_then(|url| check(&url, Duration::from_secs(args.timeout_secs.max(1))));
     match outcome {
         Ok(status) => {
             println!("healthy ({status})");
-            0
+            std::process::ExitCode::SUCCESS
         }
         Err(error) => {
             eprintln!("unhealthy: {error}");
-            1
+            std::process::ExitCode::FAILURE
         }
     }
 }

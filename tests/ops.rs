@@ -4,10 +4,20 @@
 //!
 //! Tests that need the real signal path (SIGHUP) or the process's own log output spawn the built binary.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use common::{MiniSentry, RawResponse, Recorded, WAIT, headers, send_raw};
 
 // === Prometheus text format ===
 
@@ -456,15 +466,20 @@ fn kubernetes_manifests_probe_real_routes_on_declared_ports() {
             .find(|v| v["name"] == mount["name"])
             .expect("volume");
         let config_map_name = volume["configMap"]["name"].as_str().expect("a ConfigMap volume");
-        let config_map = documents
-            .iter()
+        let config_map = yaml_documents("docker/kubernetes/shared-service.yaml")
+            .into_iter()
             .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == config_map_name)
-            .expect("the ConfigMap is in the same file");
+            .expect("the ConfigMap is defined in shared-service.yaml");
         let rules_file = Path::new(rules_path).file_name().unwrap().to_str().unwrap();
         let rules_yaml = config_map["data"][rules_file]
             .as_str()
             .expect("rules.yaml in the ConfigMap");
-        let _ = rules_yaml;
+        assert!(
+            rules_yaml == read_repo_file("rules.yaml"),
+            "the ConfigMap in shared-service.yaml must hold a copy of rules.yaml, indented by 4 spaces; copy it again"
+        );
+        scrub_relay::rules::CompiledRules::from_yaml(rules_yaml)
+            .unwrap_or_else(|error| panic!("{file}: the ConfigMap's rules do not compile: {error}"));
 
         // The spool is on a volume, and the root filesystem is read-only.
         let spool = env_value(relay, "SCRUB_RELAY_SPOOL_DIR").expect("spool dir");
@@ -523,4 +538,770 @@ fn the_dockerfile_runs_unprivileged_with_a_shell_free_healthcheck() {
         ignore.lines().any(|line| line == "target/"),
         ".dockerignore keeps build output out of the context"
     );
+}
+
+// === The relay as a process ===
+
+/// Log lines a spawned relay wrote to stderr, shared with the thread that reads them.
+#[derive(Default)]
+struct LogLines {
+    lines: Mutex<Vec<String>>,
+    added: Condvar,
+}
+
+impl LogLines {
+    /// Waits until some line satisfies `predicate` and returns it; fails the test after [`WAIT`].
+    fn wait_for(&self, what: &str, predicate: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().find(|line| predicate(line)) {
+                return line.clone();
+            }
+            let left = deadline.checked_duration_since(Instant::now()).unwrap_or_else(|| {
+                panic!(
+                    "timed out waiting for a log line: {what}\n--- log so far ---\n{}",
+                    lines.join("\n")
+                )
+            });
+            lines = self.added.wait_timeout(lines, left).unwrap().0;
+        }
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+}
+
+/// The relay binary, running with JSON logs on stderr.
+struct RelayProcess {
+    child: Child,
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    logs: Arc<LogLines>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A JSON log line's field, or `None` when the line is not JSON or has no such string field.
+fn log_field(line: &str, field: &str) -> Option<String> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    value.get(field)?.as_str().map(str::to_owned)
+}
+
+impl RelayProcess {
+    /// Starts `scrub-relay run` on loopback port 0 (main and metrics listeners) with `args` added, and waits until
+    /// both listeners are bound.
+    fn start(upstream: &MiniSentry, args: &[&str]) -> RelayProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_scrub-relay"));
+        // The test's own environment must not configure the relay under test.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("SCRUB_RELAY_") || name == "RUST_LOG" {
+                command.env_remove(name);
+            }
+        }
+        command
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--upstream",
+            ])
+            .arg(upstream.url())
+            .args(["--log-format", "json", "--shutdown-timeout", "5s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn the relay binary");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(LogLines::default());
+        let reader_logs = logs.clone();
+        let reader = std::thread::spawn(move || {
+            let mut stderr = BufReader::new(stderr);
+            let mut line = Vec::new();
+            while stderr.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                let text = String::from_utf8_lossy(&line).trim_end().to_owned();
+                reader_logs.lines.lock().unwrap().push(text);
+                reader_logs.added.notify_all();
+                line.clear();
+            }
+        });
+        let listening = logs.wait_for("the relay listens", |line| {
+            log_field(line, "message").as_deref() == Some("listening")
+        });
+        let metrics_listening = logs.wait_for("the metrics listener listens", |line| {
+            log_field(line, "message").as_deref() == Some("metrics listening")
+        });
+        let addr = log_field(&listening, "addr")
+            .expect("addr field")
+            .parse()
+            .expect("socket address");
+        let metrics_addr = log_field(&metrics_listening, "addr")
+            .expect("addr field")
+            .parse()
+            .expect("socket address");
+        RelayProcess {
+            child,
+            addr,
+            metrics_addr,
+            logs,
+            reader: Some(reader),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.expect("run kill").success(), "kill -{signal} failed");
+    }
+
+    /// The metrics listener's `/metrics`, parsed.
+    async fn metrics(&self) -> Exposition {
+        let response = send_raw(self.metrics_addr, "GET", "/metrics", &[], b"", false).await;
+        assert_eq!(response.status, 200);
+        parse_exposition(&String::from_utf8(response.body).expect("UTF-8")).expect("valid exposition")
+    }
+
+    /// Polls `/metrics` until `condition` holds; fails the test after [`WAIT`].
+    async fn wait_for_metrics(&self, what: &str, condition: impl Fn(&Exposition) -> bool) -> Exposition {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let exposition = self.metrics().await;
+            if condition(&exposition) {
+                return exposition;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit and for its last log line; returns every log line.
+    fn stop(mut self) -> Vec<String> {
+        self.signal("TERM");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the relay") {
+                assert!(status.success(), "the relay exits cleanly on SIGTERM: {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "the relay did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.reader
+            .take()
+            .expect("reader thread")
+            .join()
+            .expect("reader thread");
+        self.logs.all()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        // Only a failed test gets here with the process still running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// POSTs an uncompressed envelope to `/api/42/envelope/` as the Python SDK would.
+async fn post(addr: SocketAddr, envelope: &[u8]) -> RawResponse {
+    let auth = "Sentry sentry_key=publickey123, sentry_version=7, sentry_client=sentry.python/2.75.0";
+    send_raw(
+        addr,
+        "POST",
+        "/api/42/envelope/",
+        &headers(&[
+            ("X-Sentry-Auth", auth),
+            ("Content-Type", "application/x-sentry-envelope"),
+        ]),
+        envelope,
+        false,
+    )
+    .await
+}
+
+/// An error event whose message carries `text`.
+fn message_envelope(event_id: &str, text: &str) -> Vec<u8> {
+    let event = serde_json::json!({
+        "event_id": event_id,
+        "message": text,
+        "level": "error",
+        "platform": "python",
+        "sdk": {"name": "sentry.python", "version": "2.75.0"},
+    });
+    format!("{{\"event_id\":\"{event_id}\"}}\n{{\"type\":\"event\"}}\n{event}\n").into_bytes()
+}
+
+/// The message of the first event item in a forwarded envelope.
+fn forwarded_message(recorded: &Recorded) -> String {
+    let envelope = recorded.envelope();
+    let item = envelope
+        .items
+        .iter()
+        .find(|item| item.type_name() == "event")
+        .expect("an event item");
+    let event: Value = serde_json::from_slice(item.payload()).expect("event JSON");
+    event["message"]
+        .as_str()
+        .or_else(|| event["logentry"]["message"].as_str())
+        .expect("a message")
+        .to_owned()
+}
+
+/// Waits for the forwarded envelope whose header carries `event_id`, skipping others (background traffic).
+async fn forwarded_with_id(upstream: &MiniSentry, event_id: &str) -> Recorded {
+    loop {
+        let recorded = upstream.next().await;
+        if recorded.envelope.as_ref().and_then(|envelope| envelope.event_id()) == Some(event_id) {
+            return recorded;
+        }
+    }
+}
+
+/// A 32-hex-digit event id for the n-th envelope of a test.
+fn event_id(n: usize) -> String {
+    format!("{n:032x}")
+}
+
+// === Metrics match the traffic ===
+
+#[tokio::test]
+async fn metrics_count_exactly_what_happened() {
+    let upstream = MiniSentry::start().await;
+    let relay = common::start_relay(common::relay_config(&upstream)).await;
+
+    // One Python error event with one planted email, and one real Python health-check transaction.
+    let event = message_envelope(&event_id(1), "Refund failed for jane.doe@example.com");
+    assert_eq!(post(relay.addr, &event).await.status, 200);
+    let health = common::Capture::load("py-health-1");
+    let response = send_raw(
+        relay.addr,
+        &health.method,
+        &health.target(),
+        &health.headers,
+        &health.body,
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 200, "a filtered envelope is still accepted");
+
+    let forwarded = forwarded_with_id(&upstream, &event_id(1)).await;
+    let message = forwarded_message(&forwarded);
+    assert!(
+        !message.contains("jane.doe") && message.contains("Refund failed for"),
+        "{message}"
+    );
+
+    let scrape = |relay: &common::RelayHandle| {
+        let addr = relay.addr;
+        async move {
+            let response = send_raw(addr, "GET", "/metrics", &[], b"", false).await;
+            assert_eq!(response.status, 200);
+            assert_eq!(
+                response.header("content-type"),
+                Some("text/plain; version=0.0.4; charset=utf-8")
+            );
+            parse_exposition(&String::from_utf8(response.body).expect("UTF-8")).expect("valid exposition")
+        }
+    };
+    // Delivery is asynchronous: wait until the upstream's answer has been counted.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let metrics = scrape(&relay).await;
+        if metrics.value("scrub_relay_envelopes_forwarded_total", &[]) >= 1.0 {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the forwarded envelope was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+
+    let series = |name: &str| -> Vec<String> {
+        let mut found: Vec<String> = metrics
+            .nonzero(name)
+            .into_iter()
+            .map(|(labels, value)| {
+                let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("{{{}}} {value}", labels.join(","))
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    assert_eq!(
+        series("scrub_relay_items_received_total"),
+        ["{item_type=event} 1", "{item_type=transaction} 1"]
+    );
+    assert_eq!(series("scrub_relay_items_forwarded_total"), ["{item_type=event} 1"]);
+    assert_eq!(
+        series("scrub_relay_items_dropped_total"),
+        ["{item_type=transaction,reason=filtered_route} 1"]
+    );
+    assert_eq!(series("scrub_relay_redactions_total"), ["{rule=email} 1"]);
+    assert_eq!(
+        metrics.value(
+            "scrub_relay_requests_total",
+            &[("endpoint", "envelope"), ("status", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(metrics.value("scrub_relay_envelopes_received_total", &[]), 2.0);
+    assert_eq!(metrics.value("scrub_relay_envelopes_forwarded_total", &[]), 1.0);
+    assert_eq!(series("scrub_relay_upstream_requests_total"), ["{outcome=2xx} 1"]);
+    assert_eq!(series("scrub_relay_request_errors_total"), Vec::<String>::new());
+    let wire_bytes = (event.len() + health.body.len()) as f64;
+    assert_eq!(
+        metrics.value("scrub_relay_received_bytes_total", &[("stage", "wire")]),
+        wire_bytes
+    );
+    assert_eq!(metrics.value("scrub_relay_scrub_duration_seconds_count", &[]), 2.0);
+    assert_eq!(metrics.value("scrub_relay_ready", &[]), 1.0);
+    assert_eq!(upstream.received(), 1, "the health check never reached the upstream");
+    relay.shutdown().await;
+}
+
+// === Hot reload ===
+
+const RULES_V1: &str = "version: 1\n";
+/// V1 plus a custom rule for a made-up internal code that no built-in detector knows.
+const RULES_V2: &str = "version: 1\ncustom_rules:\n  - id: zebra_code\n    pattern: 'ZEBRA-CODE-[0-9]+'\n";
+/// Invalid: an unknown field on line 3.
+const RULES_INVALID: &str = "version: 1\ncustom_rules: []\nno_such_setting: true\n";
+const PLANTED_CODE: &str = "ZEBRA-CODE-12345";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_invalid() {
+    let upstream = MiniSentry::start().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let rules_path = dir.path().join("rules.yaml");
+    std::fs::write(&rules_path, RULES_V1).expect("write rules");
+    // Polling off: only the signal may trigger the reloads this test counts.
+    let relay = RelayProcess::start(
+        &upstream,
+        &["--rules", rules_path.to_str().unwrap(), "--rules-poll-interval", "0"],
+    );
+
+    // Background traffic for the whole test: every answer must be 200, reloads included.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (addr, sent, stop) = (relay.addr, sent.clone(), stop.clone());
+        async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let n = 1000 + sent.load(Ordering::SeqCst);
+                let response = post(addr, &message_envelope(&event_id(n), "background traffic")).await;
+                if response.status != 200 {
+                    failures.push((response.status, String::from_utf8_lossy(&response.body).into_owned()));
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+            }
+            failures
+        }
+    });
+    let traffic_passes = |beyond: usize| {
+        let sent = sent.clone();
+        async move {
+            common::wait_until("background traffic goes on", || {
+                sent.load(Ordering::SeqCst) > beyond + 3
+            })
+            .await
+        }
+    };
+    traffic_passes(0).await;
+
+    // Version 1 knows nothing of the code.
+    assert_eq!(
+        post(
+            relay.addr,
+            &message_envelope(&event_id(1), &format!("order {PLANTED_CODE}"))
+        )
+        .await
+        .status,
+        200
+    );
+    assert!(forwarded_message(&forwarded_with_id(&upstream, &event_id(1)).await).contains(PLANTED_CODE));
+
+    // A valid file: the new rule takes effect.
+    std::fs::write(&rules_path, RULES_V2).expect("write rules");
+    relay.signal("HUP");
+    let metrics = relay
+        .wait_for_metrics("the reload is counted", |m| {
+            m.value("scrub_relay_rules_reloads_total", &[("result", "ok")]) == 1.0
+        })
+        .await;
+    assert_eq!(metrics.value("scrub_relay_rules_version", &[]), 2.0);
+    assert_eq!(metrics.value("scrub_relay_rules_last_reload_ok", &[]), 1.0);
+    traffic_passes(sent.load(Ordering::SeqCst)).await;
+    assert_eq!(
+        post(
+            relay.addr,
+            &message_envelope(&event_id(2), &format!("order {PLANTED_CODE}"))
+        )
+        .await
+        .status,
+        200
+    );
+    let message = forwarded_message(&forwarded_with_id(&upstream, &event_id(2)).await);
+    assert!(
+        !message.contains(PLANTED_CODE) && message.starts_with("order "),
+        "redacted by the new rule: {message}"
+    );
+    relay
+        .wait_for_metrics("the new rule is counted", |m| {
+            m.value("scrub_relay_redactions_total", &[("rule", "zebra_code")]) >= 1.0
+        })
+        .await;
+
+    // An invalid file: refused, the old rules stay in force.
+    std::fs::write(&rules_path, RULES_INVALID).expect("write rules");
+    relay.signal("HUP");
+    let metrics = relay
+        .wait_for_metrics("the failed reload is counted", |m| {
+            m.value("scrub_relay_rules_reloads_total", &[("result", "error")]) == 1.0
+        })
+        .await;
+    assert_eq!(metrics.value("scrub_relay_rules_last_reload_ok", &[]), 0.0);
+    assert_eq!(metrics.value("scrub_relay_rules_version", &[]), 2.0);
+    traffic_passes(sent.load(Ordering::SeqCst)).await;
+    assert_eq!(
+        post(
+            relay.addr,
+            &message_envelope(&event_id(3), &format!("order {PLANTED_CODE}"))
+        )
+        .await
+        .status,
+        200
+    );
+    let message = forwarded_message(&forwarded_with_id(&upstream, &event_id(3)).await);
+    assert!(
+        !message.contains(PLANTED_CODE),
+        "the previous rules still apply: {message}"
+    );
+
+    // The metrics listener serves the operator routes only.
+    assert_eq!(
+        post(relay.metrics_addr, &message_envelope(&event_id(4), "x"))
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        send_raw(relay.metrics_addr, "GET", "/readyz", &[], b"", false)
+            .await
+            .status,
+        200
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    let failures = tokio::time::timeout(WAIT, traffic)
+        .await
+        .expect("traffic stops")
+        .expect("traffic task");
+    assert_eq!(
+        failures,
+        Vec::<(u16, String)>::new(),
+        "no request failed around the reloads"
+    );
+
+    let logs = relay.stop();
+    let refusals: Vec<&String> = logs
+        .iter()
+        .filter(|line| log_field(line, "level").as_deref() == Some("WARN") && line.contains("reload refused"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "one log line for the refused file: {logs:#?}");
+    let error = log_field(refusals[0], "error").expect("the cause is in the error field");
+    assert!(error.contains("line 3"), "the cause names the line: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_rules_file_is_picked_up_without_a_signal() {
+    let upstream = MiniSentry::start().await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let rules_path = dir.path().join("rules.yaml");
+    std::fs::write(&rules_path, RULES_V1).expect("write rules");
+    let relay = RelayProcess::start(
+        &upstream,
+        &[
+            "--rules",
+            rules_path.to_str().unwrap(),
+            "--rules-poll-interval",
+            "100ms",
+        ],
+    );
+
+    std::fs::write(&rules_path, RULES_V2).expect("write rules");
+    relay
+        .wait_for_metrics("the changed file is loaded", |m| {
+            m.value("scrub_relay_rules_version", &[]) == 2.0
+        })
+        .await;
+    assert_eq!(
+        post(
+            relay.addr,
+            &message_envelope(&event_id(1), &format!("order {PLANTED_CODE}"))
+        )
+        .await
+        .status,
+        200
+    );
+    assert!(!forwarded_message(&forwarded_with_id(&upstream, &event_id(1)).await).contains(PLANTED_CODE));
+
+    // An invalid edit is reported once, however many polls see it.
+    std::fs::write(&rules_path, RULES_INVALID).expect("write rules");
+    relay
+        .wait_for_metrics("the invalid file is refused", |m| {
+            m.value("scrub_relay_rules_last_reload_ok", &[]) == 0.0
+        })
+        .await;
+    // Let at least a few more polls happen (the next valid change proves they ran), then check the count.
+    std::fs::write(&rules_path, RULES_V1).expect("write rules");
+    let metrics = relay
+        .wait_for_metrics("the fixed file is loaded", |m| {
+            m.value("scrub_relay_rules_version", &[]) == 3.0
+        })
+        .await;
+    assert_eq!(
+        metrics.value("scrub_relay_rules_reloads_total", &[("result", "error")]),
+        1.0
+    );
+    assert_eq!(metrics.value("scrub_relay_rules_last_reload_ok", &[]), 1.0);
+    relay.stop();
+}
+
+// === Logs carry no payload values ===
+
+/// Values planted in the fixtures and requests below. None may appear in the relay's log output.
+const PLANTED_SECRETS: &[&str] = &[
+    "jane.doe@example.com",
+    "jane.doe",
+    "123-45-6789",
+    "hunter2-S3cret!",
+    "4111 1111 1111 1111",
+    "4111111111111111",
+    "sk_live_51H8xYzAbCdEfGhIjKlMnOpQr",
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "AKIAIOSFODNN7EXAMPLE",
+    "abc123sessionvalue",
+    "203.0.113.7",
+    // Not a secret (it ships in every browser bundle), but it identifies a project and logs never need it.
+    "publickey123",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_own_logs_never_contain_payload_values() {
+    let upstream = MiniSentry::start().await;
+    // The first deliveries fail (retry path), one is refused for good with a body full of PII (give-up path).
+    upstream.answer_next(common::Answer::status(503).body(r#"{"detail":"jane.doe@example.com overloaded"}"#));
+    upstream.answer_next(common::Answer::status(400).body(r#"{"detail":"invalid: hunter2-S3cret! 123-45-6789"}"#));
+    let relay = RelayProcess::start(&upstream, &["--log-level", "debug"]);
+
+    // Real SDK captures full of PII and secrets.
+    for name in [
+        "py-error-event-rawpii",
+        "py-error-exception-rawpii",
+        "py-logs-pii-2",
+        "node-error-2",
+        "node-tunnel-3",
+    ] {
+        let capture = common::Capture::load(name);
+        let response = send_raw(
+            relay.addr,
+            &capture.method,
+            &capture.target(),
+            &capture.headers,
+            &capture.body,
+            capture.chunked,
+        )
+        .await;
+        // The answer may be the upstream's own (scripted failures below), so only the status is looked at.
+        assert!(response.status >= 200, "{name}: {}", response.status);
+    }
+
+    // Malformed and refused requests that carry the secrets in every place a log line might quote.
+    let secret_event =
+        br#"{"event_id":"0123456789abcdef0123456789abcdef","message":"jane.doe@example.com hunter2-S3cret!"}"#;
+    let auth = "Sentry sentry_key=publickey123, sentry_version=7, sentry_client=sentry.python/2.75.0";
+    let with_auth = |extra: &[(&str, &str)]| {
+        let mut all = vec![("X-Sentry-Auth", auth)];
+        all.extend_from_slice(extra);
+        headers(&all)
+    };
+    let cases: Vec<(&str, String, Vec<(String, String)>, Vec<u8>)> = vec![
+        // The envelope header is not JSON.
+        (
+            "bad header",
+            "/api/42/envelope/".into(),
+            with_auth(&[]),
+            b"{\"dsn\":\"https://hunter2-S3cret!@jane.doe@example.com\n".to_vec(),
+        ),
+        // An item claims more bytes than there are.
+        (
+            "short item",
+            "/api/42/envelope/".into(),
+            with_auth(&[]),
+            [&b"{}\n{\"type\":\"event\",\"length\":99999}\n"[..], secret_event].concat(),
+        ),
+        // An event item that is not JSON.
+        (
+            "broken item",
+            "/api/42/envelope/".into(),
+            with_auth(&[]),
+            b"{}\n{\"type\":\"event\"}\n{\"password\":\"hunter2-S3cret!\", 123-45-6789\n".to_vec(),
+        ),
+        // Claims gzip, is not.
+        (
+            "bad gzip",
+            "/api/42/envelope/".into(),
+            with_auth(&[("Content-Encoding", "gzip")]),
+            [&b"{}\n{\"type\":\"event\"}\n"[..], secret_event].concat(),
+        ),
+        // An unknown encoding whose name is a secret.
+        (
+            "unknown encoding",
+            "/api/42/envelope/".into(),
+            with_auth(&[("Content-Encoding", "hunter2-S3cret!")]),
+            secret_event.to_vec(),
+        ),
+        // Two auth sources, the second a live key.
+        (
+            "two auths",
+            "/api/42/envelope/?sentry_key=sk_live_51H8xYzAbCdEfGhIjKlMnOpQr".into(),
+            with_auth(&[("Authorization", "Bearer sk_live_51H8xYzAbCdEfGhIjKlMnOpQr")]),
+            secret_event.to_vec(),
+        ),
+        // A malformed auth header.
+        (
+            "bad auth",
+            "/api/42/envelope/".into(),
+            headers(&[(
+                "X-Sentry-Auth",
+                "Sentry sentry_key=jane.doe@example.com,, hunter2-S3cret!",
+            )]),
+            secret_event.to_vec(),
+        ),
+        // A tunnel envelope whose DSN points at a host the relay must refuse.
+        (
+            "foreign tunnel",
+            "/tunnel".into(),
+            Vec::new(),
+            [
+                &b"{\"dsn\":\"https://publickey123@evil.example.com/42\"}\n{\"type\":\"event\"}\n"[..],
+                secret_event,
+            ]
+            .concat(),
+        ),
+        // No such route, with PII in the path and query.
+        (
+            "unknown path",
+            "/api/jane.doe@example.com/envelope/?ssn=123-45-6789".into(),
+            with_auth(&[]),
+            secret_event.to_vec(),
+        ),
+        // The legacy store endpoint, a JSON body that stops in the middle.
+        (
+            "broken store",
+            "/api/42/store/".into(),
+            with_auth(&[("Content-Type", "application/json")]),
+            b"{\"user\":{\"email\":\"jane.doe@example.com\",\"password\":\"hunter2-S3cret!\"".to_vec(),
+        ),
+    ];
+    for (what, target, request_headers, body) in &cases {
+        let response = send_raw(relay.addr, "POST", target, request_headers, body, false).await;
+        assert!(
+            response.status >= 400 || *what == "broken item",
+            "{what}: expected a refusal, got {}",
+            response.status
+        );
+        let answer = String::from_utf8_lossy(&response.body);
+        for secret in PLANTED_SECRETS {
+            assert!(
+                !answer.contains(secret),
+                "{what}: the error answer quotes {secret:?}: {answer}"
+            );
+        }
+    }
+
+    // Both scripted upstream failures were used: the retry and the give-up paths ran.
+    relay
+        .wait_for_metrics("the upstream failures were handled", |m| {
+            m.value("scrub_relay_upstream_requests_total", &[("outcome", "5xx")]) >= 1.0
+                && m.value("scrub_relay_upstream_requests_total", &[("outcome", "4xx")]) >= 1.0
+        })
+        .await;
+    let logs = relay.stop();
+    assert!(
+        logs.iter()
+            .any(|line| log_field(line, "level").as_deref() == Some("DEBUG")),
+        "debug logging was on"
+    );
+    for line in &logs {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "every line is one JSON object: {line}"
+        );
+        for secret in PLANTED_SECRETS {
+            assert!(!line.contains(secret), "a log line contains {secret:?}:\n{line}");
+        }
+    }
+}
+
+// === healthcheck ===
+
+#[tokio::test]
+async fn the_healthcheck_subcommand_exits_zero_only_for_a_healthy_relay() {
+    let upstream = MiniSentry::start().await;
+    let relay = common::start_relay(common::relay_config(&upstream)).await;
+    let healthcheck = |args: Vec<String>, listen: Option<String>| async move {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_scrub-relay"));
+        command
+            .arg("healthcheck")
+            .args(args)
+            .env_remove("SCRUB_RELAY_HEALTHCHECK_URL")
+            .env_remove("SCRUB_RELAY_LISTEN");
+        if let Some(listen) = listen {
+            command.env("SCRUB_RELAY_LISTEN", listen);
+        }
+        let output = tokio::time::timeout(WAIT, command.output())
+            .await
+            .expect("healthcheck finishes")
+            .expect("run");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr),
+        )
+    };
+
+    let (code, output) = healthcheck(vec!["--url".into(), relay.url("/healthz")], None).await;
+    assert_eq!(code, Some(0), "{output}");
+    // No arguments: the URL comes from SCRUB_RELAY_LISTEN, as in the container image.
+    let (code, output) = healthcheck(vec![], Some(relay.addr.to_string())).await;
+    assert_eq!(code, Some(0), "{output}");
+    let (code, output) = healthcheck(vec!["--url".into(), relay.url("/readyz")], None).await;
+    assert_eq!(code, Some(0), "{output}");
+
+    // Not ready: readiness fails, liveness still passes.
+    relay.state.readiness.set(false);
+    let (code, output) = healthcheck(vec!["--url".into(), relay.url("/readyz")], None).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("503"), "{output}");
+    let (code, _) = healthcheck(vec!["--url".into(), relay.url("/healthz")], None).await;
+    assert_eq!(code, Some(0));
+
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (code, output) = healthcheck(vec![], Some(closed.to_string())).await;
+    assert_eq!(code, Some(1), "{output}");
+    assert!(output.contains("cannot connect"), "{output}");
+    relay.shutdown().await;
 }
