@@ -19,10 +19,10 @@ pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// How log events are rendered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// `2026-11-23T07:00:00.000000Z  INFO scrub_relay::server: Listening. addr=0.0.0.0:3000` (colours on a terminal).
+    /// `2026-11-23T07:00:00.000000Z  INFO scrub_relay::server: listening addr=0.0.0.0:3000` (colours on a terminal).
     #[default]
     Text,
-    /// `{"timestamp":"...","level":"INFO","target":"scrub_relay::server","message":"Listening.","addr":"..."}`.
+    /// `{"timestamp":"...","level":"INFO","target":"scrub_relay::server","message":"listening","addr":"..."}`.
     Json,
 }
 

@@ -1305,3 +1305,54 @@ async fn the_healthcheck_subcommand_exits_zero_only_for_a_healthy_relay() {
     assert!(output.contains("cannot connect"), "{output}");
     relay.shutdown().await;
 }
+
+// === The configuration reference stays true ===
+
+/// `(long flag, env var, default)` of every argument of a subcommand, from the real clap definition.
+fn documented_args(subcommand: &str) -> Vec<(String, Option<String>, Option<String>)> {
+    use clap::CommandFactory;
+    let command = scrub_relay::cli::Cli::command();
+    let sub = command
+        .find_subcommand(subcommand)
+        .unwrap_or_else(|| panic!("no subcommand {subcommand}"));
+    sub.get_arguments()
+        .filter_map(|arg| {
+            let long = arg.get_long()?;
+            let env = arg.get_env().map(|env| env.to_string_lossy().into_owned());
+            let default = arg
+                .get_default_values()
+                .first()
+                .map(|value| value.to_string_lossy().into_owned());
+            Some((long.to_owned(), env, default))
+        })
+        .filter(|(long, _, _)| long != "help")
+        .collect()
+}
+
+#[test]
+fn every_flag_and_variable_is_documented_with_its_default() {
+    let docs = read_repo_file("docs/operations.md");
+    for subcommand in ["run", "healthcheck"] {
+        for (long, env, default) in documented_args(subcommand) {
+            let row_start = format!("| `--{long}` |");
+            let rows: Vec<&str> = docs.lines().filter(|line| line.starts_with(&row_start)).collect();
+            let expected = format!(
+                "| `--{long}` | {} | {} | ... |",
+                env.as_ref().map_or("-".to_owned(), |env| format!("`{env}`")),
+                default
+                    .as_ref()
+                    .map_or("...".to_owned(), |default| format!("`{default}`"))
+            );
+            let row = rows.iter().find(|row| {
+                env.as_ref().is_none_or(|env| row.contains(&format!("`{env}`")))
+                    && default
+                        .as_ref()
+                        .is_none_or(|default| row.contains(&format!("`{default}`")))
+            });
+            assert!(
+                row.is_some(),
+                "docs/operations.md: `{subcommand}` needs a configuration row like\n{expected}"
+            );
+        }
+    }
+}
