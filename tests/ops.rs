@@ -609,8 +609,13 @@ impl RelayProcess {
                 "--upstream",
             ])
             .arg(upstream.url())
-            .args(["--log-format", "json", "--shutdown-timeout", "5s"])
+            .args(["--log-format", "json"])
             .args(args)
+            .args(if args.contains(&"--shutdown-timeout") {
+                &[][..]
+            } else {
+                &["--shutdown-timeout", "5s"][..]
+            })
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -680,8 +685,13 @@ impl RelayProcess {
     }
 
     /// SIGTERM, then waits for the process to exit and for its last log line; returns every log line.
-    fn stop(mut self) -> Vec<String> {
+    fn stop(self) -> Vec<String> {
         self.signal("TERM");
+        self.wait_for_exit()
+    }
+
+    /// Waits for the process to exit cleanly and for its last log line; returns every log line.
+    fn wait_for_exit(mut self) -> Vec<String> {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for the relay") {
@@ -1251,6 +1261,56 @@ async fn the_relays_own_logs_never_contain_payload_values() {
             assert!(!line.contains(secret), "a log line contains {secret:?}:\n{line}");
         }
     }
+}
+
+// === Shutdown as the probes see it ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_readiness_is_down_and_liveness_stays_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = MiniSentry::start().await;
+    let relay = RelayProcess::start(&upstream, &["--shutdown-timeout", "30s"]);
+    let probe = |path: &'static str| {
+        let addr = relay.metrics_addr;
+        async move { send_raw(addr, "GET", path, &[], b"", false).await.status }
+    };
+    assert_eq!(probe("/readyz").await, 200);
+
+    // A request whose body is still arriving keeps the drain open. `Expect: 100-continue` makes the relay say when
+    // it has started reading the body, so the request is known to be in flight before the signal.
+    let mut in_flight = tokio::net::TcpStream::connect(relay.addr).await.expect("connect");
+    let head = "POST /api/42/envelope/ HTTP/1.1\r\nHost: relay\r\nX-Sentry-Auth: Sentry sentry_key=publickey123, \
+                sentry_version=7\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n";
+    in_flight.write_all(head.as_bytes()).await.expect("send the head");
+    let mut continue_line = [0u8; 25];
+    tokio::time::timeout(WAIT, in_flight.read_exact(&mut continue_line))
+        .await
+        .expect("100 Continue")
+        .expect("read");
+    assert!(
+        continue_line.starts_with(b"HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&continue_line)
+    );
+    in_flight.write_all(b"{}\n").await.expect("send part of the body");
+
+    relay.signal("TERM");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while probe("/readyz").await != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never went down after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(probe("/healthz").await, 200, "liveness stays up while draining");
+    assert_eq!(probe("/api/relay/healthcheck/live/").await, 200);
+    assert_eq!(relay.metrics().await.value("scrub_relay_ready", &[]), 0.0);
+
+    // The client goes away; with nothing left in flight the drain ends and the relay exits.
+    drop(in_flight);
+    let logs = relay.wait_for_exit();
+    assert!(logs.iter().any(|line| line.contains("SIGTERM")), "the signal is logged");
 }
 
 // === healthcheck ===
