@@ -81,7 +81,15 @@ pub async fn handle(
     };
     let tunnel_hosts = state.tunnel_hosts.clone();
     let (allowed_keys, allowed_projects) = (state.config.allowed_keys.clone(), state.config.allowed_projects.clone());
+    // The semaphore is never closed, so acquiring only waits.
+    let slot = state
+        .processing
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| RelayError::Internal)?;
     let prepared = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         prepare(input, |identity| {
             if endpoint == Endpoint::Tunnel || identity.source == AuthSource::EnvelopeDsn {
                 let host = identity

@@ -44,6 +44,10 @@ pub struct AppState {
     pub readiness: Readiness,
     /// `config.effective_tunnel_hosts()`, computed once.
     pub tunnel_hosts: Vec<HostPattern>,
+    /// Bounds how many bodies are decoded and scrubbed at once. The work is CPU-bound, so more jobs than cores add
+    /// no throughput, and each may hold up to `max_decompressed_bytes`: without this bound a burst of large bodies
+    /// could claim one blocking thread and one decompressed buffer each. Requests over the bound wait their turn.
+    pub processing: Arc<Semaphore>,
 }
 
 /// The relay could not be set up.
@@ -69,6 +73,7 @@ impl AppState {
             upstream,
             readiness,
             tunnel_hosts,
+            processing: Arc::new(Semaphore::new(processing_slots())),
         }))
     }
 
@@ -85,6 +90,13 @@ impl AppState {
     pub fn replace_rules(&self, rules: Arc<CompiledRules>) {
         *self.rules.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = rules;
     }
+}
+
+/// Twice the cores, so one slot can decode while another waits on memory; at least 2.
+fn processing_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |cores| cores.get() * 2)
+        .max(2)
 }
 
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight requests finish within

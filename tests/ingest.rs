@@ -152,6 +152,106 @@ async fn tunnel_destination_never_comes_from_the_request() {
 }
 
 #[tokio::test]
+async fn envelope_dsn_alone_authenticates_only_for_allowed_hosts() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let body = |dsn: &str| format!("{{\"dsn\":\"{dsn}\"}}\n{{\"type\":\"event\"}}\n{{}}\n").into_bytes();
+    // A server-side tunnel forwarding to the envelope endpoint without auth: the dsn names the upstream's host.
+    let allowed = send_raw(
+        relay.addr,
+        "POST",
+        "/api/42/envelope/",
+        &[],
+        &body("http://abc@127.0.0.1:9/42"),
+        false,
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{}", allowed.detail());
+    assert_eq!(mini.next().await.auth_key().as_deref(), Some("abc"));
+    let foreign = send_raw(
+        relay.addr,
+        "POST",
+        "/api/42/envelope/",
+        &[],
+        &body("http://abc@evil.example/42"),
+        false,
+    )
+    .await;
+    assert_eq!(foreign.status, 403);
+    let mismatch = send_raw(
+        relay.addr,
+        "POST",
+        "/api/43/envelope/",
+        &[],
+        &body("http://abc@127.0.0.1/42"),
+        false,
+    )
+    .await;
+    assert_eq!(mismatch.status, 400);
+    assert_eq!(mini.received(), 1);
+}
+
+#[tokio::test]
+async fn pipeline_outcomes_are_counted() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    assert_eq!(Capture::load("py-error-event-rawpii").replay(&relay).await.status, 200);
+    let upstream = mini.next().await;
+    assert!(
+        !String::from_utf8_lossy(&upstream.body).contains("hunter2-S3cret!"),
+        "the password was scrubbed"
+    );
+    let exposition = relay.metrics().encode();
+    let redactions: u64 = exposition
+        .lines()
+        .filter(|line| line.starts_with("scrub_relay_redactions_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(redactions > 0, "redactions are counted by rule");
+    assert!(relay.metrics().scrub_duration.get_sample_count() >= 1);
+
+    // A health-check transaction is filtered: 200 for the SDK, nothing upstream, a dropped-item count.
+    let before = mini.received();
+    assert_eq!(Capture::load("py-health-1").replay(&relay).await.status, 200);
+    assert_eq!(mini.received(), before);
+    assert_eq!(
+        relay
+            .metrics()
+            .items_dropped
+            .with_label_values(&["transaction", "filtered_route"])
+            .get(),
+        1
+    );
+    assert_eq!(
+        relay
+            .metrics()
+            .envelopes_dropped
+            .with_label_values(&["empty_after_filter"])
+            .get(),
+        1
+    );
+
+    // An oversized check-in is dropped alone; the event next to it still goes out.
+    let body = format!(
+        "{{\"event_id\":\"{EVENT_ID}\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"x\"}}\n{{\"type\":\"check_in\"}}\n{{\"pad\":\"{}\"}}\n",
+        "x".repeat(200 * 1024)
+    );
+    let response = post_envelope(&relay, 42, KEY, body.as_bytes()).await;
+    assert_eq!(response.status, 200);
+    let upstream = mini.next().await;
+    let types: Vec<&str> = upstream.envelope().items.iter().map(|item| item.type_name()).collect();
+    assert_eq!(types, ["event"]);
+    assert_eq!(
+        relay
+            .metrics()
+            .items_dropped
+            .with_label_values(&["check_in", "too_large"])
+            .get(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn every_content_encoding_is_decoded() {
     let mini = MiniSentry::start().await;
     let relay = start_relay(relay_config(&mini)).await;
