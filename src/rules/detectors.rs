@@ -446,7 +446,11 @@ fn find_kind(kind: Kind, custom: Option<&Regex>, text: &str, push: &mut dyn FnMu
                 let dotted_before = m.start() > 0 && bytes[m.start() - 1] == b'.';
                 let dotted_after =
                     bytes.get(m.end()) == Some(&b'.') && bytes.get(m.end() + 1).is_some_and(u8::is_ascii_digit);
-                if !dotted_before && !dotted_after && !is_non_public_ipv4(m.as_str()) {
+                // `11.3.244.8-node.38`, `v1.2.3.4`: versions, not addresses.
+                let versioned = matches!(bytes.get(m.end()), Some(b'-' | b'+' | b'_'))
+                    || bytes.get(m.end()).is_some_and(u8::is_ascii_alphabetic)
+                    || m.start() > 0 && matches!(bytes[m.start() - 1], b'v' | b'V' | b'-' | b'_');
+                if !dotted_before && !dotted_after && !versioned && !is_non_public_ipv4(m.as_str()) {
                     push(m.start(), m.end());
                 }
             }
@@ -931,6 +935,8 @@ mod tests {
     fn ipv4_when_enabled() {
         assert_finds(Kind::Ipv4, "from 203.0.113.7 at", "203.0.113.7");
         assert_none(Kind::Ipv4, "version 1.2.3.4.5");
+        assert_none(Kind::Ipv4, "11.3.244.8-node.38");
+        assert_none(Kind::Ipv4, "v8.1.2.3");
         for private in [
             "127.0.0.1",
             "10.0.0.1",

@@ -253,7 +253,10 @@ impl Scrubber<'_> {
         }
         // Byte positions come from ASCII delimiters, so they are always char boundaries.
         let value = &text[value_start..value_end];
-        if is_already_filtered(value, self.engine) || !self.is_sensitive_key(&text[key_start..key_end]) {
+        if is_already_filtered(value, self.engine)
+            || is_placeholder(value)
+            || !self.is_sensitive_key(&text[key_start..key_end])
+        {
             return;
         }
         spans.push(Span {
@@ -320,7 +323,8 @@ impl Scrubber<'_> {
         let redactions_before = self.tally.redactions.clone();
         self.changed = false;
         self.nested += 1;
-        let mut inner_path: Vec<Seg<'_>> = Vec::new();
+        // Explain paths continue the outer one, so `tool.arguments.ssn` reads as where it was.
+        let mut inner_path: Vec<Seg<'_>> = path.to_vec();
         self.walk_value(&mut value, super::Scope::Data, &mut inner_path);
         self.nested -= 1;
         let changed = self.changed;
@@ -351,6 +355,14 @@ impl Scrubber<'_> {
         }
         true
     }
+}
+
+/// Format placeholders in log templates (`ssn=%s`, `token={token}`) are not values.
+fn is_placeholder(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    (bytes.first() == Some(&b'%') && bytes.len() <= 3)
+        || (value.starts_with('{') && value.ends_with('}'))
+        || (value.starts_with("%(") && value.ends_with(")s"))
 }
 
 /// Decodes `%XX` escapes and `+` in a query parameter name (invalid escapes stay as they are).

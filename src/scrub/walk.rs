@@ -67,24 +67,28 @@ enum Field {
 
 /// Keys whose values are ids, never PII, wherever they appear.
 fn is_id_key(key: &str) -> bool {
-    matches!(
-        key,
-        "trace_id"
-            | "span_id"
-            | "parent_span_id"
-            | "event_id"
-            | "segment_id"
-            | "sid"
-            | "check_in_id"
-            | "profile_id"
-            | "profiler_id"
-            | "replay_id"
-            | "sentry.segment.id"
-            | "sentry.trace.parent_span_id"
-            | "thread.id"
-            | "thread_id"
-            | "process.pid"
-    )
+    // Versions (`process.runtime.engine.version: 11.3.244.8-node.38`) look like IPs and dates but never hold PII.
+    key == "version"
+        || key.ends_with(".version")
+        || key.ends_with("_version")
+        || matches!(
+            key,
+            "trace_id"
+                | "span_id"
+                | "parent_span_id"
+                | "event_id"
+                | "segment_id"
+                | "sid"
+                | "check_in_id"
+                | "profile_id"
+                | "profiler_id"
+                | "replay_id"
+                | "sentry.segment.id"
+                | "sentry.trace.parent_span_id"
+                | "thread.id"
+                | "thread_id"
+                | "process.pid"
+        )
 }
 
 impl Scope {
