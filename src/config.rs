@@ -85,7 +85,7 @@ impl Default for Config {
 pub enum ConfigError {
     #[error("--upstream: {0}")]
     Upstream(String),
-    #[error("--tunnel-path: must start with `/` and not be under /api/")]
+    #[error("--tunnel-path: must start with `/`, not be under /api/, and not be an operator route")]
     TunnelPath,
     #[error("--{0}: must be greater than zero")]
     Zero(&'static str),
@@ -101,7 +101,9 @@ impl Config {
     /// Checks everything that can be checked without I/O.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_upstream(&self.upstream).map_err(ConfigError::Upstream)?;
-        if !self.tunnel_path.starts_with('/') || self.tunnel_path.starts_with("/api/") || self.tunnel_path.len() < 2 {
+        let path = self.tunnel_path.as_str();
+        let operator_route = crate::admin::AdminRoute::from_path(path).is_some();
+        if !path.starts_with('/') || path.starts_with("/api/") || path.len() < 2 || operator_route {
             return Err(ConfigError::TunnelPath);
         }
         for (name, value) in [
@@ -226,6 +228,14 @@ mod tests {
             ..Config::default()
         };
         assert!(matches!(config.validate(), Err(ConfigError::TunnelPath)));
+        let config = Config {
+            tunnel_path: "/metrics".into(),
+            ..Config::default()
+        };
+        assert!(
+            matches!(config.validate(), Err(ConfigError::TunnelPath)),
+            "would be shadowed by /metrics"
+        );
         let config = Config {
             max_body_bytes: 0,
             ..Config::default()

@@ -313,8 +313,12 @@ fn prepare(
         // The tunnel has no other way to say who is sending.
         return Err(RelayError::MissingAuth);
     }
-    let identity = auth::resolve(request_auth, path_project, envelope.dsn())?;
+    let mut identity = auth::resolve(request_auth, path_project, envelope.dsn())?;
     authorize(&identity)?;
+    if identity.client.is_none() {
+        // Tunnels carry no sentry_client; the envelope's `sdk` header names the same thing.
+        identity.client = sdk_client(&envelope);
+    }
     let event_id = envelope.event_id().and_then(normalize_event_id);
 
     for item in &envelope.items {
@@ -445,6 +449,13 @@ fn store_envelope(body: Vec<u8>, max_decompressed: usize) -> Result<Envelope, Re
         .insert("content_type".into(), Value::String("application/json".into()));
     envelope.items.push(item);
     Ok(envelope)
+}
+
+/// `name/version` from the envelope header's `sdk` object, when it is a safe token.
+fn sdk_client(envelope: &Envelope) -> Option<String> {
+    let sdk = envelope.headers.get("sdk")?;
+    let (name, version) = (sdk.get("name")?.as_str()?, sdk.get("version")?.as_str()?);
+    auth::safe_client(&format!("{name}/{version}"))
 }
 
 /// A 32-hex event id (Rust SDKs hyphenate theirs); anything else is not echoed back.

@@ -118,6 +118,11 @@ async fn tunnel_forwards_allowed_hosts_only() {
     let upstream = mini.next().await;
     assert_eq!(upstream.path, "/api/42/envelope/", "project from the dsn");
     assert_eq!(upstream.auth_key().as_deref(), Some(KEY), "key from the dsn");
+    assert_eq!(
+        upstream.auth_client().as_deref(),
+        Some("sentry.javascript.node/11.12.0"),
+        "client from the envelope's sdk header"
+    );
 
     let mut config = relay_config(&mini);
     config.tunnel_allowed_hosts = vec![scrub_relay::dsn::HostPattern::parse("*.ingest.sentry.io").unwrap()];
@@ -916,6 +921,34 @@ fn bad_startup_configuration_is_one_line_and_exit_64() {
             "{args:?}: one clear line, got {stderr}"
         );
         assert!(stderr.starts_with("scrub-relay: "), "{stderr}");
+    }
+    // The same settings from the environment.
+    let env_cases = [
+        ("SCRUB_RELAY_UPSTREAM", "ftp://sentry.example.com"),
+        ("SCRUB_RELAY_MAX_CONNECTIONS", "0"),
+    ];
+    for (name, value) in env_cases {
+        let output = relay_binary()
+            .env(name, value)
+            .env("SCRUB_RELAY_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(64),
+            "{name}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{name}: one clear line, got {stderr}"
+        );
+        assert!(
+            stderr.starts_with("scrub-relay: --"),
+            "{name}: the flag is named: {stderr}"
+        );
     }
 }
 
