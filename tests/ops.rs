@@ -1274,7 +1274,12 @@ async fn while_draining_readiness_is_down_and_liveness_stays_up() {
         let addr = relay.metrics_addr;
         async move { send_raw(addr, "GET", path, &[], b"", false).await.status }
     };
-    assert_eq!(probe("/readyz").await, 200);
+    // Ready once the main listener serves (a moment after it logs that it listens).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while probe("/readyz").await != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the relay never became ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // A request whose body is still arriving keeps the drain open. `Expect: 100-continue` makes the relay say when
     // it has started reading the body, so the request is known to be in flight before the signal.
