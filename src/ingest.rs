@@ -50,7 +50,7 @@ impl Endpoint {
 
 /// Handles one ingest request end to end.
 pub async fn handle(
-    state: &AppState,
+    state: &Arc<AppState>,
     request: Request<Incoming>,
     endpoint: Endpoint,
     path_project: Option<u64>,
@@ -79,8 +79,7 @@ pub async fn handle(
         rules: state.rules(),
         metrics: state.metrics.clone(),
     };
-    let tunnel_hosts = state.tunnel_hosts.clone();
-    let (allowed_keys, allowed_projects) = (state.config.allowed_keys.clone(), state.config.allowed_projects.clone());
+
     // The semaphore is never closed, so acquiring only waits.
     let slot = state
         .processing
@@ -88,21 +87,10 @@ pub async fn handle(
         .acquire_owned()
         .await
         .map_err(|_| RelayError::Internal)?;
+    let blocking_state = state.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        prepare(input, |identity| {
-            if endpoint == Endpoint::Tunnel || identity.source == AuthSource::EnvelopeDsn {
-                let host = identity
-                    .dsn
-                    .as_ref()
-                    .map(|dsn| dsn.host.as_str())
-                    .ok_or(RelayError::MissingAuth)?;
-                if !tunnel_hosts.iter().any(|pattern| pattern.matches(host)) {
-                    return Err(RelayError::TunnelHostNotAllowed);
-                }
-            }
-            auth::check_allowed(identity, &allowed_keys, &allowed_projects)
-        })
+        prepare(input, |identity| authorize(&blocking_state, endpoint, identity))
     })
     .await
     .map_err(|_| RelayError::Internal)??;
@@ -125,10 +113,39 @@ pub async fn handle(
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
         envelope,
     };
+    let project_id = job.project_id;
     match deliver(state, job).await? {
-        Delivery::Accepted(upstream) => Ok(accepted(event_id.as_deref(), upstream.as_ref())),
-        Delivery::Refused(upstream) => Ok(refused(upstream)),
+        Delivery::Accepted(upstream) => {
+            tracing::debug!(project_id, endpoint = endpoint.as_str(), "envelope accepted");
+            Ok(accepted(event_id.as_deref(), upstream.as_ref()))
+        }
+        Delivery::Refused(upstream) => {
+            let status = upstream.status.as_u16();
+            tracing::debug!(
+                project_id,
+                endpoint = endpoint.as_str(),
+                status,
+                "upstream refused the envelope"
+            );
+            Ok(refused(upstream))
+        }
     }
+}
+
+/// The operator's policy for an identified sender: tunnel hosts (when the dsn is what identifies it), then the key
+/// and project allowlists.
+fn authorize(state: &AppState, endpoint: Endpoint, identity: &Identity) -> Result<(), RelayError> {
+    if endpoint == Endpoint::Tunnel || identity.source == AuthSource::EnvelopeDsn {
+        let host = identity
+            .dsn
+            .as_ref()
+            .map(|dsn| dsn.host.as_str())
+            .ok_or(RelayError::MissingAuth)?;
+        if !state.tunnel_hosts.iter().any(|pattern| pattern.matches(host)) {
+            return Err(RelayError::TunnelHostNotAllowed);
+        }
+    }
+    auth::check_allowed(identity, &state.config.allowed_keys, &state.config.allowed_projects)
 }
 
 /// What became of an envelope handed to [`deliver`].

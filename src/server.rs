@@ -30,7 +30,8 @@ use crate::rules::CompiledRules;
 use crate::shutdown::Readiness;
 use crate::upstream::Upstream;
 
-/// Time a client has to send its request headers (slow-loris protection).
+/// Time a client has to send its request headers (slow-loris protection). hyper also runs it while a keep-alive
+/// connection waits for its next request, so idle HTTP/1 connections give their slot back after this long.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything a request handler needs. Shared as `Arc<AppState>`.
@@ -111,7 +112,13 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+    // HTTP/2 has no header-read timeout that closes idle connections; pings find dead peers instead.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(60)))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
 
     if let Ok(addr) = listener.local_addr() {
@@ -192,7 +199,7 @@ fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync
 }
 
 /// Dispatches one request and records its metrics.
-pub async fn handle(state: &AppState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let route = Route::of(state, request.method(), request.uri().path());
     let endpoint = route.endpoint_label();
