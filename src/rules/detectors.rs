@@ -291,6 +291,7 @@ macro_rules! regex {
     };
 }
 
+#[cfg(test)]
 regex!(
     EMAIL,
     r"(?i)[a-z0-9][a-z0-9._%+\-]*(?:@|%40)(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,24}\b"
@@ -353,20 +354,7 @@ const BEARER_STOPWORDS: &[&str] = &[
 fn find_kind(kind: Kind, custom: Option<&Regex>, text: &str, push: &mut dyn FnMut(usize, usize)) {
     let bytes = text.as_bytes();
     match kind {
-        Kind::Email => {
-            for m in EMAIL.find_iter(text) {
-                // `scheme://user@host` is URL userinfo, not an address.
-                if text[..m.start()].ends_with("://") {
-                    continue;
-                }
-                let local = m.as_str();
-                let at = local
-                    .find('@')
-                    .or_else(|| local.find("%40"))
-                    .map_or(m.end(), |i| m.start() + i);
-                push(m.start(), at);
-            }
-        }
+        Kind::Email => find_emails(bytes, push),
         Kind::PhoneUs => {
             for m in PHONE.find_iter(text) {
                 if number_boundary_before(bytes, m.start()) && number_boundary_after(bytes, m.end()) {
@@ -465,6 +453,79 @@ fn find_kind(kind: Kind, custom: Option<&Regex>, text: &str, push: &mut dyn FnMu
             }
         }
     }
+}
+
+/// Finds email addresses by expanding around each `@` (or `%40`) instead of running a regex over the whole string:
+/// long prompts full of text cost one `memchr`-style scan. Reports the local part only; the domain stays.
+/// Same language as the `EMAIL` regex in the tests: `[a-z0-9][a-z0-9._%+-]*@(label.)+tld`, case-insensitive, where
+/// labels are alphanumeric with inner dashes and the TLD is 2-24 letters followed by a non-word character.
+fn find_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
+    let is_local = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
+    let mut last_end = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(offset) = bytes[i..].iter().position(|b| *b == b'@' || *b == b'%') else {
+            break;
+        };
+        let at = i + offset;
+        let separator = if bytes[at] == b'@' {
+            1
+        } else if bytes.get(at + 1..at + 3) == Some(b"40".as_slice()) {
+            3
+        } else {
+            i = at + 1;
+            continue;
+        };
+        i = at + separator;
+        let mut start = at;
+        while start > last_end && is_local(bytes[start - 1]) {
+            start -= 1;
+        }
+        while start < at && !bytes[start].is_ascii_alphanumeric() {
+            start += 1;
+        }
+        if start == at {
+            continue;
+        }
+        let Some(end) = email_domain_end(bytes, at + separator) else {
+            continue;
+        };
+        // `scheme://user@host` is URL userinfo, not an address.
+        if start >= 3 && &bytes[start - 3..start] == b"://" {
+            continue;
+        }
+        push(start, at);
+        last_end = end;
+        i = end;
+    }
+}
+
+/// The end of an email domain starting at `from`: at least two labels, the last all letters (2-24).
+fn email_domain_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut labels: Vec<(usize, usize)> = Vec::new();
+    let mut pos = from;
+    loop {
+        let start = pos;
+        while pos < bytes.len() && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'-') {
+            pos += 1;
+        }
+        if pos == start || bytes[start] == b'-' || bytes[pos - 1] == b'-' {
+            break;
+        }
+        labels.push((start, pos));
+        if pos + 1 < bytes.len() && bytes[pos] == b'.' && bytes[pos + 1].is_ascii_alphanumeric() {
+            pos += 1;
+        } else {
+            break;
+        }
+    }
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    // The longest domain whose last label is a valid TLD followed by a non-word character.
+    (1..labels.len()).rev().map(|k| labels[k]).find_map(|(s, e)| {
+        let tld = &bytes[s..e];
+        let tld_ok = (2..=24).contains(&tld.len()) && tld.iter().all(u8::is_ascii_alphabetic);
+        (tld_ok && !bytes.get(e).copied().is_some_and(is_word)).then_some(e)
+    })
 }
 
 fn regex_hits(regex: &Regex, text: &str, push: &mut dyn FnMut(usize, usize)) {
@@ -740,6 +801,43 @@ mod tests {
         assert_finds(Kind::Email, "/members/jane@x.org/profile", "jane");
         assert_finds(Kind::Email, "x=jane+tag@sub.example.co.uk", "jane+tag");
         assert_finds(Kind::Email, "email=jane.doe%40example.com&x=1", "jane.doe");
+    }
+
+    #[test]
+    fn email_scanner_agrees_with_regex() {
+        let samples = [
+            "a jane.doe@example.com b",
+            "x@y.z",
+            "x@host.com2 y",
+            "-.+jane@x.org",
+            "a@b.c.d.example.museum!",
+            "mail: JANE@EXAMPLE.COM.",
+            "foo@-bad.com",
+            "foo@bad-.com ok@good.io",
+            "p%40q.com r%40s.org",
+            "trail@domain.",
+            "two@a.bc@c.de",
+            "name@sub_domain.com",
+            "über@example.com",
+            "a@b.abcdefghijklmnopqrstuvwxyz",
+        ];
+        for text in samples {
+            let mut scanned = Vec::new();
+            find_emails(text.as_bytes(), &mut |s, e| scanned.push(text[s..e].to_string()));
+            let mut regexed = Vec::new();
+            for m in EMAIL.find_iter(text) {
+                if text[..m.start()].ends_with("://") {
+                    continue;
+                }
+                let local = m.as_str();
+                let at = local
+                    .find('@')
+                    .or_else(|| local.find("%40"))
+                    .map_or(m.end(), |i| m.start() + i);
+                regexed.push(text[m.start()..at].to_string());
+            }
+            assert_eq!(scanned, regexed, "scanner and regex disagree on {text:?}");
+        }
     }
 
     #[test]

@@ -20,12 +20,7 @@ pub fn merge_meta(root: &mut Map<String, Value>, entries: &[MetaEntry]) {
     for entry in entries {
         let mut node = &mut *meta;
         for segment in &entry.path {
-            let Value::Object(map) = node else { break };
-            let child = map.entry(segment.clone()).or_insert_with(|| Value::Object(Map::new()));
-            if !child.is_object() {
-                *child = Value::Object(Map::new());
-            }
-            node = child;
+            node = descend(node, segment);
         }
         let Value::Object(map) = node else { continue };
         let leaf = map.entry(String::new()).or_insert_with(|| Value::Object(Map::new()));
@@ -54,5 +49,27 @@ pub fn merge_meta(root: &mut Map<String, Value>, entries: &[MetaEntry]) {
         {
             leaf.insert("len".into(), Value::from(len));
         }
+    }
+}
+
+/// The object under `segment`, created (or made an object) if needed.
+fn descend<'a>(node: &'a mut Value, segment: &str) -> &'a mut Value {
+    if !node.is_object() {
+        *node = Value::Object(Map::new());
+    }
+    match node {
+        Value::Object(map) => {
+            // Look up before inserting: most segments already exist, and `entry` would clone the key every time.
+            if !matches!(map.get(segment), Some(Value::Object(_))) {
+                map.insert(segment.to_string(), Value::Object(Map::new()));
+            }
+            match map.get_mut(segment) {
+                Some(child) => child,
+                // Inserted just above.
+                None => unreachable!("segment was inserted"),
+            }
+        }
+        // Made an object just above.
+        other => other,
     }
 }

@@ -230,7 +230,9 @@ impl<'e> Scrubber<'e> {
             if let Some(extra) = extra {
                 owned.push(extra.to_string());
             }
-            match self.meta.iter_mut().find(|m| m.path == owned) {
+            // A field's changes are recorded together (scrub, then maybe truncate), so only the last entry can share
+            // its path; scanning all entries would make PII-dense payloads quadratic.
+            match self.meta.last_mut().filter(|m| m.path == owned) {
                 Some(entry) => {
                     entry.remarks.extend(remarks);
                     if entry.len.is_none() {
