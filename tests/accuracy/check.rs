@@ -136,6 +136,19 @@ fn locate_in(value: &Value, path: &str, needle: &Needle, out: &mut Vec<String>) 
     }
 }
 
+/// The start of a string (whole if short), for LOST details.
+fn head(s: &str) -> String {
+    let mut end = s.len().min(300);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    if end < s.len() {
+        format!("{:?}…", &s[..end])
+    } else {
+        format!("{s:?}")
+    }
+}
+
 /// A short excerpt around the needle (or the start), so the table stays readable with 10 KB prompts.
 fn excerpt(s: &str, needle: &str) -> String {
     let at = s.find(needle).unwrap_or(0);
@@ -253,7 +266,7 @@ pub fn check_case(case: &Case, input: &Envelope, output: &Envelope, report_debug
                         Some(s) => failures.push(fail(
                             Kind::Lost,
                             plant.id(),
-                            format!("{part:?} missing from {}", excerpt(s, "")),
+                            format!("{part:?} missing from {}", head(s)),
                         )),
                         None => failures.push(fail(Kind::Lost, plant.id(), format!("{part:?} missing: field is gone"))),
                     }

@@ -126,6 +126,11 @@ const KEEP_KEYS: &[&str] = &[
     "platform",
     "severity_number",
     "sentry.severity_number",
+    "version",
+    "os.version",
+    "sentry.sdk.version",
+    "process.runtime.version",
+    "process.runtime.engine.version",
 ];
 
 /// `(item index, key, value)` for every keep-key leaf; typed attributes count under their attribute name.
@@ -289,4 +294,37 @@ pub fn shrank(input: &Envelope, output: &Envelope) -> bool {
             len(&a) != len(&b)
         })
     })
+}
+
+/// Keys whose numbers must come out as the very same text: serde_json's default float parser is not exact, so a
+/// parse/serialize round trip can move a timestamp by one unit in the last place (`1795386585.3403773` →
+/// `1795386585.340377`). The value comparison above cannot see that (both sides go through the same parser).
+const RAW_NUMBER_KEYS: &str = "timestamp|start_timestamp|end_timestamp|sample_rand|duration|exclusive_time";
+
+/// Floats and integers under [`RAW_NUMBER_KEYS`], compared as text: every one in the output must appear in the input.
+pub fn changed_numbers(name: &str, input: &Envelope, output: &Envelope) -> Vec<Failure> {
+    let re = regex::Regex::new(&format!(r#""({RAW_NUMBER_KEYS})"\s*:\s*(-?[0-9][0-9.eE+-]*)"#)).expect("valid regex");
+    let mut known: BTreeMap<String, usize> = BTreeMap::new();
+    for item in &input.items {
+        for c in re.captures_iter(&String::from_utf8_lossy(item.payload())) {
+            *known.entry(c[2].to_owned()).or_default() += 1;
+        }
+    }
+    let mut failures = Vec::new();
+    for (i, item) in output.items.iter().enumerate() {
+        for c in re.captures_iter(&String::from_utf8_lossy(item.payload())) {
+            if !known.contains_key(&c[2]) {
+                failures.push(Failure {
+                    kind: Kind::Lost,
+                    case: name.to_owned(),
+                    planted: "number text".into(),
+                    detail: format!(
+                        "item[{i}] {} = {} is not in the input as written (float re-formatted?)",
+                        &c[1], &c[2]
+                    ),
+                });
+            }
+        }
+    }
+    failures
 }
