@@ -152,6 +152,27 @@ const KNOWN_GAPS: &[Gap] = &[
         detail: "\"p.unkkey06\" still at",
     },
     Gap {
+        id: "stray_bracket_after_refiltering",
+        suite: Suite::CaptureValues,
+        case: "*",
+        planted: "*",
+        detail: "stray bracket after a replacement: ",
+    },
+    Gap {
+        id: "template_placeholders_filtered",
+        suite: Suite::Planted,
+        case: "py-logs",
+        planted: "item[0]/items/3/attributes/sentry.message.template",
+        detail: "expected ",
+    },
+    Gap {
+        id: "template_placeholders_filtered",
+        suite: Suite::Planted,
+        case: "node-logs",
+        planted: "item[0]/items/2/attributes/sentry.message.template",
+        detail: "expected ",
+    },
+    Gap {
         id: "ipv4_detector_eats_v8_version",
         suite: Suite::CaptureValues,
         case: "*",
@@ -171,13 +192,6 @@ const KNOWN_GAPS: &[Gap] = &[
         case: "py-event",
         planted: "item[0]/extra/lookalikes/runtime_engine",
         detail: "expected \"11.3.244.8-node.38\"",
-    },
-    Gap {
-        id: "credential_in_text_swallows_following_params",
-        suite: Suite::Planted,
-        case: "feedback+user_report+replay",
-        planted: "item[2]/urls/2",
-        detail: "\"expires_in=3600\" missing",
     },
 ];
 
@@ -265,17 +279,24 @@ fn gap_email_as_object_key() {
 }
 
 #[test]
+#[ignore = "gap (over-scrubbing): key=value in free text re-filters an SDK's `token=[Filtered]` and leaves a \
+            stray bracket: `token=[FILTERED]]` (Node url.full, http.url, http.target, request.url)"]
+fn gap_stray_bracket_after_refiltering() {
+    assert_gap_fixed("stray_bracket_after_refiltering");
+}
+
+#[test]
+#[ignore = "gap (over-scrubbing): key=value in free text filters logging-template placeholders: \
+            `ssn=%s` -> `ssn=[FILTERED]`, `token={token}` -> `token=[FILTERED]}` in sentry.message.template"]
+fn gap_template_placeholders_filtered() {
+    assert_gap_fixed("template_placeholders_filtered");
+}
+
+#[test]
 #[ignore = "gap (over-scrubbing): the ipv4 detector rewrites Node's V8 version `11.3.244.8-node.38` \
             (process.runtime.engine.version, in every Node 11 span and log) to `[redacted]-node.38`"]
 fn gap_ipv4_detector_eats_v8_version() {
     assert_gap_fixed("ipv4_detector_eats_v8_version");
-}
-
-#[test]
-#[ignore = "gap (over-scrubbing): credential_in_text's value class includes `&`, so `#access_token=x&token_type=\
-            bearer&expires_in=3600` loses `expires_in=3600`"]
-fn gap_credential_in_text_swallows_following_params() {
-    assert_gap_fixed("credential_in_text_swallows_following_params");
 }
 
 #[test]
@@ -299,6 +320,9 @@ fn capture_value_failures() -> Vec<Failure> {
         let dropped = dropped || corpus::shrank(&input, &output);
         failures.extend(corpus::lost(&name, &input, &output, dropped));
         failures.extend(corpus::changed_numbers(&name, &input, &output));
+        if !dropped {
+            failures.extend(corpus::stray_brackets(&name, &input, &output));
+        }
         for (i, item) in output.items.iter().enumerate() {
             if item.type_name() == "attachment" {
                 continue;

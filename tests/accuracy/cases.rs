@@ -1470,6 +1470,8 @@ fn py_logs() -> Case {
         &[t("p.tmpl06")],
     );
     b.keep(I0, "/items/2/body", json!("User authenticated successfully"));
+    // Templates of logging calls hold placeholders, not values: `ssn=%s` is not an SSN.
+    b.keep_existing(I0, "/items/3/attributes/sentry.message.template");
     b.keep(
         I0,
         "/items/2/attributes/sentry.message.parameter.0",
@@ -1538,6 +1540,11 @@ fn node_logs() -> Case {
         &[t("p.nlog05")],
     );
     b.keep(I0, "/items/2/trace_id", json!("12345678901234567890123456789012"));
+    b.keep(
+        I0,
+        "/items/2/attributes/sentry.message.template",
+        json!({"value": "Login failed for user=%s password=%s token={token} key=%(api_key)s", "type": "string"}),
+    );
     b.build()
 }
 

@@ -201,14 +201,15 @@ pub fn check_case(case: &Case, input: &Envelope, output: &Envelope, report_debug
                 format!("type {} became {}", a.type_name(), b.type_name()),
             ));
         }
-        if a.type_name() != "attachment" && serde_json::from_slice::<Value>(a.payload()).is_ok() {
-            if serde_json::from_slice::<Value>(b.payload()).is_err() {
-                failures.push(fail(
-                    Kind::Structure,
-                    format!("item[{i}]"),
-                    "JSON payload no longer parses".into(),
-                ));
-            }
+        if a.type_name() != "attachment"
+            && serde_json::from_slice::<Value>(a.payload()).is_ok()
+            && serde_json::from_slice::<Value>(b.payload()).is_err()
+        {
+            failures.push(fail(
+                Kind::Structure,
+                format!("item[{i}]"),
+                "JSON payload no longer parses".into(),
+            ));
         }
     }
 

@@ -328,3 +328,54 @@ pub fn changed_numbers(name: &str, input: &Envelope, output: &Envelope) -> Vec<F
     }
     failures
 }
+
+/// Replacement markers that end up followed by a leftover `]` (`token=[Filtered]` → `token=[FILTERED]]`): a rule
+/// replaced part of an already-replaced value. Compared per string leaf when nothing was dropped (paths line up).
+pub fn stray_brackets(name: &str, input: &Envelope, output: &Envelope) -> Vec<Failure> {
+    let mut failures = Vec::new();
+    for (i, (a, b)) in input.items.iter().zip(&output.items).enumerate() {
+        let (Ok(a), Ok(b)) = (
+            serde_json::from_slice::<Value>(a.payload()),
+            serde_json::from_slice::<Value>(b.payload()),
+        ) else {
+            continue;
+        };
+        let mut leaves = Vec::new();
+        string_leaves(&b, String::new(), &mut leaves);
+        for (path, text) in leaves {
+            let corrupted = ["[FILTERED]]", "[redacted]]", "[Filtered]]"]
+                .iter()
+                .any(|m| text.contains(m));
+            let was = a
+                .pointer(&path)
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.contains("]]"));
+            if corrupted && !was {
+                failures.push(Failure {
+                    kind: Kind::Lost,
+                    case: name.to_owned(),
+                    planted: format!("item[{i}]{path}"),
+                    detail: format!("stray bracket after a replacement: {text:?}"),
+                });
+            }
+        }
+    }
+    failures
+}
+
+fn string_leaves(value: &Value, path: String, out: &mut Vec<(String, String)>) {
+    match value {
+        Value::String(s) => out.push((path, s.clone())),
+        Value::Array(list) => {
+            for (i, v) in list.iter().enumerate() {
+                string_leaves(v, format!("{path}/{i}"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                string_leaves(v, format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+            }
+        }
+        _ => {}
+    }
+}
