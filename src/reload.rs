@@ -63,18 +63,20 @@ impl Reloader {
         });
         let path = self.path.display();
         match outcome {
+            // Metrics are not updated atomically together, so the order matters to a scrape that lands in
+            // between: the flag first, the version (what a watcher waits for) last.
             Ok(rules) => {
                 install(rules);
-                metrics.rules_version.inc();
-                metrics.rules_reloads.with_label_values(&["ok"]).inc();
                 metrics.rules_last_reload_ok.set(1);
+                metrics.rules_reloads.with_label_values(&["ok"]).inc();
+                metrics.rules_version.inc();
                 let version = metrics.rules_version.get().max(0) as u64;
                 tracing::info!(rules_version = version, path = %path, "Rules reloaded.");
                 Ok(version)
             }
             Err(error) => {
-                metrics.rules_reloads.with_label_values(&["error"]).inc();
                 metrics.rules_last_reload_ok.set(0);
+                metrics.rules_reloads.with_label_values(&["error"]).inc();
                 tracing::warn!(
                     path = %path,
                     rules_version = metrics.rules_version.get(),

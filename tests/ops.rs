@@ -879,6 +879,14 @@ async fn metrics_count_exactly_what_happened() {
 
 // === Hot reload ===
 
+/// Replaces a file the way editors and the kubelet do (write a temporary file, rename it over), so a poll never
+/// reads half a file.
+fn write_atomically(path: &Path, text: &str) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).expect("write the temporary file");
+    std::fs::rename(&temporary, path).expect("rename over the rules file");
+}
+
 const RULES_V1: &str = "version: 1\n";
 /// V1 plus a custom rule for a made-up internal code that no built-in detector knows.
 const RULES_V2: &str = "version: 1\ncustom_rules:\n  - id: zebra_code\n    pattern: 'ZEBRA-CODE-[0-9]+'\n";
@@ -891,7 +899,7 @@ async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_
     let upstream = MiniSentry::start().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let rules_path = dir.path().join("rules.yaml");
-    std::fs::write(&rules_path, RULES_V1).expect("write rules");
+    write_atomically(&rules_path, RULES_V1);
     // Polling off: only the signal may trigger the reloads this test counts.
     let relay = RelayProcess::start(
         &upstream,
@@ -940,7 +948,7 @@ async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_
     assert!(forwarded_message(&forwarded_with_id(&upstream, &event_id(1)).await).contains(PLANTED_CODE));
 
     // A valid file: the new rule takes effect.
-    std::fs::write(&rules_path, RULES_V2).expect("write rules");
+    write_atomically(&rules_path, RULES_V2);
     relay.signal("HUP");
     let metrics = relay
         .wait_for_metrics("the reload is counted", |m| {
@@ -971,7 +979,7 @@ async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_
         .await;
 
     // An invalid file: refused, the old rules stay in force.
-    std::fs::write(&rules_path, RULES_INVALID).expect("write rules");
+    write_atomically(&rules_path, RULES_INVALID);
     relay.signal("HUP");
     let metrics = relay
         .wait_for_metrics("the failed reload is counted", |m| {
@@ -1036,7 +1044,7 @@ async fn a_changed_rules_file_is_picked_up_without_a_signal() {
     let upstream = MiniSentry::start().await;
     let dir = tempfile::tempdir().expect("temporary directory");
     let rules_path = dir.path().join("rules.yaml");
-    std::fs::write(&rules_path, RULES_V1).expect("write rules");
+    write_atomically(&rules_path, RULES_V1);
     let relay = RelayProcess::start(
         &upstream,
         &[
@@ -1047,7 +1055,7 @@ async fn a_changed_rules_file_is_picked_up_without_a_signal() {
         ],
     );
 
-    std::fs::write(&rules_path, RULES_V2).expect("write rules");
+    write_atomically(&rules_path, RULES_V2);
     relay
         .wait_for_metrics("the changed file is loaded", |m| {
             m.value("scrub_relay_rules_version", &[]) == 2.0
@@ -1065,14 +1073,14 @@ async fn a_changed_rules_file_is_picked_up_without_a_signal() {
     assert!(!forwarded_message(&forwarded_with_id(&upstream, &event_id(1)).await).contains(PLANTED_CODE));
 
     // An invalid edit is reported once, however many polls see it.
-    std::fs::write(&rules_path, RULES_INVALID).expect("write rules");
+    write_atomically(&rules_path, RULES_INVALID);
     relay
         .wait_for_metrics("the invalid file is refused", |m| {
             m.value("scrub_relay_rules_last_reload_ok", &[]) == 0.0
         })
         .await;
     // Let at least a few more polls happen (the next valid change proves they ran), then check the count.
-    std::fs::write(&rules_path, RULES_V1).expect("write rules");
+    write_atomically(&rules_path, RULES_V1);
     let metrics = relay
         .wait_for_metrics("the fixed file is loaded", |m| {
             m.value("scrub_relay_rules_version", &[]) == 3.0
