@@ -230,6 +230,26 @@ fn assert_scrubbed(sdk: &str, received: &[Recorded], sent: &Sent) {
         prompt.chars().count()
     );
 
+    // What the SDKs add about the runtime (versions, OS, CPU, memory, module lists) is never personal data;
+    // V8's `11.3.244.8-node.38` looks like an IP address, kernel versions like phone numbers.
+    for (ty, payload) in &items {
+        if ty == "event" || ty == "transaction" {
+            for key in ["os", "device", "runtime", "app", "culture", "rust", "trace"] {
+                assert_untouched(sdk, &format!("{ty} contexts.{key}"), &payload["contexts"][key]);
+            }
+            assert_untouched(sdk, &format!("{ty} sdk"), &payload["sdk"]);
+            assert_untouched(sdk, &format!("{ty} modules"), &payload["modules"]);
+        }
+    }
+    for entry in entries(&items, "span").into_iter().chain(entries(&items, "log")) {
+        for (key, attribute) in entry["attributes"].as_object().into_iter().flatten() {
+            let runtime = ["sentry.", "process.", "device.", "os.", "culture.", "app.", "server."];
+            if runtime.iter().any(|prefix| key.starts_with(prefix)) && !key.starts_with("sentry.message.") {
+                assert_untouched(sdk, key, attribute);
+            }
+        }
+    }
+
     // The log: body and parameters masked.
     let logs = entries(&items, "log");
     let log = logs
@@ -245,6 +265,20 @@ fn assert_scrubbed(sdk: &str, received: &[Recorded], sent: &Sent) {
         log["trace_id"].as_str().is_some_and(|id| id.len() == 32),
         "{sdk}: log trace id: {log}"
     );
+}
+
+/// Fails if any string under `value` carries a redaction.
+fn assert_untouched(sdk: &str, place: &str, value: &Value) {
+    match value {
+        Value::String(text) => {
+            for marker in ["[redacted]", "[FILTERED]", "[Filtered]", "***@", "[truncated]"] {
+                assert!(!text.contains(marker), "{sdk}: innocent {place} was scrubbed: `{text}`");
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|value| assert_untouched(sdk, place, value)),
+        Value::Object(map) => map.values().for_each(|value| assert_untouched(sdk, place, value)),
+        _ => {}
+    }
 }
 
 async fn relay_and_upstream() -> (MiniSentry, RelayHandle) {
