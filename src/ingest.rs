@@ -26,7 +26,7 @@ use crate::error::RelayError;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, ProcessOptions, Report};
 use crate::rules::CompiledRules;
-use crate::server::AppState;
+use crate::server::{AppState, ClientAddr};
 use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Which ingest endpoint a request came in on.
@@ -111,6 +111,10 @@ pub async fn handle(
         public_key: prepared.identity.public_key,
         sentry_client: prepared.identity.client,
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        forwarded_for: prepared
+            .send_client_ip
+            .then(|| parts.extensions.get::<ClientAddr>().map(|a| a.0))
+            .flatten(),
         envelope,
     };
     let project_id = job.project_id;
@@ -293,6 +297,8 @@ struct Prepared {
     /// The scrubbed envelope, serialized; `None` when no item is left to send.
     envelope: Option<Bytes>,
     event_id: Option<String>,
+    /// The project's rules allow sending the client IP upstream.
+    send_client_ip: bool,
 }
 
 /// Decode → parse → identify → limit → scrub. CPU-bound, so it runs on a blocking thread.
@@ -356,10 +362,12 @@ fn prepare(
         metrics.items_forwarded.with_label_values(&[item.ty().as_str()]).inc();
     }
     let envelope = (!envelope.items.is_empty()).then(|| envelope.to_bytes());
+    let send_client_ip = rules.engine(Some(identity.project_id)).send_default_pii;
     Ok(Prepared {
         identity,
         envelope,
         event_id,
+        send_client_ip,
     })
 }
 

@@ -34,6 +34,10 @@ use crate::upstream::Upstream;
 /// connection waits for its next request, so idle HTTP/1 connections give their slot back after this long.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The TCP peer of a request, put in its extensions by the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// Everything a request handler needs. Shared as `Arc<AppState>`.
 pub struct AppState {
     pub config: Config,
@@ -135,11 +139,11 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                 Err(_) => break, // the semaphore is never closed
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning on a failing accept.
                     tracing::warn!(error = %error, "accept failed");
@@ -155,7 +159,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         let mut drain = drain_rx.clone();
         connections.spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |request| {
+            let service = service_fn(move |mut request: Request<Incoming>| {
+                request.extensions_mut().insert(ClientAddr(peer.ip()));
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(handle(&state, request).await) }
             });

@@ -24,6 +24,9 @@ pub struct UpstreamRequest {
     pub sentry_client: Option<String>,
     /// The SDK's `User-Agent`, kept so Sentry's SDK statistics stay right.
     pub user_agent: Option<HeaderValue>,
+    /// The SDK's IP, sent as `X-Forwarded-For` so Sentry can resolve `{{auto}}` user IPs. Only set when the rules
+    /// allow sending the client IP (`send_default_pii: true`); `None` keeps the client's address to ourselves.
+    pub forwarded_for: Option<std::net::IpAddr>,
     /// The serialized, scrubbed envelope.
     pub envelope: Bytes,
 }
@@ -147,6 +150,13 @@ impl Upstream {
             env!("CARGO_PKG_VERSION")
         )));
         headers.insert(http::header::USER_AGENT, user_agent);
+        if let Some(ip) = request.forwarded_for {
+            // An IP address always formats to a valid header value.
+            headers.insert(
+                "x-forwarded-for",
+                HeaderValue::from_str(&ip.to_string()).expect("IP is a header value"),
+            );
+        }
 
         self.metrics
             .forwarded_bytes

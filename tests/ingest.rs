@@ -257,6 +257,43 @@ async fn pipeline_outcomes_are_counted() {
 }
 
 #[tokio::test]
+async fn client_ip_goes_upstream_only_when_the_rules_allow_it() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    assert_eq!(
+        post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await.status,
+        200
+    );
+    assert_eq!(
+        mini.next().await.header("x-forwarded-for"),
+        None,
+        "send_default_pii is off by default"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let rules = std::fs::read_to_string("rules.yaml")
+        .unwrap()
+        .replace("send_default_pii: false", "send_default_pii: true");
+    std::fs::write(dir.path().join("rules.yaml"), rules).unwrap();
+    let mut config = relay_config(&mini);
+    config.rules_path = Some(dir.path().join("rules.yaml"));
+    let relay = start_relay(config).await;
+    let spoofed = headers(&[("X-Forwarded-For", "198.51.100.1")]);
+    let target = format!("/api/42/envelope/?sentry_key={KEY}");
+    assert_eq!(
+        send_raw(relay.addr, "POST", &target, &spoofed, &event_envelope(EVENT_ID), false)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        mini.next().await.header("x-forwarded-for"),
+        Some("127.0.0.1"),
+        "the TCP peer, never a client's claim"
+    );
+}
+
+#[tokio::test]
 async fn every_content_encoding_is_decoded() {
     let mini = MiniSentry::start().await;
     let relay = start_relay(relay_config(&mini)).await;
