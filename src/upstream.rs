@@ -274,3 +274,86 @@ pub fn compress(encoding: UpstreamEncoding, data: &[u8]) -> std::io::Result<Vec<
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str, encoding: UpstreamEncoding) -> Upstream {
+        let config = Config {
+            upstream: url::Url::parse(url).unwrap(),
+            upstream_encoding: encoding,
+            ..Config::default()
+        };
+        Upstream::new(&config, Arc::new(Metrics::new())).unwrap()
+    }
+
+    #[test]
+    fn envelope_url_keeps_a_path_prefix() {
+        let plain = upstream("https://sentry.io", UpstreamEncoding::Gzip);
+        assert_eq!(plain.envelope_url(42), "https://sentry.io/api/42/envelope/");
+        let prefixed = upstream("https://sentry.example.com/relay/", UpstreamEncoding::Gzip);
+        assert_eq!(
+            prefixed.envelope_url(7),
+            "https://sentry.example.com/relay/api/7/envelope/"
+        );
+    }
+
+    #[test]
+    fn compression_round_trips() {
+        let data = b"{\"event_id\":\"9ec79c33ec9942ab8353589fcb2e04dc\"}\n".repeat(100);
+        for (encoding, content) in [
+            (UpstreamEncoding::Gzip, crate::decode::ContentEncoding::Gzip),
+            (UpstreamEncoding::Zstd, crate::decode::ContentEncoding::Zstd),
+            (UpstreamEncoding::Identity, crate::decode::ContentEncoding::Identity),
+        ] {
+            let compressed = compress(encoding, &data).unwrap();
+            assert_eq!(
+                crate::decode::decode(content, &compressed, 1 << 20).unwrap(),
+                data,
+                "{encoding:?}"
+            );
+            if encoding != UpstreamEncoding::Identity {
+                assert!(compressed.len() < data.len() / 4, "{encoding:?} compresses");
+            }
+        }
+    }
+
+    #[test]
+    fn outcome_labels_are_bounded() {
+        assert_eq!(status_outcome(StatusCode::OK), "2xx");
+        assert_eq!(status_outcome(StatusCode::TOO_MANY_REQUESTS), "429");
+        assert_eq!(status_outcome(StatusCode::FORBIDDEN), "4xx");
+        assert_eq!(status_outcome(StatusCode::BAD_GATEWAY), "5xx");
+        assert_eq!(status_outcome(StatusCode::SWITCHING_PROTOCOLS), "other");
+    }
+
+    #[tokio::test]
+    async fn unreachable_upstream_is_a_network_error() {
+        // Bind and drop a listener to get a loopback port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let client = upstream(&format!("http://127.0.0.1:{port}"), UpstreamEncoding::Identity);
+        let request = UpstreamRequest {
+            project_id: 1,
+            public_key: "abc".into(),
+            sentry_client: None,
+            user_agent: None,
+            forwarded_for: None,
+            envelope: Bytes::from_static(b"{}\n"),
+        };
+        let error = client.send(request).await.unwrap_err();
+        assert_eq!(error.outcome(), "network_error");
+        assert_eq!(
+            client
+                .metrics
+                .upstream_requests
+                .with_label_values(&["network_error"])
+                .get(),
+            1
+        );
+    }
+}
