@@ -105,6 +105,31 @@ pub struct RunArgs {
     pub rules_poll_interval: Duration,
     #[command(flatten)]
     pub log: crate::logging::LogArgs,
+    /// Directory for the disk spool: accepted envelopes survive an upstream outage and a crash. Default: none
+    /// (memory only).
+    #[arg(long, env = "SCRUB_RELAY_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Size cap of the spool (e.g. 1GiB). When it and the memory queue are full, SDKs get 503.
+    #[arg(long, env = "SCRUB_RELAY_SPOOL_MAX_BYTES", default_value = "1GiB", value_parser = parse_size)]
+    pub spool_max_bytes: usize,
+    /// Envelopes undelivered this long after arrival are dropped (e.g. 24h).
+    #[arg(long, env = "SCRUB_RELAY_SPOOL_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub spool_max_age: Duration,
+    /// Envelopes held in memory for delivery.
+    #[arg(long, env = "SCRUB_RELAY_QUEUE_MAX_ENVELOPES", default_value = "10000")]
+    pub queue_max_envelopes: usize,
+    /// Bytes held in memory for delivery (e.g. 256MiB).
+    #[arg(long, env = "SCRUB_RELAY_QUEUE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
+    pub queue_max_bytes: usize,
+    /// Upstream requests in flight at once.
+    #[arg(long, env = "SCRUB_RELAY_UPSTREAM_CONCURRENCY", default_value = "8")]
+    pub upstream_concurrency: usize,
+    /// Wait after the first upstream failure; doubles per failure, half of it random.
+    #[arg(long, env = "SCRUB_RELAY_RETRY_INITIAL_BACKOFF", default_value = "500ms", value_parser = parse_duration)]
+    pub retry_initial_backoff: Duration,
+    /// Cap on the wait between upstream retries.
+    #[arg(long, env = "SCRUB_RELAY_RETRY_MAX_BACKOFF", default_value = "60s", value_parser = parse_duration)]
+    pub retry_max_backoff: Duration,
 }
 
 impl RunArgs {
@@ -139,6 +164,14 @@ impl RunArgs {
             shutdown_timeout: self.shutdown_timeout,
             upstream_encoding: self.upstream_encoding,
             max_connections: self.max_connections,
+            spool_dir: self.spool_dir.clone(),
+            spool_max_bytes: self.spool_max_bytes as u64,
+            spool_max_age: self.spool_max_age,
+            queue_max_envelopes: self.queue_max_envelopes,
+            queue_max_bytes: self.queue_max_bytes,
+            upstream_concurrency: self.upstream_concurrency,
+            retry_initial_backoff: self.retry_initial_backoff,
+            retry_max_backoff: self.retry_max_backoff,
             ..Config::default()
         };
         config.validate()?;

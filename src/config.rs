@@ -54,6 +54,24 @@ pub struct Config {
     pub max_connections: usize,
     /// Time a client has to send its whole request body. Default 60 s.
     pub body_timeout: Duration,
+    /// Directory of the disk spool (see `docs/delivery.md`). `None` (the default): undelivered envelopes wait in
+    /// memory only, and are lost if the process dies while the upstream is down.
+    pub spool_dir: Option<PathBuf>,
+    /// Size cap of the spool's entry files, in bytes. Default 1 GiB.
+    pub spool_max_bytes: u64,
+    /// Envelopes still undelivered this long after they arrived are dropped, in memory and in the spool. Default 24 h.
+    pub spool_max_age: Duration,
+    /// Envelopes held in memory for delivery (waiting, in flight, held back by a rate limit). Default 10 000.
+    pub queue_max_envelopes: usize,
+    /// Bytes (uncompressed) held in memory for delivery. Default 256 MiB.
+    pub queue_max_bytes: usize,
+    /// Upstream requests in flight at once. Default 8.
+    pub upstream_concurrency: usize,
+    /// Wait after the first upstream failure; doubles per failure up to `retry_max_backoff`, half of it random.
+    /// Default 500 ms.
+    pub retry_initial_backoff: Duration,
+    /// Cap on the wait between upstream retries. Default 60 s.
+    pub retry_max_backoff: Duration,
 }
 
 pub const MIB: usize = 1024 * 1024;
@@ -76,6 +94,14 @@ impl Default for Config {
             upstream_encoding: UpstreamEncoding::Gzip,
             max_connections: 1024,
             body_timeout: Duration::from_secs(60),
+            spool_dir: None,
+            spool_max_bytes: 1024 * MIB as u64,
+            spool_max_age: Duration::from_secs(24 * 60 * 60),
+            queue_max_envelopes: 10_000,
+            queue_max_bytes: 256 * MIB,
+            upstream_concurrency: 8,
+            retry_initial_backoff: Duration::from_millis(500),
+            retry_max_backoff: Duration::from_secs(60),
         }
     }
 }
@@ -91,6 +117,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--max-decompressed-bytes must be at least --max-body-bytes")]
     DecompressedBelowBody,
+    #[error("--retry-max-backoff must be at least --retry-initial-backoff")]
+    BackoffBelowInitial,
     #[error("--allowed-keys: `{0}` is not a valid public key")]
     AllowedKey(String),
     #[error("--tunnel-allowed-hosts: {0}")]
@@ -110,6 +138,10 @@ impl Config {
             ("max-body-bytes", self.max_body_bytes),
             ("max-decompressed-bytes", self.max_decompressed_bytes),
             ("max-connections", self.max_connections),
+            ("queue-max-envelopes", self.queue_max_envelopes),
+            ("queue-max-bytes", self.queue_max_bytes),
+            ("upstream-concurrency", self.upstream_concurrency),
+            ("spool-max-bytes", usize::try_from(self.spool_max_bytes).unwrap_or(usize::MAX)),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -118,6 +150,8 @@ impl Config {
         for (name, value) in [
             ("upstream-timeout", self.upstream_timeout),
             ("shutdown-timeout", self.shutdown_timeout),
+            ("spool-max-age", self.spool_max_age),
+            ("retry-initial-backoff", self.retry_initial_backoff),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Zero(name));
@@ -125,6 +159,9 @@ impl Config {
         }
         if self.max_decompressed_bytes < self.max_body_bytes {
             return Err(ConfigError::DecompressedBelowBody);
+        }
+        if self.retry_max_backoff < self.retry_initial_backoff {
+            return Err(ConfigError::BackoffBelowInitial);
         }
         if let Some(key) = self.allowed_keys.iter().find(|k| !crate::dsn::is_valid_public_key(k)) {
             return Err(ConfigError::AllowedKey(key.clone()));

@@ -11,7 +11,7 @@
 //! `items_dropped_total{reason="too_large"}`, so one oversized attachment does not cost the error it belongs to.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -26,8 +26,8 @@ use crate::error::RelayError;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, ProcessOptions, Report};
 use crate::rules::CompiledRules;
+use crate::delivery::{Job, RateLimited, Rejected};
 use crate::server::{AppState, ClientAddr};
-use crate::upstream::{UpstreamError, UpstreamRequest, UpstreamResponse};
 
 /// Which ingest endpoint a request came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,32 +106,38 @@ pub async fn handle(
             .inc();
         return Ok(accepted(event_id.as_deref(), None));
     };
-    let job = UpstreamRequest {
-        project_id: prepared.identity.project_id,
+    let project_id = prepared.identity.project_id;
+    let job = Job {
+        project_id,
         public_key: prepared.identity.public_key,
         sentry_client: prepared.identity.client,
-        user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
         forwarded_for: prepared
             .send_client_ip
             .then(|| parts.extensions.get::<ClientAddr>().map(|a| a.0))
             .flatten(),
         envelope,
+        received_at: SystemTime::now(),
     };
-    let project_id = job.project_id;
-    match deliver(state, job).await? {
-        Delivery::Accepted(upstream) => {
-            tracing::debug!(project_id, endpoint = endpoint.as_str(), "envelope accepted");
-            Ok(accepted(event_id.as_deref(), upstream.as_ref()))
-        }
-        Delivery::Refused(upstream) => {
-            let status = upstream.status.as_u16();
-            tracing::debug!(
-                project_id,
-                endpoint = endpoint.as_str(),
-                status,
-                "upstream refused the envelope"
-            );
-            Ok(refused(upstream))
+    match deliver(state, job)? {
+        Delivery::Queued(job) => match state.delivery.submit(job).await {
+            Ok(()) => {
+                tracing::debug!(project_id, endpoint = endpoint.as_str(), "envelope accepted");
+                let limits = state.delivery.rate_limits().active_header(project_id, tokio::time::Instant::now());
+                Ok(accepted(event_id.as_deref(), limits.as_deref()))
+            }
+            Err(rejected) => {
+                tracing::debug!(project_id, endpoint = endpoint.as_str(), "delivery queue full; envelope refused");
+                Ok(overloaded(state, rejected))
+            }
+        },
+        Delivery::RateLimited(limited) => {
+            tracing::debug!(project_id, endpoint = endpoint.as_str(), "every item rate limited; envelope refused");
+            Ok(rate_limited(limited))
         }
     }
 }
@@ -152,99 +158,69 @@ fn authorize(state: &AppState, endpoint: Endpoint, identity: &Identity) -> Resul
     auth::check_allowed(identity, &state.config.allowed_keys, &state.config.allowed_projects)
 }
 
-/// What became of an envelope handed to [`deliver`].
+/// What [`deliver`] decided for an envelope.
 pub enum Delivery {
-    /// The envelope is delivered (or durably queued). The upstream's answer, when there was one, may carry
-    /// rate limits for other categories that the SDK should learn about.
-    Accepted(Option<UpstreamResponse>),
-    /// The upstream refused it (4xx, 429); its answer goes back to the SDK.
-    Refused(UpstreamResponse),
+    /// To be queued for the upstream (what is left of it after rate limits).
+    Queued(Job),
+    /// Every item is rate limited: the SDK gets 429 and nothing is queued.
+    RateLimited(RateLimited),
 }
 
-/// The single hand-off from ingest to the upstream. Today: one inline attempt, so the SDK sees the upstream's real
-/// status (429s included). The delivery queue replaces the body of this function.
-pub async fn deliver(state: &AppState, job: UpstreamRequest) -> Result<Delivery, RelayError> {
-    match state.upstream.send(job).await {
-        Ok(response) if response.status.is_success() => {
-            state.metrics.envelopes_forwarded.inc();
-            Ok(Delivery::Accepted(Some(response)))
-        }
-        Ok(response) if response.status.is_server_error() => {
-            state
-                .metrics
-                .envelopes_dropped
-                .with_label_values(&["upstream_error"])
-                .inc();
-            Err(RelayError::UpstreamUnavailable)
-        }
-        Ok(response) => {
-            let reason = if response.status == StatusCode::TOO_MANY_REQUESTS {
-                "rate_limited"
-            } else {
-                "upstream_rejected"
-            };
-            state.metrics.envelopes_dropped.with_label_values(&[reason]).inc();
-            Ok(Delivery::Refused(response))
-        }
-        Err(error) => {
-            state
-                .metrics
-                .envelopes_dropped
-                .with_label_values(&["upstream_error"])
-                .inc();
-            Err(match error {
-                UpstreamError::Timeout => RelayError::UpstreamTimeout,
-                _ => RelayError::UpstreamUnavailable,
-            })
-        }
+/// The single hand-off from ingest to delivery. The SDK is answered once the envelope is queued (or, while the
+/// upstream is failing, on disk); it never waits for the upstream (see `crate::delivery`). Rate limits the upstream
+/// announced are applied first: limited items are dropped, and an envelope with nothing left is refused with 429.
+pub fn deliver(state: &AppState, mut job: Job) -> Result<Delivery, RelayError> {
+    if !state.delivery.rate_limits().has_limits(job.project_id, tokio::time::Instant::now()) {
+        return Ok(Delivery::Queued(job));
     }
+    let mut envelope = Envelope::parse(job.envelope.clone())?;
+    let items_before = envelope.items.len();
+    if let Err(limited) = state.delivery.enforce_rate_limits(job.project_id, &mut envelope) {
+        return Ok(Delivery::RateLimited(limited));
+    }
+    if envelope.items.len() != items_before {
+        job.envelope = envelope.to_bytes();
+    }
+    Ok(Delivery::Queued(job))
 }
 
-/// 200 `{"id": ...}`, passing on any rate limits the upstream announced with its success.
-fn accepted(event_id: Option<&str>, upstream: Option<&UpstreamResponse>) -> Response<Full<Bytes>> {
+/// 200 `{"id": ...}`, telling the SDK about any rate limits in force for its project, as Sentry does.
+fn accepted(event_id: Option<&str>, rate_limits: Option<&str>) -> Response<Full<Bytes>> {
     let body = match event_id {
         Some(id) => serde_json::json!({ "id": id }),
         None => serde_json::json!({}),
     };
     let mut response = crate::server::json(StatusCode::OK, &body);
-    if let Some(upstream) = upstream {
-        copy_limits(upstream, response.headers_mut());
+    if let Some(value) = rate_limits.and_then(|limits| HeaderValue::from_str(limits).ok()) {
+        response.headers_mut().insert("x-sentry-rate-limits", value);
     }
     response
 }
 
-/// The upstream's refusal, as the SDK would have seen it from Sentry.
-fn refused(upstream: UpstreamResponse) -> Response<Full<Bytes>> {
-    let is_json = upstream
-        .content_type
-        .as_ref()
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let mut response = if is_json && !upstream.body.is_empty() {
-        let mut response = Response::new(Full::new(upstream.body.clone()));
-        *response.status_mut() = upstream.status;
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        response
-    } else {
-        let detail = if upstream.status == StatusCode::TOO_MANY_REQUESTS {
-            "upstream rate limit in effect"
-        } else {
-            "upstream refused the envelope"
-        };
-        crate::error::json_error(upstream.status, detail)
+/// 429 with `Retry-After` and `X-Sentry-Rate-Limits`, which SDKs obey.
+fn rate_limited(limited: RateLimited) -> Response<Full<Bytes>> {
+    let mut response = RelayError::RateLimited.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs));
+    if let Ok(value) = HeaderValue::from_str(&limited.header) {
+        headers.insert("x-sentry-rate-limits", value);
+    }
+    response
+}
+
+/// 503 with `Retry-After`: the delivery queue and spool are full (or the relay is stopping).
+fn overloaded(state: &AppState, rejected: Rejected) -> Response<Full<Bytes>> {
+    let error = match rejected {
+        Rejected::Full { .. } => RelayError::Overloaded,
+        Rejected::ShuttingDown { .. } => RelayError::ShuttingDown,
     };
-    copy_limits(&upstream, response.headers_mut());
+    state.metrics.request_errors.with_label_values(&[error.kind()]).inc();
+    state.metrics.envelopes_dropped.with_label_values(&["overloaded"]).inc();
+    let mut response = error.into_response();
     response
-}
-
-fn copy_limits(upstream: &UpstreamResponse, headers: &mut HeaderMap) {
-    if let Some(value) = &upstream.retry_after {
-        headers.insert(header::RETRY_AFTER, value.clone());
-    }
-    if let Some(value) = &upstream.rate_limits {
-        headers.insert("x-sentry-rate-limits", value.clone());
-    }
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(rejected.retry_after_secs()));
+    response
 }
 
 /// All `Content-Encoding` lines, read as one list.

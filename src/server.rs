@@ -22,6 +22,7 @@ use tokio::task::JoinSet;
 
 use crate::admin::AdminRoute;
 use crate::config::Config;
+use crate::delivery::{Delivery, DeliveryConfig};
 use crate::dsn::HostPattern;
 use crate::error::RelayError;
 use crate::ingest::{self, Endpoint};
@@ -46,6 +47,8 @@ pub struct AppState {
     pub rules: RwLock<Arc<CompiledRules>>,
     pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
+    /// The delivery queue, spool and rate limits: ingest hands every scrubbed envelope to it.
+    pub delivery: Delivery,
     pub readiness: Readiness,
     /// `config.effective_tunnel_hosts()`, computed once.
     pub tunnel_hosts: Vec<HostPattern>,
@@ -62,13 +65,18 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot build the upstream HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error("cannot open the spool directory: {0}")]
+    Spool(#[source] std::io::Error),
 }
 
 impl AppState {
-    /// Validates the config and builds the shared state.
+    /// Validates the config and builds the shared state. Starts the delivery workers (and replays the spool), so it
+    /// must be called inside the Tokio runtime.
     pub fn new(config: Config, rules: CompiledRules, metrics: Arc<Metrics>) -> Result<Arc<AppState>, StartError> {
         config.validate()?;
         let upstream = Upstream::new(&config, metrics.clone())?;
+        let delivery = Delivery::start(DeliveryConfig::from(&config), Arc::new(upstream.clone()), metrics.clone())
+            .map_err(StartError::Spool)?;
         let readiness = Readiness::new(metrics.clone());
         let tunnel_hosts = config.effective_tunnel_hosts();
         Ok(Arc::new(AppState {
@@ -76,10 +84,16 @@ impl AppState {
             rules: RwLock::new(Arc::new(rules)),
             metrics,
             upstream,
+            delivery,
             readiness,
             tunnel_hosts,
             processing: Arc::new(Semaphore::new(processing_slots())),
         }))
+    }
+
+    /// Ready for traffic: serving, not shutting down, and the delivery queue (and spool) can take more.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready() && !self.delivery.is_full()
     }
 
     /// The rules in force right now.
@@ -182,6 +196,7 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     let _ = drain_tx.send(true);
     let in_flight = connections.len();
     let grace = state.config.shutdown_timeout;
+    let shutdown_started = Instant::now();
     let drained = tokio::time::timeout(grace, async { while connections.join_next().await.is_some() {} }).await;
     match drained {
         Ok(()) => tracing::info!(connections = in_flight, "drained; stopped"),
@@ -194,6 +209,8 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
             connections.shutdown().await;
         }
     }
+    // No request can submit anymore: flush the delivery queue in what is left of the grace period, then spool the rest.
+    state.delivery.clone().shutdown(grace.saturating_sub(shutdown_started.elapsed())).await;
 }
 
 fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
@@ -209,7 +226,7 @@ pub async fn handle(state: &Arc<AppState>, request: Request<Incoming>) -> Respon
     let route = Route::of(state, request.method(), request.uri().path());
     let endpoint = route.endpoint_label();
     let mut response = match route {
-        Route::Admin(admin) => crate::admin::respond(admin, &state.metrics, state.readiness.is_ready()),
+        Route::Admin(admin) => crate::admin::respond(admin, &state.metrics, state.is_ready()),
         Route::Preflight => empty(StatusCode::OK),
         Route::Ingest(endpoint, project_id) => match ingest::handle(state, request, endpoint, project_id).await {
             Ok(response) => response,

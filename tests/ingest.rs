@@ -695,23 +695,41 @@ async fn oversized_event_items_are_refused() {
 
 #[tokio::test]
 async fn upstream_rate_limits_reach_the_sdk() {
+    // The SDK is answered when its envelope is queued, so an upstream 429 reaches the SDK on its next request for
+    // that category (the relay remembers the limit), as with Sentry's own Relay. `tests/delivery.rs` covers more.
     let mini = MiniSentry::start().await;
     let relay = start_relay(relay_config(&mini)).await;
     mini.answer_next(Answer::rate_limited("60", "60:error:organization:quota_exceeded"));
     let response = post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await;
-    assert_eq!(response.status, 429);
-    assert_eq!(response.header("retry-after"), Some("60"));
-    assert_eq!(
-        response.header("x-sentry-rate-limits"),
-        Some("60:error:organization:quota_exceeded")
-    );
+    assert_eq!(response.status, 200, "queued");
     assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
-
-    // Limits announced with a success are passed on as well.
-    mini.answer_next(Answer::ok().header("x-sentry-rate-limits", "30:transaction:key"));
+    let delivery = relay.state.delivery.clone();
+    wait_until("the limit is remembered", || {
+        delivery.rate_limits().has_limits(42, tokio::time::Instant::now())
+    })
+    .await;
     let response = post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await;
+    assert_eq!(response.status, 429);
+    let retry_after: u64 = response.header("retry-after").unwrap().parse().unwrap();
+    assert!((59..=60).contains(&retry_after), "{retry_after}");
+    assert_eq!(response.header("x-sentry-rate-limits"), Some(format!("{retry_after}:error:project").as_str()));
+
+    // Limits announced with a success are passed on with the next accepted request.
+    mini.answer_next(Answer::ok().header("x-sentry-rate-limits", "30:transaction:key"));
+    let session = b"{}\n{\"type\":\"session\"}\n{\"sid\":\"7c7b6b7a6f6e4b5a9c8d7e6f5a4b3c2d\",\"status\":\"ok\"}\n";
+    assert_eq!(post_envelope(&relay, 42, KEY, session).await.status, 200);
+    mini.next().await;
+    wait_until("the transaction limit is remembered", || {
+        delivery
+            .rate_limits()
+            .active_header(42, tokio::time::Instant::now())
+            .is_some_and(|header| header.contains("transaction"))
+    })
+    .await;
+    let response = post_envelope(&relay, 42, KEY, session).await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.header("x-sentry-rate-limits"), Some("30:transaction:key"));
+    let limits = response.header("x-sentry-rate-limits").expect("limits passed on");
+    assert!(limits.contains(":error:") && limits.contains(":transaction:"), "{limits}");
 }
 
 #[tokio::test]
@@ -770,6 +788,12 @@ async fn health_and_metrics_endpoints() {
         post_envelope(&relay, 42, KEY, &event_envelope(EVENT_ID)).await.status,
         200
     );
+    // Delivery is asynchronous: wait until the upstream's answer is in.
+    mini.next().await;
+    wait_until("the upstream answer is counted", || {
+        relay.metrics().upstream_requests.with_label_values(&["2xx"]).get() == 1
+    })
+    .await;
     let metrics = send_raw(relay.addr, "GET", "/metrics", &[], b"", false).await;
     assert_eq!(metrics.status, 200);
     assert!(

@@ -62,7 +62,7 @@ pub struct Job {
     /// The SDK's `User-Agent`, forwarded as is.
     pub user_agent: Option<String>,
     /// The client address for `X-Forwarded-For`, present only when the policy allows sending it.
-    pub forwarded_for: Option<String>,
+    pub forwarded_for: Option<std::net::IpAddr>,
     /// The scrubbed envelope, uncompressed.
     pub envelope: Bytes,
     /// When the relay accepted it; wall-clock time, because it survives restarts in the spool.
@@ -132,6 +132,57 @@ impl Default for DeliveryConfig {
             spool: None,
             backoff: Backoff::default(),
         }
+    }
+}
+
+impl From<&crate::config::Config> for DeliveryConfig {
+    fn from(config: &crate::config::Config) -> Self {
+        DeliveryConfig {
+            workers: config.upstream_concurrency,
+            queue_max_envelopes: config.queue_max_envelopes,
+            queue_max_bytes: config.queue_max_bytes,
+            max_age: config.spool_max_age,
+            spool: config.spool_dir.as_ref().map(|dir| SpoolConfig {
+                dir: dir.clone(),
+                max_bytes: config.spool_max_bytes,
+            }),
+            backoff: Backoff {
+                initial: config.retry_initial_backoff,
+                max: config.retry_max_backoff,
+            },
+        }
+    }
+}
+
+/// The real upstream: one HTTP attempt per call ([`crate::upstream::Upstream::send`], which also records
+/// `upstream_requests` and `upstream_duration`).
+impl Transport for crate::upstream::Upstream {
+    fn send<'a>(&'a self, job: &'a Job) -> Pin<Box<dyn Future<Output = Result<UpstreamReply, SendError>> + Send + 'a>> {
+        use crate::upstream::{UpstreamError, UpstreamRequest};
+        Box::pin(async move {
+            let request = UpstreamRequest {
+                project_id: job.project_id,
+                public_key: job.public_key.clone(),
+                sentry_client: job.sentry_client.clone(),
+                user_agent: job
+                    .user_agent
+                    .as_deref()
+                    .and_then(|ua| http::HeaderValue::from_str(ua).ok()),
+                forwarded_for: job.forwarded_for,
+                envelope: job.envelope.clone(),
+            };
+            let header = |value: Option<http::HeaderValue>| value.and_then(|v| v.to_str().ok().map(str::to_owned));
+            match crate::upstream::Upstream::send(self, request).await {
+                Ok(response) => Ok(UpstreamReply {
+                    status: response.status.as_u16(),
+                    retry_after: header(response.retry_after),
+                    rate_limits: header(response.rate_limits),
+                }),
+                Err(UpstreamError::Timeout) => Err(SendError::Timeout),
+                Err(UpstreamError::Connect(_) | UpstreamError::Request(_)) => Err(SendError::Network),
+                Err(UpstreamError::Compress(_)) => Err(SendError::Unsendable),
+            }
+        })
     }
 }
 
@@ -452,10 +503,14 @@ impl Delivery {
             {
                 let state = shared.lock();
                 // With a spool, what is held back is spooled below; without one, it is lost unless sent in time.
-                let flushed = match shared.spool {
-                    Some(_) => state.waiting.is_empty() && state.memory_busy == 0,
-                    None => state.memory_envelopes == 0,
-                };
+                // Either way, an envelope held back past the deadline (by a rate limit) cannot be sent in time.
+                let flushed = state.waiting.is_empty()
+                    && state.memory_busy == 0
+                    && (shared.spool.is_some()
+                        || state
+                            .deferred
+                            .iter()
+                            .all(|d| matches!(d, Deferred::Spool { .. }) || d.until() > deadline));
                 if flushed {
                     break;
                 }

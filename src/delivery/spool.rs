@@ -406,11 +406,12 @@ fn move_aside(dir: &Path, path: &Path) -> io::Result<()> {
 /// Serializes a job into the entry format above.
 pub fn encode(job: &Job) -> Vec<u8> {
     let compressed = lz4_flex::block::compress(&job.envelope);
+    let forwarded_for = job.forwarded_for.map(|ip| ip.to_string());
     let strings = [
         Some(job.public_key.as_str()),
         job.sentry_client.as_deref(),
         job.user_agent.as_deref(),
-        job.forwarded_for.as_deref(),
+        forwarded_for.as_deref(),
     ];
     let strings_len: usize = strings.iter().map(|s| 4 + s.map_or(0, str::len)).sum();
     let mut out = Vec::with_capacity(FIXED_HEADER + strings_len + compressed.len());
@@ -462,7 +463,10 @@ pub fn decode(data: &[u8]) -> Result<Job, CorruptEntry> {
     let public_key = reader.string()?.ok_or(CorruptEntry::BadField)?;
     let sentry_client = reader.string()?;
     let user_agent = reader.string()?;
-    let forwarded_for = reader.string()?;
+    let forwarded_for = match reader.string()? {
+        Some(ip) => Some(ip.parse().map_err(|_| CorruptEntry::BadField)?),
+        None => None,
+    };
     let compressed = &data[reader.pos..];
     let envelope = lz4_flex::block::decompress(compressed, envelope_len).map_err(|_| CorruptEntry::BadPayload)?;
     if envelope.len() != envelope_len {
@@ -526,7 +530,7 @@ mod tests {
             public_key: "e12d836b15bb49d7bbf99e64295d995b".into(),
             sentry_client: Some("sentry.python/2.40.0".into()),
             user_agent: None,
-            forwarded_for: Some("10.0.0.1".into()),
+            forwarded_for: Some(std::net::IpAddr::from([10, 0, 0, 1])),
             envelope: Bytes::from_static(body),
             received_at: UNIX_EPOCH + Duration::from_millis(1_763_884_800_123),
         }
