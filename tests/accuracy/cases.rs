@@ -1909,6 +1909,57 @@ fn unknown_and_tunnel() -> Case {
     b.build()
 }
 
+/// Payloads the JSON parser rejects: nesting deeper than serde_json's recursion limit, and a cut-off event. The
+/// policy scrubs their text or drops them; either way no secret may go out raw.
+fn unparseable() -> Case {
+    let mut b = CaseBuilder::from_capture("unparseable-json", "rust-event-2");
+    b.mixed(
+        I0,
+        "/exception/values/0/value",
+        "kept item for p.unp01@corp.example",
+        &[t("p.unp01")],
+        &["kept item for"],
+    );
+    let deep = format!(
+        "{}{{\"password\":\"svDeepPw02\",\"email\":\"p.deep03@corp.example\",\"phone\":\"(312) 555-0191\"}}{}",
+        "{\"a\":".repeat(200),
+        "}".repeat(200)
+    );
+    b.add_raw(
+        json!({"type": "event"}),
+        &deep,
+        &[t("svDeepPw02"), t("p.deep03"), d("(312) 555-0191")],
+    );
+    b.add_raw(
+        json!({"type": "event"}),
+        "{\"message\":\"card 4012 8888 8888 1881 for p.cut04@corp.example\",\"extra\":{\"api_key\":\"svCutKey05\",\"token\": \"svCutTok06\"",
+        &[d("4012 8888 8888 1881"), t("p.cut04"), t("svCutKey05"), t("svCutTok06")],
+    );
+    b.build()
+}
+
+/// Email spellings that trip narrow regexes: upper case, sub-addresses, digits and hyphens, angle brackets, mailto,
+/// next to multi-byte text that must keep its characters.
+fn email_spellings() -> Case {
+    let mut b = CaseBuilder::from_capture("email-spellings", "node-feedback");
+    b.mixed(
+        I0,
+        "/contexts/feedback/message",
+        "Écrivez à P.UPPER01@EXAMPLE.ORG, <p.angle02@corp.example>, mailto:p.mailto03@corp.example, \
+         first-last.04+billing@mail-01.corp.example — merci, café ☕",
+        &[t("P.UPPER01"), t("p.angle02"), t("p.mailto03"), t("first-last.04")],
+        &["Écrivez à ", "merci, café ☕"],
+    );
+    b.mixed(
+        I0,
+        "/contexts/feedback/name",
+        "Jäne Dœ <p.name05@corp.example>",
+        &[t("p.name05")],
+        &["Jäne Dœ <"],
+    );
+    b.build()
+}
+
 /// Every planted case.
 pub fn all() -> Vec<Case> {
     vec![
@@ -1928,5 +1979,7 @@ pub fn all() -> Vec<Case> {
         feedback_report_replay(),
         attachments(),
         unknown_and_tunnel(),
+        unparseable(),
+        email_spellings(),
     ]
 }
