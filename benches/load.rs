@@ -296,6 +296,14 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
 }
 
+/// Peak resident memory of a process, in MiB (`VmHWM`).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 async fn wait_until_ready(relay: SocketAddr, deadline: Duration) {
     let started = Instant::now();
     let probe = format!("GET /healthz HTTP/1.1\r\nHost: {relay}\r\n\r\n");
@@ -522,6 +530,8 @@ async fn run(options: Options) {
         "| forwarded to the sink | {forwarded} envelopes, {:.2} MB/s |",
         mb(forwarded_bytes)
     );
+
+    println!("| relay peak RSS | {:.0} MiB |", peak_rss_mib(pid).unwrap_or(0.0));
 
     child.kill().await.ok();
     let _ = child.wait().await;
