@@ -292,7 +292,11 @@ fn walk_and_store(mut item: Item, mut value: Value, scope: Scope, scrubber: &mut
     Some(item)
 }
 
-fn scrub_attachment(item: Item, scrubber: &mut Scrubber<'_>, report: &mut Report) -> Option<Item> {
+fn scrub_attachment(mut item: Item, scrubber: &mut Scrubber<'_>, report: &mut Report) -> Option<Item> {
+    // File names are chosen by apps (`invoice-jane.doe@example.com.pdf`): detectors only, no key rules.
+    if let Some(Value::String(name)) = item.headers_mut().get_mut("filename") {
+        scrubber.scrub_text(name, TextMode::Source, &[crate::scrub::Seg::Key("filename")]);
+    }
     let payload = item.payload();
     let json_like = item.content_type().is_some_and(|c| c.contains("json"))
         || item.filename().is_some_and(|f| f.ends_with(".json"));

@@ -538,6 +538,8 @@ fn regex_hits(regex: &Regex, text: &str, push: &mut dyn FnMut(usize, usize)) {
 fn is_non_public_ipv4(text: &str) -> bool {
     let octets: Vec<u8> = text.split('.').filter_map(|o| o.parse().ok()).collect();
     match octets.as_slice() {
+        // A last octet of 0 or 255 is a network or broadcast address, and far more often a version (`6.0.0.0`).
+        [_, _, _, 0 | 255] => true,
         [a, b, _, _] => {
             *a == 0
                 || *a == 10
@@ -1035,6 +1037,7 @@ mod tests {
         assert_none(Kind::Ipv4, "version 1.2.3.4.5");
         assert_none(Kind::Ipv4, "11.3.244.8-node.38");
         assert_none(Kind::Ipv4, "v8.1.2.3");
+        assert_none(Kind::Ipv4, "System.Runtime, Version=6.0.0.0, Culture=neutral");
         for private in [
             "127.0.0.1",
             "10.0.0.1",

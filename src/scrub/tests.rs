@@ -456,6 +456,88 @@ fn attachments_binary_and_unparseable() {
 }
 
 #[test]
+fn attachment_filenames_are_scrubbed() {
+    let mut envelope = Envelope::new(serde_json::Map::new());
+    let mut item = Item::new("attachment", Bytes::from_static(b"hello"));
+    item.headers_mut()
+        .insert("filename".into(), json!("invoice for jane@x.org.txt"));
+    envelope.items.push(item);
+    let processed = process(envelope, &rules(), &ProcessOptions::default());
+    assert_eq!(
+        processed.envelope.items[0].filename(),
+        Some("invoice for ***@x.org.txt")
+    );
+    assert_eq!(processed.envelope.items[0].payload().as_ref(), b"hello");
+}
+
+#[test]
+fn project_overrides_apply_only_to_their_project() {
+    let yaml = format!(
+        "{}\n",
+        crate::rules::DEFAULT_RULES_YAML.replace(
+            "projects: {}",
+            "projects:\n  42:\n    sensitive_keys: [tenant]\n    disabled_detectors: [phone_us]\n    drop_routes: [/internal/*]"
+        )
+    );
+    let rules = CompiledRules::from_yaml(&yaml).unwrap();
+    let payload = json!({"extra": {"tenant": "acme", "note": "call 312-555-0199"}});
+    let run_for = |project| {
+        let options = ProcessOptions {
+            project_id: project,
+            explain: false,
+        };
+        let processed = process(envelope_with("event", &payload), &rules, &options);
+        serde_json::from_slice::<Value>(processed.envelope.items[0].payload()).unwrap()
+    };
+    let for_42 = run_for(Some(42));
+    assert_eq!(for_42["extra"]["tenant"], "[FILTERED]");
+    assert_eq!(
+        for_42["extra"]["note"], "call 312-555-0199",
+        "phone detector disabled for 42"
+    );
+    let for_7 = run_for(Some(7));
+    assert_eq!(for_7["extra"]["tenant"], "acme");
+    assert_eq!(for_7["extra"]["note"], "call [redacted]");
+    let transaction = json!({"type": "transaction", "transaction": "/internal/jobs"});
+    let options = ProcessOptions {
+        project_id: Some(42),
+        explain: false,
+    };
+    assert!(
+        process(envelope_with("transaction", &transaction), &rules, &options)
+            .envelope
+            .items
+            .is_empty()
+    );
+    let options = ProcessOptions {
+        project_id: Some(7),
+        explain: false,
+    };
+    assert_eq!(
+        process(envelope_with("transaction", &transaction), &rules, &options)
+            .envelope
+            .items
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn send_default_pii_true_keeps_ips_and_scrubs_cookies_by_name() {
+    let yaml = crate::rules::DEFAULT_RULES_YAML.replace("send_default_pii: false", "send_default_pii: true");
+    let rules = CompiledRules::from_yaml(&yaml).unwrap();
+    let payload = json!({"user": {"ip_address": "{{auto}}"}, "request": {
+        "cookies": "sessionid=abc; theme=dark", "env": {"REMOTE_ADDR": "203.0.113.7"},
+        "headers": {"X-Forwarded-For": "203.0.113.7"}}});
+    let processed = process(envelope_with("event", &payload), &rules, &ProcessOptions::default());
+    let out: Value = serde_json::from_slice(processed.envelope.items[0].payload()).unwrap();
+    assert_eq!(out["user"]["ip_address"], "{{auto}}");
+    assert_eq!(out["request"]["env"]["REMOTE_ADDR"], "203.0.113.7");
+    assert_eq!(out["request"]["headers"]["X-Forwarded-For"], "203.0.113.7");
+    assert_eq!(out["request"]["cookies"], "sessionid=[FILTERED]; theme=dark");
+}
+
+#[test]
 fn envelope_header_is_scrubbed_but_dsn_kept() {
     let mut headers = serde_json::Map::new();
     headers.insert("dsn".into(), json!("https://abc123@o1.ingest.sentry.io/42"));

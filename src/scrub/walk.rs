@@ -388,6 +388,10 @@ impl Scrubber<'_> {
         if scope.skips(key) {
             return Field::Skip;
         }
+        // With `send_default_pii: true` IP fields are wanted as they are; the IPv4 detector must not undo that.
+        if self.engine.send_default_pii && is_ip_field(self.engine, scope, key) {
+            return Field::Skip;
+        }
         if key_rules {
             if is_id_key(key) {
                 return Field::Skip;
@@ -483,18 +487,8 @@ impl Scrubber<'_> {
     /// Deletes what an SDK with `send_default_pii` off would not have sent.
     fn remove_pii_fields(&mut self, map: &mut Map<String, Value>, scope: Scope, path: &[Seg<'_>]) {
         let engine = self.engine;
-        let doomed = |key: &str| -> bool {
-            match scope {
-                Scope::User | Scope::SessionAttrs => key == "ip_address",
-                Scope::Request => key == "cookies",
-                Scope::Env => key == "REMOTE_ADDR" || key.strip_prefix("HTTP_").is_some_and(|h| engine.is_ip_header(h)),
-                Scope::Headers => engine.is_ip_header(key),
-                Scope::Data | Scope::TraceContext | Scope::Span | Scope::SpanV2 | Scope::LogItem => {
-                    engine.is_ip_key(key) || header_attribute_name(key).is_some_and(|h| engine.is_ip_header(h))
-                }
-                _ => false,
-            }
-        };
+        let doomed =
+            |key: &str| -> bool { (scope == Scope::Request && key == "cookies") || is_ip_field(engine, scope, key) };
         if !map.keys().any(|k| doomed(k)) {
             return;
         }
@@ -582,6 +576,12 @@ impl Scrubber<'_> {
             {
                 continue;
             }
+            if self.engine.send_default_pii
+                && (self.engine.is_ip_key(key)
+                    || header_attribute_name(key).is_some_and(|h| self.engine.is_ip_header(h)))
+            {
+                continue;
+            }
             let rule = if header_attribute_name(key).is_some_and(|h| self.engine.headers.matches(h)) {
                 Some("sensitive_header")
             } else if self.is_sensitive_key(key) {
@@ -638,6 +638,19 @@ impl Scrubber<'_> {
             }
             other => self.redact(other, rule, path),
         }
+    }
+}
+
+/// Fields that hold the end user's IP in this scope (removed when `send_default_pii` is false, left alone when true).
+fn is_ip_field(engine: &crate::rules::Engine, scope: Scope, key: &str) -> bool {
+    match scope {
+        Scope::User | Scope::SessionAttrs => key == "ip_address",
+        Scope::Env => key == "REMOTE_ADDR" || key.strip_prefix("HTTP_").is_some_and(|h| engine.is_ip_header(h)),
+        Scope::Headers => engine.is_ip_header(key),
+        Scope::Data | Scope::TraceContext | Scope::Span | Scope::SpanV2 | Scope::LogItem => {
+            engine.is_ip_key(key) || header_attribute_name(key).is_some_and(|h| engine.is_ip_header(h))
+        }
+        _ => false,
     }
 }
 
