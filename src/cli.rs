@@ -304,7 +304,7 @@ fn run(args: RunArgs) -> ExitCode {
                 tracing::info!(%addr, "metrics listening");
             }
             let ready_state = state.clone();
-            let is_ready = Arc::new(move || ready_state.readiness.is_ready());
+            let is_ready = Arc::new(move || ready_state.is_ready());
             tokio::spawn(crate::admin::serve(listener, state.metrics.clone(), is_ready));
         }
         let listener = match tokio::net::TcpListener::bind(listen).await {

@@ -374,6 +374,18 @@ fn compose_runs_an_app_the_relay_and_prometheus_on_the_documented_ports() {
     );
 }
 
+/// A Kubernetes quantity in bytes (`512Mi`, `1Gi`).
+fn kubernetes_bytes(quantity: &str) -> u64 {
+    let (number, factor) = [("Ki", 1u64 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30)]
+        .iter()
+        .find_map(|(suffix, factor)| quantity.strip_suffix(suffix).map(|number| (number, *factor)))
+        .unwrap_or((quantity, 1));
+    number
+        .parse::<u64>()
+        .unwrap_or_else(|_| panic!("quantity {quantity:?}"))
+        * factor
+}
+
 /// Every container in a pod spec, init containers included.
 fn containers(pod_spec: &Value) -> Vec<&Value> {
     ["containers", "initContainers"]
@@ -483,15 +495,36 @@ fn kubernetes_manifests_probe_real_routes_on_declared_ports() {
 
         // The spool is on a volume, and the root filesystem is read-only.
         let spool = env_value(relay, "SCRUB_RELAY_SPOOL_DIR").expect("spool dir");
-        assert!(
-            relay["volumeMounts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|m| m["mountPath"] == spool),
-            "{file}: spool volume"
-        );
+        let spool_mount = relay["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == spool)
+            .unwrap_or_else(|| panic!("{file}: the spool is on a volume"));
         assert_eq!(relay["securityContext"]["readOnlyRootFilesystem"], true, "{file}");
+
+        // The relay's own caps fit the pod's: a full spool answers 503, a full emptyDir gets the pod evicted; the
+        // memory queue must leave room under the memory limit for requests being decoded.
+        let spool_volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == spool_mount["name"])
+            .unwrap();
+        let size_limit = kubernetes_bytes(spool_volume["emptyDir"]["sizeLimit"].as_str().expect("spool sizeLimit"));
+        let spool_max = env_value(relay, "SCRUB_RELAY_SPOOL_MAX_BYTES").expect("spool cap set for the volume");
+        let spool_max = scrub_relay::config::parse_size(spool_max).expect("a size") as u64;
+        assert!(
+            spool_max < size_limit,
+            "{file}: spool cap {spool_max} must stay under the volume's {size_limit}"
+        );
+        let memory_limit = kubernetes_bytes(relay["resources"]["limits"]["memory"].as_str().expect("memory limit"));
+        let queue_max = env_value(relay, "SCRUB_RELAY_QUEUE_MAX_BYTES").expect("queue cap set for the memory limit");
+        let queue_max = scrub_relay::config::parse_size(queue_max).expect("a size") as u64;
+        assert!(
+            queue_max * 2 <= memory_limit,
+            "{file}: queue cap {queue_max} leaves too little of {memory_limit}"
+        );
     }
 
     let shared = yaml_documents("docker/kubernetes/shared-service.yaml");
@@ -1425,6 +1458,32 @@ fn every_flag_and_variable_is_documented_with_its_default() {
             assert!(
                 row.is_some(),
                 "docs/operations.md: `{subcommand}` needs a configuration row like\n{expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_variable_the_shipped_files_set_is_one_the_relay_reads() {
+    let mut known: BTreeSet<String> = BTreeSet::new();
+    for subcommand in ["run", "healthcheck", "check", "scrub"] {
+        known.extend(documented_args(subcommand).into_iter().filter_map(|(_, env, _)| env));
+    }
+    // Named by rules.yaml (`hashing.key_env`), read by the rules engine rather than the CLI.
+    known.insert("SCRUB_RELAY_HMAC_KEY".to_owned());
+    let pattern = regex::Regex::new(r"SCRUB_RELAY_[A-Z0-9_]+").expect("valid regex");
+    for file in [
+        "docker/Dockerfile",
+        "docker/compose.yaml",
+        "docker/kubernetes/shared-service.yaml",
+        "docker/kubernetes/sidecar.yaml",
+        "docs/operations.md",
+    ] {
+        for found in pattern.find_iter(&read_repo_file(file)) {
+            assert!(
+                known.contains(found.as_str()),
+                "{file} sets {}, which the relay does not read",
+                found.as_str()
             );
         }
     }
