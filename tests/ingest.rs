@@ -3,7 +3,6 @@
 mod common;
 
 use std::io::Write;
-use std::time::Duration;
 
 use common::*;
 use scrub_relay::envelope::Envelope;
@@ -816,34 +815,52 @@ async fn health_and_metrics_endpoints() {
 
 #[tokio::test]
 async fn shutdown_drains_requests_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mini = MiniSentry::start().await;
     let mut relay = start_relay(relay_config(&mini)).await;
-    // The upstream holds its answer, so the request is in flight when shutdown starts.
-    mini.answer_next(Answer::ok().delay(Duration::from_millis(300)));
     let addr = relay.addr;
-    let in_flight = tokio::spawn(async move {
-        let body = event_envelope(EVENT_ID);
-        send_raw(
-            addr,
-            "POST",
-            &format!("/api/42/envelope/?sentry_key={KEY}"),
-            &[],
-            &body,
-            false,
-        )
-        .await
-    });
-    mini.next().await;
+    // `Expect: 100-continue` makes the relay say when its handler starts reading the body, so the request is
+    // provably in flight (headers parsed, body pending) when shutdown begins.
+    let body = event_envelope(EVENT_ID);
+    let head = format!(
+        "POST /api/42/envelope/?sentry_key={KEY} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n\
+         Expect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = Vec::new();
+    while !interim.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "connection open until 100 Continue"
+        );
+        interim.push(byte[0]);
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100"),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
+
     relay.trigger_shutdown();
     let state = relay.state.clone();
     wait_until("readiness turns off", || !state.readiness.is_ready()).await;
-    let response = in_flight.await.unwrap();
+    // The listener is closed once draining starts; the request in flight still completes.
+    wait_until("the listener is closed", || std::net::TcpStream::connect(addr).is_err()).await;
+    stream.write_all(&body).await.unwrap();
+    let response = tokio::time::timeout(WAIT, read_response(&mut stream))
+        .await
+        .expect("answer within the timeout");
     assert_eq!(response.status, 200, "the request in flight finished");
-    relay.shutdown().await;
-    assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "no longer accepting"
+    assert_eq!(
+        mini.next().await.envelope().event_id(),
+        Some(EVENT_ID),
+        "and its envelope was forwarded"
     );
+    relay.shutdown().await;
 }
 
 fn relay_binary() -> std::process::Command {

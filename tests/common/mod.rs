@@ -441,7 +441,8 @@ pub async fn send_raw(
         .expect("relay answers within the timeout")
 }
 
-async fn read_response(stream: &mut TcpStream) -> RawResponse {
+/// Reads one HTTP/1.1 response (after any request written by hand).
+pub async fn read_response(stream: &mut TcpStream) -> RawResponse {
     let mut buffer = Vec::new();
     let header_end = loop {
         if let Some(end) = find(&buffer, b"\r\n\r\n") {
