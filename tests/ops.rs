@@ -1129,6 +1129,9 @@ async fn a_changed_rules_file_is_picked_up_without_a_signal() {
 
 // === Logs carry no payload values ===
 
+/// `(what it tests, request target, headers, body)` of a request the relay must refuse.
+type HostileRequest = (&'static str, String, Vec<(String, String)>, Vec<u8>);
+
 /// Values planted in the fixtures and requests below. None may appear in the relay's log output.
 const PLANTED_SECRETS: &[&str] = &[
     "jane.doe@example.com",
@@ -1185,7 +1188,7 @@ async fn the_relays_own_logs_never_contain_payload_values() {
         all.extend_from_slice(extra);
         headers(&all)
     };
-    let cases: Vec<(&str, String, Vec<(String, String)>, Vec<u8>)> = vec![
+    let cases: Vec<HostileRequest> = vec![
         // The envelope header is not JSON.
         (
             "bad header",
