@@ -296,6 +296,21 @@ fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / CLOCK_TICKS_PER_SECOND)
 }
 
+/// CPU seconds the whole machine spent busy (all processes, all cores) since boot, from `/proc/stat`.
+fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<f64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy.
+    let busy: f64 = ticks.iter().take(8).sum::<f64>() - ticks.get(3)? - ticks.get(4)?;
+    Some(busy / CLOCK_TICKS_PER_SECOND)
+}
+
 /// Peak resident memory of a process, in MiB (`VmHWM`).
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -458,6 +473,7 @@ async fn run(options: Options) {
     let sink_bytes_before = sink_counts.bytes.load(Ordering::Relaxed);
     let relay_cpu_before = process_cpu_seconds(pid).unwrap_or(0.0);
     let own_cpu_before = process_cpu_seconds(std::process::id()).unwrap_or(0.0);
+    let machine_before = machine_busy_seconds().unwrap_or(0.0);
     let until = Instant::now() + Duration::from_secs(options.seconds);
     let (mut tally, elapsed) = drive(
         relay,
@@ -469,6 +485,7 @@ async fn run(options: Options) {
     .await;
     let relay_cpu = process_cpu_seconds(pid).unwrap_or(0.0) - relay_cpu_before;
     let own_cpu = process_cpu_seconds(std::process::id()).unwrap_or(0.0) - own_cpu_before;
+    let machine = machine_busy_seconds().unwrap_or(0.0) - machine_before;
 
     // The relay may answer before it forwards; wait (bounded) for its queue to drain before counting.
     let drain_started = Instant::now();
@@ -525,6 +542,12 @@ async fn run(options: Options) {
     println!(
         "| load generator + sink CPU | {own_cpu:.1} s = {:.2} cores |",
         own_cpu / seconds
+    );
+    // The machine may be shared (CI, other builds): say how much CPU went to anything else during the run.
+    println!(
+        "| other processes on the machine | {:.2} cores of {} |",
+        (machine - relay_cpu - own_cpu).max(0.0) / seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
         "| forwarded to the sink | {forwarded} envelopes, {:.2} MB/s |",
