@@ -134,13 +134,13 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, is_ready: Arc<d
             Ok(accepted) => accepted,
             Err(error) => {
                 // EMFILE and friends: log, back off a little, keep serving.
-                tracing::warn!(error = %error, "Metrics listener could not accept a connection.");
+                tracing::warn!(error = %error, "metrics listener: accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!("Metrics listener at its connection limit; closing a new connection.");
+            tracing::debug!("metrics listener at its connection limit; closing a new connection");
             continue;
         };
         let metrics = metrics.clone();
@@ -155,7 +155,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, is_ready: Arc<d
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "Metrics listener connection ended with an error.");
+                tracing::debug!(error = %error, "metrics listener: connection ended with an error");
             }
             drop(permit);
         });

@@ -19,9 +19,6 @@ use std::time::Duration;
 use crate::metrics::Metrics;
 use crate::rules::{CompiledRules, RulesError};
 
-/// How often [`reload_on_change`] looks at the rules file by default.
-pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Knows the rules file and what was last read from it. One per relay, shared by the SIGHUP and polling tasks.
 pub struct Reloader {
     path: PathBuf,
@@ -71,7 +68,7 @@ impl Reloader {
                 metrics.rules_reloads.with_label_values(&["ok"]).inc();
                 metrics.rules_version.inc();
                 let version = metrics.rules_version.get().max(0) as u64;
-                tracing::info!(rules_version = version, path = %path, "Rules reloaded.");
+                tracing::info!(rules_version = version, path = %path, "rules reloaded");
                 Ok(version)
             }
             Err(error) => {
@@ -81,7 +78,7 @@ impl Reloader {
                     path = %path,
                     rules_version = metrics.rules_version.get(),
                     error = %error,
-                    "Rules reload refused; the previous rules stay in force."
+                    "rules reload refused; the previous rules stay in force"
                 );
                 Err(error)
             }
@@ -123,11 +120,11 @@ pub fn reload_on_sighup(
         while hangups.recv().await.is_some() {
             match &reloader {
                 Some(reloader) => {
-                    tracing::info!("SIGHUP received; reloading the rules.");
+                    tracing::info!("SIGHUP received; reloading the rules");
                     // The outcome is logged and counted inside; nothing more to do with it here.
                     let _ = reloader.reload(&metrics, |rules| install(rules));
                 }
-                None => tracing::info!("SIGHUP received, but the relay runs on the built-in rules; nothing to reload."),
+                None => tracing::info!("SIGHUP received, but the relay runs on the built-in rules; nothing to reload"),
             }
         }
     })
