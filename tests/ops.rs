@@ -386,6 +386,43 @@ fn kubernetes_bytes(quantity: &str) -> u64 {
         * factor
 }
 
+#[test]
+fn the_example_alerts_use_metrics_the_relay_exports() {
+    let alerts = yaml_document("docker/alerts.yml");
+    let rules = alerts["groups"][0]["rules"].as_array().expect("alert rules");
+    assert!(rules.len() >= 3);
+    let docs = read_repo_file("docs/operations.md");
+    let metric = regex::Regex::new(r"scrub_relay_[a-z_]+").expect("valid regex");
+    for rule in rules {
+        let name = str_at(rule, "/alert");
+        let expr = str_at(rule, "/expr");
+        let mut names = metric.find_iter(expr).map(|m| m.as_str()).peekable();
+        assert!(names.peek().is_some(), "{name} uses a relay metric");
+        for used in names {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .fold(used, |n, suffix| n.strip_suffix(suffix).unwrap_or(n));
+            assert!(
+                docs.contains(&format!("| `{family}` |")),
+                "{name}: {used} is not a documented metric"
+            );
+        }
+    }
+    // Prometheus loads the file where compose mounts it.
+    let prometheus = yaml_document("docker/prometheus.yml");
+    let rule_file = str_at(&prometheus, "/rule_files/0");
+    let compose = yaml_document("docker/compose.yaml");
+    let mounts = compose["services"]["prometheus"]["volumes"]
+        .as_array()
+        .expect("volumes");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.as_str() == Some(&format!("./alerts.yml:{rule_file}:ro"))),
+        "alerts.yml mounted"
+    );
+}
+
 /// Every container in a pod spec, init containers included.
 fn containers(pod_spec: &Value) -> Vec<&Value> {
     ["containers", "initContainers"]
