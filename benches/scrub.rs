@@ -18,9 +18,11 @@
 
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use scrub_relay::envelope::Envelope;
 use scrub_relay::pipeline::{self, ProcessOptions};
 use scrub_relay::rules::detectors::Hit;
@@ -91,7 +93,7 @@ fn rules_without_detectors() -> CompiledRules {
     CompiledRules::from_yaml(&yaml).expect("default rules with detectors off compile")
 }
 
-fn bench_pipeline(c: &mut Criterion) {
+fn bench_pipeline<M: Measurement>(c: &mut Criterion<M>) {
     let rules = CompiledRules::defaults();
     let no_detectors = rules_without_detectors();
     let mut group = c.benchmark_group("pipeline");
@@ -339,7 +341,7 @@ mod stream {
     }
 }
 
-fn bench_design(c: &mut Criterion) {
+fn bench_design<M: Measurement>(c: &mut Criterion<M>) {
     let rules = CompiledRules::defaults();
     let engine = rules.engine(Some(42));
     let mut group = c.benchmark_group("design");
@@ -390,7 +392,7 @@ fn bench_design(c: &mut Criterion) {
     group.finish();
 }
 
-fn bench_detectors(c: &mut Criterion) {
+fn bench_detectors<M: Measurement>(c: &mut Criterion<M>) {
     let rules = CompiledRules::defaults();
     let engine = rules.engine(None);
     let prompt = "The assistant reviews the order history and explains the refund policy in plain words. ".repeat(115);
@@ -428,5 +430,61 @@ fn bench_detectors(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_pipeline, bench_design, bench_detectors);
-criterion_main!(benches);
+/// CPU time of the benchmark thread (`CLOCK_THREAD_CPUTIME_ID`) instead of wall time. The bench machine is shared
+/// (2 cores, several builds and test runs at once), so wall time measures the scheduler as much as the code; CPU
+/// time gives the per-core figure the target is stated in. Set `SCRUB_BENCH_WALL_TIME=1` for wall time.
+struct ThreadCpuTime;
+
+fn thread_cpu_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+static WALL_TIME: WallTime = WallTime;
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu_now()
+    }
+
+    fn end(&self, started: Duration) -> Duration {
+        thread_cpu_now().saturating_sub(started)
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        // Values are nanoseconds, exactly what the wall-time formatter expects.
+        WALL_TIME.formatter()
+    }
+}
+
+criterion_group! {
+    name = cpu_time;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = bench_pipeline, bench_design, bench_detectors
+}
+
+criterion_group!(wall_time, bench_pipeline, bench_design, bench_detectors);
+
+fn main() {
+    if std::env::var_os("SCRUB_BENCH_WALL_TIME").is_some() {
+        wall_time();
+    } else {
+        cpu_time();
+    }
+    Criterion::default().configure_from_args().final_summary();
+}
