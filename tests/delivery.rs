@@ -5,7 +5,8 @@
 //! - `kill -9` while the upstream is down: what reached the spool is delivered by the next start;
 //! - an upstream 429 with rate limits: the SDK gets 429 for that category, other categories still flow;
 //! - a corrupt spool entry: counted, logged without payload, the rest delivered;
-//! - backpressure: full queue (no spool) and upstream down gives 503 with `Retry-After`.
+//! - backpressure: full queue (no spool) and upstream down gives 503 with `Retry-After`;
+//! - a graceful shutdown with envelopes still queued: they go to the spool, and the next start delivers them.
 
 mod common;
 
@@ -266,6 +267,54 @@ async fn a_full_queue_without_spool_answers_503_with_retry_after() {
         200,
         "accepting again"
     );
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_spools_what_it_could_not_send_and_the_next_start_delivers_it() {
+    let spool = tempfile::tempdir().expect("spool dir");
+    let upstream = MiniSentry::start().await;
+    // An upstream that takes every request and never answers in time: envelopes stay in memory (nothing failed, so
+    // nothing was spooled yet), some of them in flight when shutdown begins.
+    upstream.answer_always(common::Answer::ok().delay(Duration::from_secs(30)));
+    let mut config = fast_config(&upstream, &upstream.url(), Some(spool.path()));
+    config.shutdown_timeout = Duration::from_millis(300);
+    let relay = start_relay(config.clone()).await;
+    for n in 0..20 {
+        assert_eq!(post_envelope(&relay, PROJECT, KEY, &event(n)).await.status, 200);
+    }
+    // Every worker holds one unanswered request.
+    let workers = config.upstream_concurrency;
+    wait_until("every worker is waiting on the upstream", || {
+        upstream.received() == workers
+    })
+    .await;
+    assert_eq!(
+        relay.metrics().spool_envelopes.get(),
+        0,
+        "the upstream is slow, not failing: nothing spooled yet"
+    );
+    let metrics = relay.state.metrics.clone();
+    relay.shutdown().await;
+    assert_eq!(
+        metrics.spool_envelopes.get(),
+        20,
+        "everything not delivered is on disk after shutdown"
+    );
+    assert_eq!(metrics.queue_envelopes.get(), 0);
+    assert_eq!(metrics.envelopes_dropped.with_label_values(&["shutdown"]).get(), 0);
+
+    // Forget what the first relay had in flight (never answered), then deliver for real.
+    assert_eq!(upstream.next_n(workers).await.len(), workers);
+    upstream.answer_always(common::Answer::ok());
+    let relay = start_relay(config).await;
+    let ids = receive_ids(&upstream, 20).await;
+    assert_eq!(ids.len(), 20, "each spooled envelope once: {ids:?}");
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (0..20).collect::<Vec<_>>());
+    wait_until("spool drained", || gauge(&relay, |m| m.spool_envelopes.get()) == 0).await;
+    assert!(upstream.try_next().await.is_none(), "no duplicates");
     relay.shutdown().await;
 }
 
