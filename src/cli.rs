@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Scrub one envelope from FILE (or stdin) and write it, uncompressed, to stdout.
     Scrub(ScrubArgs),
     /// Validate a rules file: prints "ok", or the problem with its line and exits 2.
@@ -219,7 +219,7 @@ pub struct CheckArgs {
 pub fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         None => run(cli.run),
-        Some(Command::Run(args)) => run(args),
+        Some(Command::Run(args)) => run(*args),
         Some(Command::Scrub(args)) => scrub(args),
         Some(Command::Check(args)) => check(args),
         Some(Command::Healthcheck(args)) => crate::healthcheck::run(&args),
