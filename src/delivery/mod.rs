@@ -5,8 +5,9 @@
 //! An envelope the relay answered 200 for is delivered to the upstream at least once, unless the upstream rejects it
 //! with a 4xx other than 429, or it stays undeliverable for longer than `max_age`. While the upstream is unreachable
 //! (network error, timeout or 5xx) and a spool directory is configured, every accepted envelope is on disk before the
-//! SDK gets its 200, so even `kill -9` loses nothing; without a spool, envelopes wait in memory and are lost only if the
-//! process dies or the shutdown grace period ends before the upstream comes back.
+//! SDK gets its 200, so even `kill -9` during an outage loses nothing (while the upstream is healthy, envelopes wait in
+//! memory for about one round trip, and only those are exposed to `kill -9`); without a spool, envelopes wait in
+//! memory and are lost only if the process dies or the shutdown grace period ends before the upstream comes back.
 //!
 //! # How
 //!
@@ -25,6 +26,10 @@
 //!   envelopes are held back until their limit expires rather than sent to be refused; a 429'd envelope is retried
 //!   after its `Retry-After`.
 //! - [`Delivery::shutdown`] flushes the memory queue for a grace period, then writes what is left to the spool.
+
+// A failed spool write hands the job back to the caller inside the `Err` (it is moved, not copied, and kept in memory
+// instead): the large `Err` is the point.
+#![allow(clippy::result_large_err)]
 
 pub mod rate_limits;
 pub mod retry;
