@@ -298,7 +298,7 @@ regex!(
 );
 regex!(
     PHONE,
-    r"(?:\+1[ .\-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .\-])\d{3}[ .\-]\d{4}"
+    r"(?:\+1[ .\-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .\-])\d{3}[ .\-]\d{4}|\+1[2-9]\d{9}"
 );
 regex!(SSN, r"\d{3}-\d{2}-\d{4}");
 regex!(BEARER, r"(?i)\b(bearer|basic)[ \t]+([A-Za-z0-9\-._~+/]+=*)");
@@ -318,7 +318,7 @@ regex!(
 );
 regex!(
     CREDENTIAL_IN_TEXT,
-    r#"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_ -]?key|access[_ -]?token|auth[_ -]?token|token)\b(?:\s*(?:[:=]|\bis\b)\s*|\s+)["']?([^\s"',;()\[\]{}<>]{6,})"#
+    r#"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_ -]?key|access[_ -]?token|auth[_ -]?token|token)\b(?:\s*(?:[:=]|\bis\b)\s*|\s+)["']?([^\s"',;()\[\]{}<>&#]{6,})"#
 );
 regex!(IBAN, r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b");
 regex!(
@@ -854,6 +854,7 @@ mod tests {
     #[test]
     fn phone_positive() {
         for phone in [
+            "+13125550199",
             "(312) 555-0148",
             "312-555-0199",
             "312.555.0123",

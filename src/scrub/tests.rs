@@ -240,6 +240,33 @@ fn keys_written_inside_text() {
 }
 
 #[test]
+fn accuracy_gaps_closed() {
+    let out = event(json!({"extra": {
+        "url": "https://x.io/a?api_key=x&email=a@b.co&limit=50",
+        "sdk_filtered": "https://x.io/a?token=[Filtered]&page=2",
+        "template": "reset token={token} for {user}",
+        "passwords": ["a", "b"], "api_keys": ["k"], "max_tokens": 5,
+        "by_user": {"jane@x.org": 3, "bob@x.org": 4, "plain": 1},
+        "phone": "+13125550199"
+    }}));
+    let extra = &out["extra"];
+    assert_eq!(
+        extra["url"],
+        "https://x.io/a?api_key=[FILTERED]&email=***@b.co&limit=50"
+    );
+    assert_eq!(
+        extra["sdk_filtered"], "https://x.io/a?token=[Filtered]&page=2",
+        "SDK filtering kept whole"
+    );
+    assert_eq!(extra["template"], "reset token={token} for {user}");
+    assert_eq!(extra["passwords"], "[FILTERED]");
+    assert_eq!(extra["api_keys"], "[FILTERED]");
+    assert_eq!(extra["max_tokens"], 5);
+    assert_eq!(extra["by_user"], json!({"***@x.org": 3, "***@x.org#2": 4, "plain": 1}));
+    assert_eq!(extra["phone"], "[redacted]");
+}
+
+#[test]
 fn breadcrumbs_as_object_and_array() {
     for crumbs in [
         json!({"values": [{"message": "login jane@x.org", "category": "auth", "data": {"password": "p"}}]}),

@@ -186,6 +186,10 @@ impl Scrubber<'_> {
                     Some(len) => (start, start + len),
                     None => continue,
                 }
+            } else if let Some(close) = bracket_close(bytes, eq + 1) {
+                // `token=[Filtered]` (already scrubbed by the SDK) and `token={token}` (a template placeholder)
+                // are whole values; cutting them at the first `]`/`}` would leave a stray bracket.
+                (eq + 1, close + 1)
             } else {
                 let start = eq + 1;
                 let len = bytes[start..]
@@ -355,6 +359,22 @@ impl Scrubber<'_> {
         }
         true
     }
+}
+
+/// The position of the `]` or `}` closing a bracket that opens at `start`, within a short, simple token.
+fn bracket_close(bytes: &[u8], start: usize) -> Option<usize> {
+    let close = match bytes.get(start)? {
+        b'[' => b']',
+        b'{' => b'}',
+        _ => return None,
+    };
+    let rest = &bytes[start + 1..bytes.len().min(start + 64)];
+    let len = rest.iter().position(|b| *b == close)?;
+    let inner = &rest[..len];
+    inner
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b' ' | b':'))
+        .then_some(start + 1 + len)
 }
 
 /// Format placeholders in log templates (`ssn=%s`, `token={token}`) are not values.

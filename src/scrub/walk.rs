@@ -366,6 +366,9 @@ impl Scrubber<'_> {
             self.remove_pii_fields(map, scope, path);
         }
         let key_rules = scope.applies_key_rules();
+        if key_rules && map.keys().any(|k| k.contains('@')) {
+            self.scrub_keys(map, path);
+        }
         for (key, value) in map.iter_mut() {
             let field = self.classify(scope, key, key_rules);
             path.push(Seg::Key(key));
@@ -409,6 +412,26 @@ impl Scrubber<'_> {
             }
         }
         Field::Walk(scope.child(key))
+    }
+
+    /// Object keys can be data too (`{"by_user": {"jane@x.org": 3}}`): keys holding an email get the detectors.
+    /// Rebuilds the map in order; two keys that mask to the same text keep both values (`***@x.org`, `***@x.org#2`).
+    fn scrub_keys(&mut self, map: &mut Map<String, Value>, path: &[Seg<'_>]) {
+        let old = std::mem::take(map);
+        for (key, value) in old {
+            let mut new_key = key.clone();
+            if key.contains('@') {
+                self.scrub_text(&mut new_key, TextMode::Source, path);
+            }
+            if new_key != key && map.contains_key(&new_key) {
+                let mut n = 2;
+                while map.contains_key(&format!("{new_key}#{n}")) {
+                    n += 1;
+                }
+                new_key = format!("{new_key}#{n}");
+            }
+            map.insert(new_key, value);
+        }
     }
 
     /// A `[name, value]` pair in headers, query strings, cookies or tags.
