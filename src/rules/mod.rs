@@ -148,7 +148,7 @@ impl Default for DetectorConfig {
 }
 
 /// The built-in detectors, by name. Omitted ones keep their defaults (enabled).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Detectors {
     pub email: DetectorConfig,
@@ -164,26 +164,6 @@ pub struct Detectors {
     pub credential_in_text: DetectorConfig,
     pub iban: DetectorConfig,
     pub ipv4: DetectorConfig,
-}
-
-impl Default for Detectors {
-    fn default() -> Self {
-        Detectors {
-            email: DetectorConfig::default(),
-            phone_us: DetectorConfig::default(),
-            ssn: DetectorConfig::default(),
-            credit_card: DetectorConfig::default(),
-            bearer_token: DetectorConfig::default(),
-            url_credentials: DetectorConfig::default(),
-            private_key: DetectorConfig::default(),
-            jwt: DetectorConfig::default(),
-            aws_access_key: DetectorConfig::default(),
-            api_token: DetectorConfig::default(),
-            credential_in_text: DetectorConfig::default(),
-            iban: DetectorConfig::default(),
-            ipv4: DetectorConfig::default(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
