@@ -261,11 +261,11 @@ fn a_fresh_relays_metrics_parse_and_are_all_documented() {
     let exposition = parse_exposition(&metrics.encode()).expect("valid exposition");
     assert_eq!(exposition.value("scrub_relay_rules_version", &[]), 1.0);
     assert_eq!(exposition.value("scrub_relay_rules_last_reload_ok", &[]), 1.0);
-    let docs = read_repo_file("docs/operations.md");
+    let docs = read_repo_file("README.md");
     for family in exposition.types.keys() {
         assert!(
             docs.contains(&format!("`{family}`")),
-            "docs/operations.md does not document {family}"
+            "README.md does not document {family}"
         );
     }
 }
@@ -363,7 +363,7 @@ fn compose_runs_an_app_the_relay_and_prometheus_on_the_documented_ports() {
     assert_eq!(str_at(&prometheus, "/scrape_configs/0/metrics_path"), "/metrics");
 
     // The docs name the same ports.
-    let docs = read_repo_file("docs/operations.md");
+    let docs = read_repo_file("README.md");
     assert!(
         docs.contains(&format!("port {}", port_of(metrics_listen))),
         "docs name the metrics port"
@@ -391,7 +391,7 @@ fn the_example_alerts_use_metrics_the_relay_exports() {
     let alerts = yaml_document("docker/alerts.yml");
     let rules = alerts["groups"][0]["rules"].as_array().expect("alert rules");
     assert!(rules.len() >= 3);
-    let docs = read_repo_file("docs/operations.md");
+    let docs = read_repo_file("README.md");
     let metric = regex::Regex::new(r"scrub_relay_[a-z_]+").expect("valid regex");
     for rule in rules {
         let name = str_at(rule, "/alert");
@@ -1478,7 +1478,7 @@ fn documented_args(subcommand: &str) -> Vec<(String, Option<String>, Option<Stri
 
 #[test]
 fn every_flag_and_variable_is_documented_with_its_default() {
-    let docs = read_repo_file("docs/operations.md");
+    let docs = read_repo_file("README.md");
     for subcommand in ["run", "healthcheck"] {
         for (long, env, default) in documented_args(subcommand) {
             let row_start = format!("| `--{long}` |");
@@ -1498,7 +1498,7 @@ fn every_flag_and_variable_is_documented_with_its_default() {
             });
             assert!(
                 row.is_some(),
-                "docs/operations.md: `{subcommand}` needs a configuration row like\n{expected}"
+                "README.md: `{subcommand}` needs a configuration row like\n{expected}"
             );
         }
     }
@@ -1512,13 +1512,17 @@ fn every_variable_the_shipped_files_set_is_one_the_relay_reads() {
     }
     // Named by rules.yaml (`hashing.key_env`), read by the rules engine rather than the CLI.
     known.insert("SCRUB_RELAY_HMAC_KEY".to_owned());
+    // Read by the test suite (tests/real_sdks.rs), which the README documents too.
+    known.extend(
+        ["SCRUB_RELAY_TEST_PYTHON", "SCRUB_RELAY_TEST_NODE_DIR", "SCRUB_RELAY_TEST_NODE10_DIR"].map(str::to_owned),
+    );
     let pattern = regex::Regex::new(r"SCRUB_RELAY_[A-Z0-9_]+").expect("valid regex");
     for file in [
         "docker/Dockerfile",
         "docker/compose.yaml",
         "docker/kubernetes/shared-service.yaml",
         "docker/kubernetes/sidecar.yaml",
-        "docs/operations.md",
+        "README.md",
     ] {
         for found in pattern.find_iter(&read_repo_file(file)) {
             assert!(
