@@ -6,6 +6,10 @@
 
 use std::io::{self, Read};
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
 /// A supported `Content-Encoding`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContentEncoding {
@@ -122,29 +126,18 @@ pub fn zlib(data: &[u8]) -> Vec<u8> {
     encoder.finish().expect("write to Vec")
 }
 
+/// Old SDKs send either alphabet, with or without padding, sometimes wrapped in lines.
+const LENIENT_BASE64: GeneralPurposeConfig = GeneralPurposeConfig::new()
+    .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+    .with_decode_allow_trailing_bits(true);
+
 /// Standard or URL-safe base64, padding optional, whitespace ignored. `None` on any other byte.
 pub fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for &byte in text {
-        let value = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' | b' ' | b'\n' | b'\r' | b'\t' => continue,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    let compact: Vec<u8> = text.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    GeneralPurpose::new(&alphabet::STANDARD, LENIENT_BASE64)
+        .decode(&compact)
+        .or_else(|_| GeneralPurpose::new(&alphabet::URL_SAFE, LENIENT_BASE64).decode(&compact))
+        .ok()
 }
 
 #[cfg(test)]

@@ -21,12 +21,12 @@ use serde_json::{Map, Value};
 
 use crate::auth::{self, AuthSource, Identity, RequestAuth};
 use crate::decode::{self, ContentEncoding, DecodeError};
+use crate::delivery::{Job, RateLimited, Rejected};
 use crate::envelope::{Envelope, Item, ItemType};
 use crate::error::RelayError;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, ProcessOptions, Report};
 use crate::rules::CompiledRules;
-use crate::delivery::{Job, RateLimited, Rejected};
 use crate::server::{AppState, ClientAddr};
 
 /// Which ingest endpoint a request came in on.
@@ -127,16 +127,27 @@ pub async fn handle(
         Delivery::Queued(job) => match state.delivery.submit(job).await {
             Ok(()) => {
                 tracing::debug!(project_id, endpoint = endpoint.as_str(), "envelope accepted");
-                let limits = state.delivery.rate_limits().active_header(project_id, tokio::time::Instant::now());
+                let limits = state
+                    .delivery
+                    .rate_limits()
+                    .active_header(project_id, tokio::time::Instant::now());
                 Ok(accepted(event_id.as_deref(), limits.as_deref()))
             }
             Err(rejected) => {
-                tracing::debug!(project_id, endpoint = endpoint.as_str(), "delivery queue full; envelope refused");
+                tracing::debug!(
+                    project_id,
+                    endpoint = endpoint.as_str(),
+                    "delivery queue full; envelope refused"
+                );
                 Ok(overloaded(state, rejected))
             }
         },
         Delivery::RateLimited(limited) => {
-            tracing::debug!(project_id, endpoint = endpoint.as_str(), "every item rate limited; envelope refused");
+            tracing::debug!(
+                project_id,
+                endpoint = endpoint.as_str(),
+                "every item rate limited; envelope refused"
+            );
             Ok(rate_limited(limited))
         }
     }
@@ -170,7 +181,11 @@ pub enum Delivery {
 /// upstream is failing, on disk); it never waits for the upstream (see `crate::delivery`). Rate limits the upstream
 /// announced are applied first: limited items are dropped, and an envelope with nothing left is refused with 429.
 pub fn deliver(state: &AppState, mut job: Job) -> Result<Delivery, RelayError> {
-    if !state.delivery.rate_limits().has_limits(job.project_id, tokio::time::Instant::now()) {
+    if !state
+        .delivery
+        .rate_limits()
+        .has_limits(job.project_id, tokio::time::Instant::now())
+    {
         return Ok(Delivery::Queued(job));
     }
     let mut envelope = Envelope::parse(job.envelope.clone())?;
@@ -476,6 +491,7 @@ fn new_event_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn event_ids() {
@@ -501,7 +517,7 @@ mod tests {
         assert_eq!(envelope.items[0].ty(), ItemType::Event);
 
         let json = br#"{"type":"transaction","spans":[]}"#;
-        let encoded = base64_encode(&decode::zlib(json));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&decode::zlib(json));
         let envelope = store_envelope(encoded.into_bytes(), 1 << 20).unwrap();
         assert_eq!(envelope.items[0].ty(), ItemType::Transaction);
         assert_eq!(&envelope.items[0].payload()[..], json);
@@ -543,20 +559,5 @@ mod tests {
                 .get(),
             1
         );
-    }
-
-    fn base64_encode(data: &[u8]) -> String {
-        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
-            for i in 0..=chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
     }
 }

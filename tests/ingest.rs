@@ -4,6 +4,8 @@ mod common;
 
 use std::io::Write;
 
+use base64::Engine as _;
+
 use common::*;
 use scrub_relay::envelope::Envelope;
 use scrub_relay::pipeline::{self, ProcessOptions};
@@ -380,7 +382,7 @@ async fn store_endpoint_wraps_the_event_in_an_envelope() {
     assert_eq!(upstream.envelope().items[0].payload()[..], *event.as_bytes());
 
     // Old SDKs: base64 of zlib, no Content-Encoding.
-    let encoded = base64(&scrub_relay::decode::zlib(event.as_bytes()));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&scrub_relay::decode::zlib(event.as_bytes()));
     let response = send_raw(
         relay.addr,
         "POST",
@@ -711,7 +713,10 @@ async fn upstream_rate_limits_reach_the_sdk() {
     assert_eq!(response.status, 429);
     let retry_after: u64 = response.header("retry-after").unwrap().parse().unwrap();
     assert!((59..=60).contains(&retry_after), "{retry_after}");
-    assert_eq!(response.header("x-sentry-rate-limits"), Some(format!("{retry_after}:error:project").as_str()));
+    assert_eq!(
+        response.header("x-sentry-rate-limits"),
+        Some(format!("{retry_after}:error:project").as_str())
+    );
 
     // Limits announced with a success are passed on with the next accepted request.
     mini.answer_next(Answer::ok().header("x-sentry-rate-limits", "30:transaction:key"));
@@ -728,7 +733,10 @@ async fn upstream_rate_limits_reach_the_sdk() {
     let response = post_envelope(&relay, 42, KEY, session).await;
     assert_eq!(response.status, 200);
     let limits = response.header("x-sentry-rate-limits").expect("limits passed on");
-    assert!(limits.contains(":error:") && limits.contains(":transaction:"), "{limits}");
+    assert!(
+        limits.contains(":error:") && limits.contains(":transaction:"),
+        "{limits}"
+    );
 }
 
 #[tokio::test]
@@ -1028,19 +1036,4 @@ fn bad_startup_configuration_is_one_line_and_exit_64() {
             "{name}: the flag is named: {stderr}"
         );
     }
-}
-
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |acc, (i, &b)| acc | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
 }
