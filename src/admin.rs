@@ -72,11 +72,16 @@ impl AdminRoute {
 /// Answers an operator route. `ready` is the relay's readiness at this instant.
 pub fn respond(route: AdminRoute, metrics: &Metrics, ready: bool) -> Response<Full<Bytes>> {
     match route {
-        AdminRoute::Metrics => response(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.encode(),
-        ),
+        AdminRoute::Metrics => {
+            // Readiness also depends on the delivery queue filling and draining, which nothing signals; setting the
+            // gauge at scrape time makes it agree with /readyz whenever Prometheus looks.
+            metrics.ready.set(i64::from(ready));
+            response(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.encode(),
+            )
+        }
         AdminRoute::Liveness => health(true),
         AdminRoute::Readiness => health(ready),
     }

@@ -254,6 +254,13 @@ async fn a_full_queue_without_spool_answers_503_with_retry_after() {
     assert!(retry_after >= 1);
     let ready = common::send_raw(relay.addr, "GET", "/readyz", &[], b"", false).await;
     assert_eq!(ready.status, 503, "not ready while full");
+    let scrape = common::send_raw(relay.addr, "GET", "/metrics", &[], b"", false).await;
+    assert!(
+        String::from_utf8_lossy(&scrape.body)
+            .lines()
+            .any(|line| line == "scrub_relay_ready 0"),
+        "the ready gauge agrees with /readyz"
+    );
 
     switch.restore().await;
     assert_eq!(
