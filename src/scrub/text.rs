@@ -1,6 +1,8 @@
 //! Scrubbing inside one string: value detectors, key rules on `name=value` pairs (query strings, form bodies,
 //! cookie strings), and the rewrite that applies every hit at once so `_meta` ranges stay exact.
 
+use std::borrow::Cow;
+
 use super::{ChangeAction, Remark, Scrubber, Seg, is_already_filtered};
 use crate::rules::Action;
 use crate::rules::detectors::Hit;
@@ -99,7 +101,7 @@ impl Scrubber<'_> {
         let original_chars = text.chars().count();
         let mut out = String::with_capacity(text.len());
         let mut remarks = Vec::with_capacity(spans.len());
-        let mut rules: Vec<(String, ChangeAction)> = Vec::with_capacity(spans.len());
+        let mut rules: Vec<(&str, ChangeAction)> = Vec::with_capacity(spans.len());
         let mut cursor = 0;
         let mut out_chars = 0;
         for span in spans {
@@ -107,24 +109,35 @@ impl Scrubber<'_> {
             out.push_str(before);
             out_chars += before.chars().count();
             let matched = &text[span.start..span.end];
-            let (rule_id, replacement, action) = match span.rule {
+            // Rule ids and fixed replacements borrow from the engine: PII-dense strings have many spans, and two
+            // allocations per span showed up in profiles.
+            let engine = self.engine;
+            let (rule_id, replacement, action): (&str, Cow<'_, str>, _) = match span.rule {
                 RuleRef::Key => {
-                    if self.engine.key_action == Action::Hash {
-                        ("sensitive_key".to_string(), self.hash(matched), ChangeAction::Hashed)
+                    if engine.key_action == Action::Hash {
+                        ("sensitive_key", Cow::Owned(self.hash(matched)), ChangeAction::Hashed)
                     } else {
                         (
-                            "sensitive_key".to_string(),
-                            self.engine.key_replacement.clone(),
+                            "sensitive_key",
+                            Cow::Borrowed(engine.key_replacement.as_str()),
                             ChangeAction::Replaced,
                         )
                     }
                 }
                 RuleRef::Detector(index) => {
-                    let detector = &self.engine.detectors.detectors[index];
+                    let detector = &engine.detectors.detectors[index];
                     if detector.action == Action::Hash {
-                        (detector.id.clone(), self.hash(matched), ChangeAction::Hashed)
+                        (
+                            detector.id.as_str(),
+                            Cow::Owned(self.hash(matched)),
+                            ChangeAction::Hashed,
+                        )
                     } else {
-                        (detector.id.clone(), detector.replacement.clone(), ChangeAction::Masked)
+                        (
+                            detector.id.as_str(),
+                            Cow::Borrowed(detector.replacement.as_str()),
+                            ChangeAction::Masked,
+                        )
                     }
                 }
             };
@@ -132,7 +145,7 @@ impl Scrubber<'_> {
             out.push_str(&replacement);
             let ty = if action == ChangeAction::Hashed { "p" } else { "s" };
             remarks.push(Remark {
-                rule: rule_id.clone(),
+                rule: rule_id.to_string(),
                 ty,
                 range: Some((out_chars, out_chars + replacement_chars)),
             });
@@ -153,7 +166,7 @@ impl Scrubber<'_> {
             } else {
                 Vec::new()
             };
-            self.record(path, None, &rule, action, rem, if i == last { len } else { None });
+            self.record(path, None, rule, action, rem, if i == last { len } else { None });
         }
     }
 
@@ -324,7 +337,9 @@ impl Scrubber<'_> {
             return false;
         }
         let changed_before = self.changed;
-        let redactions_before = self.tally.redactions.clone();
+        // Only the top-level `_meta` entry compares counts; cloning the tally for every JSON string cost a map of
+        // owned keys per message in gen_ai payloads.
+        let redactions_before = (self.collect_meta && self.nested == 0).then(|| self.tally.redactions.clone());
         self.changed = false;
         self.nested += 1;
         // Explain paths continue the outer one, so `tool.arguments.ssn` reads as where it was.
@@ -339,7 +354,7 @@ impl Scrubber<'_> {
         let original_chars = text.chars().count();
         // Serializing a `Value` we just parsed cannot fail.
         *text = serde_json::to_string(&value).expect("JSON value serializes");
-        if self.collect_meta && self.nested == 0 {
+        if let Some(redactions_before) = redactions_before {
             let mut remarks = Vec::new();
             for (rule, count) in &self.tally.redactions {
                 if redactions_before.get(rule) != Some(count) {
