@@ -7,8 +7,9 @@ use serde_json::{Map, Value};
 
 use super::MetaEntry;
 
-/// Merges remarks into the root object's `_meta`, creating it if needed.
-pub fn merge_meta(root: &mut Map<String, Value>, entries: &[MetaEntry]) {
+/// Merges remarks into the root object's `_meta`, creating it if needed. Takes the entries by value so rule ids move
+/// into the tree instead of being copied (PII-dense payloads have one entry per changed string).
+pub fn merge_meta(root: &mut Map<String, Value>, entries: Vec<MetaEntry>) {
     if entries.is_empty() {
         return;
     }
@@ -29,13 +30,15 @@ pub fn merge_meta(root: &mut Map<String, Value>, entries: &[MetaEntry]) {
         }
         let Value::Object(leaf) = leaf else { continue };
         if !entry.remarks.is_empty() {
-            let rem = leaf.entry("rem").or_insert_with(|| Value::Array(Vec::new()));
-            if !rem.is_array() {
-                *rem = Value::Array(Vec::new());
+            if !matches!(leaf.get("rem"), Some(Value::Array(_))) {
+                leaf.insert("rem".into(), Value::Array(Vec::new()));
             }
-            if let Value::Array(rem) = rem {
-                for remark in &entry.remarks {
-                    let mut item = vec![Value::from(remark.rule.as_str()), Value::from(remark.ty)];
+            if let Some(Value::Array(rem)) = leaf.get_mut("rem") {
+                rem.reserve(entry.remarks.len());
+                for remark in entry.remarks {
+                    let mut item = Vec::with_capacity(if remark.range.is_some() { 4 } else { 2 });
+                    item.push(Value::String(remark.rule));
+                    item.push(Value::from(remark.ty));
                     if let Some((start, end)) = remark.range {
                         item.push(Value::from(start));
                         item.push(Value::from(end));
