@@ -728,31 +728,7 @@ fn is_basic_credential(token: &str) -> bool {
     if token.len() < 8 {
         return false;
     }
-    decode_base64(token).is_some_and(|decoded| decoded.contains(&b':'))
-}
-
-fn decode_base64(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut buffer = 0u32;
-    let mut bits = 0;
-    for b in input.bytes() {
-        let value = match b {
-            b'A'..=b'Z' => b - b'A',
-            b'a'..=b'z' => b - b'a' + 26,
-            b'0'..=b'9' => b - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            b'=' => break,
-            _ => return None,
-        };
-        buffer = (buffer << 6) | u32::from(value);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((buffer >> bits) as u8);
-        }
-    }
-    Some(out)
+    crate::decode::base64_decode(token.as_bytes()).is_some_and(|decoded| decoded.contains(&b':'))
 }
 
 #[cfg(test)]
