@@ -254,15 +254,8 @@ fn unparseable(mut item: Item, scrubber: &mut Scrubber<'_>, report: &mut Report,
             report.dropped.push((ty, DropReason::UnparseableJson));
             None
         }
-        UnparseablePolicy::ScrubAsText => match std::str::from_utf8(item.payload()) {
-            Ok(text) => {
-                let mut text = text.to_string();
-                let path = Vec::new();
-                if scrubber.scrub_text(&mut text, TextMode::Plain, &path) {
-                    item.set_payload(Bytes::from(text));
-                }
-                Some(item)
-            }
+        UnparseablePolicy::ScrubAsText => match scrub_utf8_payload(&mut item, scrubber) {
+            Ok(()) => Some(item),
             Err(_) => {
                 report.dropped.push((ty, DropReason::UnparseableJson));
                 None
@@ -307,18 +300,20 @@ fn scrub_attachment(mut item: Item, scrubber: &mut Scrubber<'_>, report: &mut Re
     scrub_text_or_binary(item, scrubber, report)
 }
 
+/// Applies the value detectors to a payload that is valid UTF-8 text; `Err` (payload untouched) when it is not.
+fn scrub_utf8_payload(item: &mut Item, scrubber: &mut Scrubber<'_>) -> Result<(), std::str::Utf8Error> {
+    let mut text = std::str::from_utf8(item.payload())?.to_string();
+    if scrubber.scrub_text(&mut text, TextMode::Plain, &Vec::new()) {
+        item.set_payload(Bytes::from(text));
+    }
+    Ok(())
+}
+
 /// Valid UTF-8 gets the value detectors; anything else follows the binary policy.
 fn scrub_text_or_binary(mut item: Item, scrubber: &mut Scrubber<'_>, report: &mut Report) -> Option<Item> {
     let ty = item.ty();
-    match std::str::from_utf8(item.payload()) {
-        Ok(text) => {
-            let mut text = text.to_string();
-            let path = Vec::new();
-            if scrubber.scrub_text(&mut text, TextMode::Plain, &path) {
-                item.set_payload(Bytes::from(text));
-            }
-            Some(item)
-        }
+    match scrub_utf8_payload(&mut item, scrubber) {
+        Ok(()) => Some(item),
         Err(_) => match scrubber.engine.policy.binary_items {
             BinaryPolicy::Forward => Some(item),
             BinaryPolicy::Drop => {

@@ -52,17 +52,7 @@ impl Scrubber<'_> {
             TextMode::Free | TextMode::Plain => self.embedded_pair_spans(text, &mut spans),
             TextMode::Source => {}
         }
-        if spans.len() > 1 {
-            spans.sort_by_key(|s| s.start);
-            let mut last_end = 0;
-            spans.retain(|s| {
-                let keep = s.start >= last_end;
-                if keep {
-                    last_end = s.end;
-                }
-                keep
-            });
-        }
+        drop_overlaps(&mut spans);
         let mut hits = std::mem::take(&mut self.hits);
         self.engine.detectors.find(text, &mut hits);
         if hits.is_empty() && spans.is_empty() {
@@ -75,20 +65,11 @@ impl Scrubber<'_> {
                 end: h.end,
                 rule: RuleRef::Detector(h.detector),
             });
-            if spans.is_empty() {
-                spans.extend(detector_spans);
-            } else {
-                spans.extend(detector_spans);
+            let had_key_spans = !spans.is_empty();
+            spans.extend(detector_spans);
+            if had_key_spans {
                 // Key hits come first at equal starts (stable sort), so they win overlaps.
-                spans.sort_by_key(|s| s.start);
-                let mut last_end = 0;
-                spans.retain(|s| {
-                    let keep = s.start >= last_end;
-                    if keep {
-                        last_end = s.end;
-                    }
-                    keep
-                });
+                drop_overlaps(&mut spans);
             }
         }
         self.hits = hits;
@@ -436,4 +417,20 @@ fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
         }
     }
     std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Sorts spans by start (stably, so earlier entries win ties) and drops every span that overlaps one kept before it.
+fn drop_overlaps(spans: &mut Vec<Span>) {
+    if spans.len() < 2 {
+        return;
+    }
+    spans.sort_by_key(|s| s.start);
+    let mut last_end = 0;
+    spans.retain(|s| {
+        let keep = s.start >= last_end;
+        if keep {
+            last_end = s.end;
+        }
+        keep
+    });
 }
