@@ -309,8 +309,9 @@ fn starts_with_ignore_case(bytes: &[u8], word: &[u8]) -> bool {
 }
 
 /// Whether any three consecutive bytes, ASCII-lower-cased, satisfy `hit`. Written without an early exit, and `hit`
-/// with `&`/`|` instead of `&&`/`||` (no branches), so the compiler vectorizes it: about 0.06 ns per byte, where a scalar scan that stops at each candidate letter costs
-/// about 0.7 ns. The scans below run only when it finds the first three letters of one of their words.
+/// with `&`/`|` instead of `&&`/`||` (no branches), so the compiler vectorizes it: about 0.06 ns per byte, where a
+/// scalar scan that stops at each candidate letter costs about 0.7 ns. The scans below run only when it finds the
+/// first three letters of one of their words.
 #[inline(always)]
 fn any_trigram(bytes: &[u8], hit: impl Fn(u8, u8, u8) -> bool) -> bool {
     let (Some(second), Some(third)) = (bytes.get(1..), bytes.get(2..)) else {
