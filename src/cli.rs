@@ -361,6 +361,7 @@ fn scrub(args: ScrubArgs) -> ExitCode {
     let options = ProcessOptions {
         project_id: args.project,
         explain: args.explain,
+        ..ProcessOptions::default()
     };
     let processed = pipeline::process(envelope, &rules, &options);
     if args.explain {

@@ -99,18 +99,17 @@ pub fn url_path(text: &str) -> Option<&str> {
 
 /// Whether a transaction event hits a drop route, by its name or its `request.url`.
 pub fn should_drop_transaction(event: &Value, routes: &RouteMatcher) -> bool {
-    if routes.is_empty() {
-        return false;
-    }
-    if let Some(name) = event.get("transaction").and_then(Value::as_str)
-        && routes.matches_name(name)
-    {
-        return true;
-    }
-    event
-        .pointer("/request/url")
-        .and_then(Value::as_str)
-        .is_some_and(|url| routes.matches_url(url))
+    transaction_hits_route(
+        event.get("transaction").and_then(Value::as_str),
+        event.pointer("/request/url").and_then(Value::as_str),
+        routes,
+    )
+}
+
+/// Whether a transaction with this name and `request.url` hits a drop route.
+pub fn transaction_hits_route(name: Option<&str>, url: Option<&str>, routes: &RouteMatcher) -> bool {
+    !routes.is_empty()
+        && (name.is_some_and(|name| routes.matches_name(name)) || url.is_some_and(|url| routes.matches_url(url)))
 }
 
 fn attribute_str<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
@@ -121,19 +120,31 @@ fn attribute_str<'a>(span: &'a Value, key: &str) -> Option<&'a str> {
     }
 }
 
+/// The span attributes a segment's route is read from.
+pub const SEGMENT_ROUTE_ATTRIBUTES: [&str; 4] = ["url.path", "http.route", "http.target", "url.full"];
+
 /// Whether a v2 segment span hits a drop route (`url.path`, `http.route`, `url.full`, or its name).
 pub fn is_dropped_segment(span: &Value, routes: &RouteMatcher) -> bool {
-    if span.get("is_segment").and_then(Value::as_bool) != Some(true) {
-        return false;
-    }
+    span.get("is_segment").and_then(Value::as_bool) == Some(true)
+        && segment_hits_route(
+            span.get("name").and_then(Value::as_str),
+            |key| attribute_str(span, key),
+            routes,
+        )
+}
+
+/// Whether a segment span with this name and these route attributes (see [`SEGMENT_ROUTE_ATTRIBUTES`]) hits a
+/// drop route.
+pub fn segment_hits_route<'a>(
+    name: Option<&str>,
+    attribute: impl Fn(&str) -> Option<&'a str>,
+    routes: &RouteMatcher,
+) -> bool {
     ["url.path", "http.route", "http.target"]
         .iter()
-        .any(|k| attribute_str(span, k).is_some_and(|p| routes.matches_path(p)))
-        || attribute_str(span, "url.full").is_some_and(|u| routes.matches_url(u))
-        || span
-            .get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|n| routes.matches_name(n))
+        .any(|k| attribute(k).is_some_and(|p| routes.matches_path(p)))
+        || attribute("url.full").is_some_and(|u| routes.matches_url(u))
+        || name.is_some_and(|n| routes.matches_name(n))
 }
 
 /// Removes dropped segment spans and every span below them (by parent chain or `sentry.segment.id`) from a span-v2

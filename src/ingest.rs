@@ -344,6 +344,7 @@ fn prepare(
     let options = ProcessOptions {
         project_id: Some(identity.project_id),
         explain: false,
+        ..ProcessOptions::default()
     };
     let processed = pipeline::process(envelope, &rules, &options);
     metrics.scrub_duration.observe(started.elapsed().as_secs_f64());

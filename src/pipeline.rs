@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::envelope::{Envelope, Item, ItemType};
 use crate::filter;
 use crate::rules::{BinaryPolicy, CompiledRules, Engine, UnparseablePolicy};
+use crate::scrub::stream::{self, DropCheck};
 use crate::scrub::{Change, Scope, Scrubber, TextMode, merge_meta};
 
 pub use crate::scrub::ChangeAction;
@@ -27,6 +28,9 @@ pub struct ProcessOptions {
     pub project_id: Option<u64>,
     /// Fill [`Report::changes`] (paths and rule ids, never values).
     pub explain: bool,
+    /// Walk every JSON item as a `serde_json::Value` tree instead of streaming it. The result is the same JSON;
+    /// this exists so tests can compare the two walks and benchmarks can measure them.
+    pub tree_walk_only: bool,
 }
 
 /// The result of [`process`].
@@ -52,6 +56,11 @@ pub struct Report {
     pub would_drop: Vec<(ItemType, DropReason)>,
     /// Spans removed from span containers that themselves were kept.
     pub dropped_spans: u64,
+    /// JSON items the streaming walk left to the tree walk: keys with escapes or emails, very deep nesting, items a
+    /// drop rule removes, JSON that does not parse. The slow path; see `scrub::stream`. Not part of the report
+    /// `scrub-relay scrub` prints: it says how, not what.
+    #[serde(skip)]
+    pub tree_walked_items: u64,
     /// Only filled when `ProcessOptions::explain` is set.
     pub changes: Vec<Change>,
     pub dry_run: bool,
@@ -119,6 +128,7 @@ pub fn process(envelope: Envelope, rules: &CompiledRules, options: &ProcessOptio
 fn process_with(envelope: Envelope, engine: &Engine, options: &ProcessOptions) -> Processed {
     let Envelope { mut headers, items } = envelope;
     let mut scrubber = Scrubber::new(engine, options.explain);
+    let stream = !options.tree_walk_only;
     let mut report = Report::default();
 
     scrubber.begin_item(None, None, false);
@@ -138,7 +148,7 @@ fn process_with(envelope: Envelope, engine: &Engine, options: &ProcessOptions) -
     let mut kept = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let ty = item.ty();
-        if let Some(item) = process_item(item, index, ty, &mut scrubber, &mut report) {
+        if let Some(item) = process_item(item, index, ty, stream, &mut scrubber, &mut report) {
             kept.push(item);
         }
     }
@@ -164,11 +174,29 @@ fn process_item(
     mut item: Item,
     index: usize,
     ty: ItemType,
+    stream: bool,
     scrubber: &mut Scrubber<'_>,
     report: &mut Report,
 ) -> Option<Item> {
     let engine = scrubber.engine;
     scrubber.begin_item(Some(index), Some(ty), carries_meta(ty));
+    if stream && let Some(scope) = json_scope(&item, ty) {
+        let check = match ty {
+            ItemType::Transaction => DropCheck::Transaction,
+            ItemType::Span => DropCheck::SegmentSpans,
+            _ => DropCheck::None,
+        };
+        match stream::scrub_item_json(scrubber, item.payload(), scope, check) {
+            Ok(None) => return Some(item),
+            Ok(Some(scrubbed)) => {
+                item.set_payload(Bytes::from(scrubbed));
+                return Some(item);
+            }
+            // Not JSON, a shape the stream leaves to the tree, or an item a drop rule removes: the tree walk below
+            // decides, from a clean slate.
+            Err(_) => report.tree_walked_items += 1,
+        }
+    }
     match ty {
         // Counts of discarded events by reason and category: nothing to scrub, nothing to break.
         ItemType::ClientReport => Some(item),
@@ -225,13 +253,7 @@ fn process_item(
             walk_and_store(item, value, Scope::EventRoot, scrubber)
         }
         ItemType::Other => {
-            let payload = item.payload();
-            let json_like = item.content_type().is_some_and(|c| c.contains("json"))
-                || payload
-                    .iter()
-                    .find(|b| !b.is_ascii_whitespace())
-                    .is_some_and(|b| *b == b'{' || *b == b'[');
-            if json_like {
+            if looks_like_json(&item) {
                 let Some(value) = parse_json(&item) else {
                     return unparseable(item, scrubber, report, ty);
                 };
@@ -241,6 +263,36 @@ fn process_item(
             }
         }
     }
+}
+
+/// The scope a JSON item's payload is walked in, or `None` when the item is not walked as JSON.
+fn json_scope(item: &Item, ty: ItemType) -> Option<Scope> {
+    match ty {
+        ItemType::Span => Some(Scope::SpanContainer),
+        ItemType::Log => Some(Scope::LogContainer),
+        ItemType::TraceMetric => Some(Scope::MetricContainer),
+        ItemType::Session | ItemType::Sessions => Some(Scope::Session),
+        ItemType::Event
+        | ItemType::Transaction
+        | ItemType::Feedback
+        | ItemType::UserReport
+        | ItemType::ReplayEvent
+        | ItemType::CheckIn
+        | ItemType::Profile
+        | ItemType::ProfileChunk => Some(Scope::EventRoot),
+        ItemType::Other if looks_like_json(item) => Some(Scope::EventRoot),
+        _ => None,
+    }
+}
+
+/// An item of a type this relay does not know is walked as JSON when it says it is JSON or starts like it.
+fn looks_like_json(item: &Item) -> bool {
+    item.content_type().is_some_and(|c| c.contains("json"))
+        || item
+            .payload()
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'[')
 }
 
 fn parse_json(item: &Item) -> Option<Value> {

@@ -41,6 +41,7 @@ fn scrub(envelope: Envelope) -> (Envelope, String, bool) {
         &ProcessOptions {
             project_id: Some(42),
             explain: true,
+            ..ProcessOptions::default()
         },
     );
     let dropped = !processed.report.dropped.is_empty() || processed.envelope.items.len() != items_in;

@@ -20,6 +20,7 @@ fn expected_upstream(envelope: &[u8], project_id: u64) -> Option<Vec<u8>> {
     let options = ProcessOptions {
         project_id: Some(project_id),
         explain: false,
+        ..ProcessOptions::default()
     };
     let processed = pipeline::process(envelope, &CompiledRules::defaults(), &options);
     (!processed.envelope.items.is_empty()).then(|| processed.envelope.to_bytes().to_vec())
@@ -908,6 +909,7 @@ fn scrub_command_runs_the_pipeline_on_every_capture() {
         let options = ProcessOptions {
             project_id: None,
             explain: false,
+            ..ProcessOptions::default()
         };
         let expected = pipeline::process(envelope, &CompiledRules::defaults(), &options)
             .envelope

@@ -36,6 +36,7 @@ fn scrubbed(name: &str) -> Value {
         &ProcessOptions {
             project_id: Some(42),
             explain: false,
+            ..ProcessOptions::default()
         },
     );
     // Serialize and parse again: the snapshot shows the bytes that go upstream, lengths included.

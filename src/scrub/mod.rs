@@ -10,6 +10,7 @@
 //! A [`Scrubber`] is created per envelope and is cheap: no regex is compiled here.
 
 mod meta;
+pub(crate) mod stream;
 mod text;
 mod walk;
 

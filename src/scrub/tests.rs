@@ -26,6 +26,7 @@ fn run(ty: &str, payload: Value) -> (Value, Processed) {
         &ProcessOptions {
             project_id: None,
             explain: true,
+            ..ProcessOptions::default()
         },
     );
     let out = processed
@@ -512,6 +513,7 @@ fn project_overrides_apply_only_to_their_project() {
         let options = ProcessOptions {
             project_id: project,
             explain: false,
+            ..ProcessOptions::default()
         };
         let processed = process(envelope_with("event", &payload), &rules, &options);
         serde_json::from_slice::<Value>(processed.envelope.items[0].payload()).unwrap()
@@ -529,6 +531,7 @@ fn project_overrides_apply_only_to_their_project() {
     let options = ProcessOptions {
         project_id: Some(42),
         explain: false,
+        ..ProcessOptions::default()
     };
     assert!(
         process(envelope_with("transaction", &transaction), &rules, &options)
@@ -539,6 +542,7 @@ fn project_overrides_apply_only_to_their_project() {
     let options = ProcessOptions {
         project_id: Some(7),
         explain: false,
+        ..ProcessOptions::default()
     };
     assert_eq!(
         process(envelope_with("transaction", &transaction), &rules, &options)

@@ -39,11 +39,25 @@ struct Span {
 impl Scrubber<'_> {
     /// Scrubs `text` in place; returns whether it changed.
     pub(crate) fn scrub_text(&mut self, text: &mut String, mode: TextMode, path: &[Seg<'_>]) -> bool {
-        if text.is_empty() {
-            return false;
+        match self.scrub_str(text, mode, path) {
+            Some(scrubbed) => {
+                *text = scrubbed;
+                true
+            }
+            None => false,
         }
-        if mode == TextMode::Free && self.nested < 2 && self.scrub_json_string(text, path) {
-            return true;
+    }
+
+    /// Scrubs `text`; returns the new text, or `None` when no rule changed anything.
+    pub(crate) fn scrub_str(&mut self, text: &str, mode: TextMode, path: &[Seg<'_>]) -> Option<String> {
+        if text.is_empty() {
+            return None;
+        }
+        if mode == TextMode::Free
+            && self.nested < 2
+            && let Some(result) = self.scrub_json_string(text, path)
+        {
+            return result;
         }
         let mut spans: Vec<Span> = Vec::new();
         match mode {
@@ -57,7 +71,7 @@ impl Scrubber<'_> {
         self.engine.detectors.find(text, &mut hits);
         if hits.is_empty() && spans.is_empty() {
             self.hits = hits;
-            return false;
+            return None;
         }
         if !hits.is_empty() {
             let detector_spans = hits.iter().map(|h: &Hit| Span {
@@ -73,12 +87,11 @@ impl Scrubber<'_> {
             }
         }
         self.hits = hits;
-        self.apply_spans(text, &spans, path);
-        true
+        Some(self.apply_spans(text, &spans, path))
     }
 
-    /// Rewrites `text` with every span replaced, recording one change per span and one `_meta` entry.
-    fn apply_spans(&mut self, text: &mut String, spans: &[Span], path: &[Seg<'_>]) {
+    /// Returns `text` with every span replaced, recording one change per span and one `_meta` entry.
+    fn apply_spans(&mut self, text: &str, spans: &[Span], path: &[Seg<'_>]) -> String {
         let original_chars = text.chars().count();
         let mut out = String::with_capacity(text.len());
         let mut remarks = Vec::with_capacity(spans.len());
@@ -136,7 +149,6 @@ impl Scrubber<'_> {
         }
         out.push_str(&text[cursor..]);
         let new_chars = out_chars + text[cursor..].chars().count();
-        *text = out;
         let len = (new_chars != original_chars).then_some(original_chars);
         let last = rules.len().saturating_sub(1);
         let mut remarks = Some(remarks);
@@ -149,6 +161,7 @@ impl Scrubber<'_> {
             };
             self.record(path, None, rule, action, rem, if i == last { len } else { None });
         }
+        out
     }
 
     /// Finds key rules applied to keys written inside free text: `name=value` (query strings in URLs, log lines,
@@ -303,19 +316,14 @@ impl Scrubber<'_> {
     }
 
     /// Walks a string holding a JSON object or array (tool arguments, message lists) and re-serializes it if a rule
-    /// changed something inside. Returns false (and leaves the string alone) when it is not JSON.
-    fn scrub_json_string(&mut self, text: &mut String, path: &[Seg<'_>]) -> bool {
+    /// changed something inside. `None` when the string is not JSON (it is then scrubbed as text); `Some(None)` when
+    /// it is JSON and nothing changed.
+    fn scrub_json_string(&mut self, text: &str, path: &[Seg<'_>]) -> Option<Option<String>> {
         let trimmed = text.trim();
         let looks_like_json = (trimmed.starts_with('{') && trimmed.ends_with('}'))
             || (trimmed.starts_with('[') && trimmed.ends_with(']') && trimmed.len() > 2);
         if !looks_like_json {
-            return false;
-        }
-        let Ok(mut value) = serde_json::from_str::<serde_json::Value>(trimmed) else {
-            return false;
-        };
-        if !value.is_object() && !value.is_array() {
-            return false;
+            return None;
         }
         let changed_before = self.changed;
         // Only the top-level `_meta` entry compares counts; cloning the tally for every JSON string cost a map of
@@ -323,18 +331,21 @@ impl Scrubber<'_> {
         let redactions_before = (self.collect_meta && self.nested == 0).then(|| self.tally.redactions.clone());
         self.changed = false;
         self.nested += 1;
-        // Explain paths continue the outer one, so `tool.arguments.ssn` reads as where it was.
-        let mut inner_path: Vec<Seg<'_>> = path.to_vec();
-        self.walk_value(&mut value, super::Scope::Data, &mut inner_path);
+        let scrubbed = match super::stream::scrub_nested_json(self, trimmed, path) {
+            Ok(scrubbed) => scrubbed.map(|bytes| String::from_utf8(bytes).expect("the stream writes UTF-8")),
+            Err(super::stream::Bail::Invalid) => {
+                self.nested -= 1;
+                self.changed = changed_before;
+                return None;
+            }
+            // Shapes the streaming walk leaves to the tree (keys with escapes or emails, very deep nesting).
+            Err(super::stream::Bail::NeedsTree) => self.scrub_json_tree(trimmed, path),
+        };
         self.nested -= 1;
-        let changed = self.changed;
-        self.changed = changed_before || changed;
-        if !changed {
-            return true;
-        }
-        let original_chars = text.chars().count();
-        // Serializing a `Value` we just parsed cannot fail.
-        *text = serde_json::to_string(&value).expect("JSON value serializes");
+        self.changed = changed_before || self.changed;
+        let Some(scrubbed) = scrubbed else {
+            return Some(None);
+        };
         if let Some(redactions_before) = redactions_before {
             let mut remarks = Vec::new();
             for (rule, count) in &self.tally.redactions {
@@ -350,10 +361,22 @@ impl Scrubber<'_> {
             self.meta.push(super::MetaEntry {
                 path: owned,
                 remarks,
-                len: Some(original_chars),
+                len: Some(text.chars().count()),
             });
         }
-        true
+        Some(Some(scrubbed))
+    }
+
+    /// The tree walk of a JSON string, for what the streaming walk leaves to it; `None` when nothing changed.
+    fn scrub_json_tree(&mut self, json: &str, path: &[Seg<'_>]) -> Option<String> {
+        // The streaming walk validated the text already; a failure here only means "not JSON after all".
+        let mut value = serde_json::from_str::<serde_json::Value>(json).ok()?;
+        // Explain paths continue the outer one, so `tool.arguments.ssn` reads as where it was.
+        let mut inner_path: Vec<Seg<'_>> = path.to_vec();
+        self.walk_value(&mut value, super::Scope::Data, &mut inner_path);
+        // Serializing a `Value` we just parsed cannot fail.
+        self.changed
+            .then(|| serde_json::to_string(&value).expect("JSON value serializes"))
     }
 }
 

@@ -59,14 +59,14 @@ pub enum Scope {
 
 /// What to do with one field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
+pub(super) enum Field {
     Skip,
     Redact(&'static str),
     Walk(Scope),
 }
 
 /// Keys whose values are ids, never PII, wherever they appear.
-fn is_id_key(key: &str) -> bool {
+pub(super) fn is_id_key(key: &str) -> bool {
     // Versions (`process.runtime.engine.version: 11.3.244.8-node.38`) look like IPs and dates but never hold PII.
     key == "version"
         || key.ends_with(".version")
@@ -92,7 +92,7 @@ fn is_id_key(key: &str) -> bool {
 }
 
 impl Scope {
-    fn applies_key_rules(self) -> bool {
+    pub(super) fn applies_key_rules(self) -> bool {
         !matches!(
             self,
             Scope::Contexts
@@ -113,7 +113,7 @@ impl Scope {
     }
 
     /// The scope of the elements of an array found in this scope.
-    fn element(self) -> Scope {
+    pub(super) fn element(self) -> Scope {
         match self {
             Scope::Spans => Scope::Span,
             Scope::Breadcrumbs | Scope::BreadcrumbList => Scope::Breadcrumb,
@@ -128,12 +128,12 @@ impl Scope {
         }
     }
 
-    fn takes_pairs(self) -> bool {
+    pub(super) fn takes_pairs(self) -> bool {
         matches!(self, Scope::Headers | Scope::Query | Scope::Cookies | Scope::Tags)
     }
 
     /// Fields of this scope that are never touched.
-    fn skips(self, key: &str) -> bool {
+    pub(super) fn skips(self, key: &str) -> bool {
         match self {
             Scope::EventRoot => matches!(
                 key,
@@ -224,7 +224,7 @@ impl Scope {
     }
 
     /// The scope of a field's value (after skips and key rules).
-    fn child(self, key: &str) -> Scope {
+    pub(super) fn child(self, key: &str) -> Scope {
         match self {
             Scope::EventRoot => match key {
                 "request" => Scope::Request,
@@ -307,7 +307,7 @@ impl Scope {
         }
     }
 
-    fn text_mode(self) -> TextMode {
+    pub(super) fn text_mode(self) -> TextMode {
         match self {
             Scope::Source => TextMode::Source,
             Scope::Query => TextMode::Query,
@@ -318,7 +318,7 @@ impl Scope {
 }
 
 /// `http.request.header.<name>` / `http.response.header.<name>` attribute and data keys.
-fn header_attribute_name(key: &str) -> Option<&str> {
+pub(super) fn header_attribute_name(key: &str) -> Option<&str> {
     key.strip_prefix("http.request.header.")
         .or_else(|| key.strip_prefix("http.response.header."))
 }
@@ -349,12 +349,19 @@ impl Scrubber<'_> {
     }
 
     fn walk_string(&mut self, s: &mut String, scope: Scope, path: &[Seg<'_>]) {
+        if let Some(scrubbed) = self.scrub_string_in(s, scope, path) {
+            *s = scrubbed;
+        }
+    }
+
+    /// Scrubs a string value found in a scope; `None` when nothing changed.
+    pub(super) fn scrub_string_in(&mut self, s: &str, scope: Scope, path: &[Seg<'_>]) -> Option<String> {
         let mode = if scope == Scope::FormData {
             form_mode(s)
         } else {
             scope.text_mode()
         };
-        self.scrub_text(s, mode, path);
+        self.scrub_str(s, mode, path)
     }
 
     fn walk_object<'t>(&mut self, map: &'t mut Map<String, Value>, scope: Scope, path: &mut Vec<Seg<'t>>) {
@@ -387,7 +394,7 @@ impl Scrubber<'_> {
         }
     }
 
-    fn classify(&mut self, scope: Scope, key: &str, key_rules: bool) -> Field {
+    pub(super) fn classify(&mut self, scope: Scope, key: &str, key_rules: bool) -> Field {
         if scope.skips(key) {
             return Field::Skip;
         }
@@ -483,14 +490,16 @@ impl Scrubber<'_> {
     }
 
     fn truncate_field(&mut self, key: &str, value: &mut String, path: &[Seg<'_>]) {
-        let Some(limit) = self.engine.truncation.limit_for(key) else {
-            return;
-        };
-        let Some(cut) = truncate(value, limit.max_chars, self.engine.truncation.marker()) else {
-            return;
-        };
+        if let Some(cut) = self.truncate_str(key, value, path) {
+            *value = cut;
+        }
+    }
+
+    /// Cuts a string under `key` to the key's length limit; `None` when it has none or the string fits.
+    pub(super) fn truncate_str(&mut self, key: &str, value: &str, path: &[Seg<'_>]) -> Option<String> {
+        let limit = self.engine.truncation.limit_for(key)?;
+        let cut = truncate(value, limit.max_chars, self.engine.truncation.marker())?;
         let marker_chars = self.engine.truncation.marker().chars().count();
-        *value = cut.value;
         let label = limit.label.to_string();
         let remark = Remark {
             rule: "!limit".into(),
@@ -505,13 +514,13 @@ impl Scrubber<'_> {
             vec![remark],
             Some(cut.original_chars),
         );
+        Some(cut.value)
     }
 
     /// Deletes what an SDK with `send_default_pii` off would not have sent.
     fn remove_pii_fields(&mut self, map: &mut Map<String, Value>, scope: Scope, path: &[Seg<'_>]) {
         let engine = self.engine;
-        let doomed =
-            |key: &str| -> bool { (scope == Scope::Request && key == "cookies") || is_ip_field(engine, scope, key) };
+        let doomed = |key: &str| -> bool { removed_without_pii(engine, scope, key) };
         if !map.keys().any(|k| doomed(k)) {
             return;
         }
@@ -525,19 +534,7 @@ impl Scrubber<'_> {
             }
         });
         for key in removed {
-            let remark = Remark {
-                rule: "send_default_pii".into(),
-                ty: "x",
-                range: None,
-            };
-            self.record(
-                path,
-                Some(&key),
-                "send_default_pii",
-                ChangeAction::Removed,
-                vec![remark],
-                None,
-            );
+            self.record_pii_removal(path, &key);
         }
     }
 
@@ -556,28 +553,38 @@ impl Scrubber<'_> {
         }
     }
 
+    /// What an attribute's name alone decides (the value may still turn a redaction into a removal, see
+    /// [`is_scalar_typed`]).
+    pub(super) fn attribute_rule(&mut self, key: &str) -> AttributeRule {
+        if is_id_key(key) || matches!(key, "sentry.release" | "sentry.environment" | "sentry.sdk.version") {
+            return AttributeRule::Untouched;
+        }
+        let header = header_attribute_name(key);
+        if self.engine.is_ip_key(key) || header.is_some_and(|h| self.engine.is_ip_header(h)) {
+            return if self.engine.send_default_pii {
+                AttributeRule::Untouched
+            } else {
+                AttributeRule::Remove("send_default_pii")
+            };
+        }
+        if header.is_some_and(|h| self.engine.headers.matches(h)) {
+            AttributeRule::Redact("sensitive_header")
+        } else if self.is_sensitive_key(key) {
+            AttributeRule::Redact("sensitive_key")
+        } else {
+            AttributeRule::Walk
+        }
+    }
+
     /// Removes typed attributes that must go: client IPs (with `send_default_pii` off) and numbers or booleans under
     /// sensitive keys (a string in an `integer` attribute would break its type).
     fn prepare_attributes(&mut self, map: &mut Map<String, Value>, path: &[Seg<'_>]) {
         let mut doomed: Vec<(String, &'static str)> = Vec::new();
         for (key, attribute) in map.iter() {
-            if is_id_key(key) {
-                continue;
-            }
-            let header = header_attribute_name(key);
-            if !self.engine.send_default_pii
-                && (self.engine.is_ip_key(key) || header.is_some_and(|h| self.engine.is_ip_header(h)))
-            {
-                doomed.push((key.clone(), "send_default_pii"));
-                continue;
-            }
-            let scalar = matches!(attribute.get("value"), Some(Value::Number(_) | Value::Bool(_)));
-            if scalar {
-                if header.is_some_and(|h| self.engine.headers.matches(h)) {
-                    doomed.push((key.clone(), "sensitive_header"));
-                } else if self.is_sensitive_key(key) {
-                    doomed.push((key.clone(), "sensitive_key"));
-                }
+            match self.attribute_rule(key) {
+                AttributeRule::Remove(rule) => doomed.push((key.clone(), rule)),
+                AttributeRule::Redact(rule) if is_scalar_typed(attribute) => doomed.push((key.clone(), rule)),
+                _ => {}
             }
         }
         if doomed.is_empty() {
@@ -585,40 +592,26 @@ impl Scrubber<'_> {
         }
         map.retain(|key, _| !doomed.iter().any(|(k, _)| k == key));
         for (key, rule) in doomed {
-            self.record(path, Some(&key), rule, ChangeAction::Removed, Vec::new(), None);
+            self.record_attribute_removal(path, &key, rule);
         }
     }
 
     fn walk_attributes<'t>(&mut self, map: &'t mut Map<String, Value>, path: &mut Vec<Seg<'t>>) {
         for (key, attribute) in map.iter_mut() {
-            if is_id_key(key)
-                || matches!(
-                    key.as_str(),
-                    "sentry.release" | "sentry.environment" | "sentry.sdk.version"
-                )
-            {
-                continue;
-            }
-            if self.engine.send_default_pii
-                && (self.engine.is_ip_key(key)
-                    || header_attribute_name(key).is_some_and(|h| self.engine.is_ip_header(h)))
-            {
-                continue;
-            }
-            let rule = if header_attribute_name(key).is_some_and(|h| self.engine.headers.matches(h)) {
-                Some("sensitive_header")
-            } else if self.is_sensitive_key(key) {
-                Some("sensitive_key")
-            } else {
-                None
+            let rule = match self.attribute_rule(key) {
+                AttributeRule::Untouched | AttributeRule::Remove(_) => continue,
+                AttributeRule::Redact(rule) => Some(rule),
+                AttributeRule::Walk => None,
             };
             path.push(Seg::Key(key));
+            if let Some(rule) = rule {
+                self.redact_attribute(attribute, rule, path);
+                path.pop();
+                continue;
+            }
             let typed = attribute.as_object().is_some_and(|o| o.contains_key("value"));
             if !typed {
-                match rule {
-                    Some(rule) => self.redact(attribute, rule, path),
-                    None => self.walk_value(attribute, Scope::Data, path),
-                }
+                self.walk_value(attribute, Scope::Data, path);
                 path.pop();
                 continue;
             }
@@ -627,30 +620,63 @@ impl Scrubber<'_> {
                 continue;
             };
             path.push(Seg::Key("value"));
-            match rule {
-                Some(rule) => self.redact_typed(value, rule, path),
-                None => {
-                    let scope = match key.as_str() {
-                        "url.query" | "http.query" => Scope::Query,
-                        _ => Scope::Data,
-                    };
-                    match value {
-                        Value::String(s) => {
-                            self.walk_string(s, scope, path);
-                            self.truncate_field(key, s, path);
-                        }
-                        other => self.walk_value(other, scope, path),
-                    }
+            let scope = attribute_value_scope(key);
+            match value {
+                Value::String(s) => {
+                    self.walk_string(s, scope, path);
+                    self.truncate_field(key, s, path);
                 }
+                other => self.walk_value(other, scope, path),
             }
             path.pop();
             path.pop();
         }
     }
 
+    /// Redacts an attribute under a sensitive name: a typed one's `value` keeping its type, an untyped one whole.
+    pub(super) fn redact_attribute<'t>(
+        &mut self,
+        attribute: &'t mut Value,
+        rule: &'static str,
+        path: &mut Vec<Seg<'t>>,
+    ) {
+        match attribute {
+            Value::Object(typed) if typed.contains_key("value") => {
+                if let Some(value) = typed.get_mut("value") {
+                    path.push(Seg::Key("value"));
+                    self.redact_typed(value, rule, path);
+                    path.pop();
+                }
+            }
+            other => self.redact(other, rule, path),
+        }
+    }
+
+    /// Records an attribute removed by [`Self::attribute_rule`] or for holding a number under a sensitive name.
+    pub(super) fn record_attribute_removal(&mut self, path: &[Seg<'_>], key: &str, rule: &str) {
+        self.record(path, Some(key), rule, ChangeAction::Removed, Vec::new(), None);
+    }
+
+    /// Records a field removed because `send_default_pii` is off.
+    pub(super) fn record_pii_removal(&mut self, path: &[Seg<'_>], key: &str) {
+        let remark = Remark {
+            rule: "send_default_pii".into(),
+            ty: "x",
+            range: None,
+        };
+        self.record(
+            path,
+            Some(key),
+            "send_default_pii",
+            ChangeAction::Removed,
+            vec![remark],
+            None,
+        );
+    }
+
     /// Redacts a typed attribute's `value` without changing its type: strings and arrays of strings only (scalars
     /// were removed by [`Self::prepare_attributes`]).
-    fn redact_typed(&mut self, value: &mut Value, rule: &'static str, path: &mut Vec<Seg<'_>>) {
+    pub(super) fn redact_typed(&mut self, value: &mut Value, rule: &'static str, path: &mut Vec<Seg<'_>>) {
         match value {
             Value::Array(items) => {
                 for (i, item) in items.iter_mut().enumerate() {
@@ -662,6 +688,35 @@ impl Scrubber<'_> {
             other => self.redact(other, rule, path),
         }
     }
+}
+
+/// What happens to a typed attribute, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AttributeRule {
+    /// Ids, releases, and client IPs when `send_default_pii` is on.
+    Untouched,
+    Remove(&'static str),
+    Redact(&'static str),
+    /// Key rules and detectors inside the value.
+    Walk,
+}
+
+/// A typed attribute (`{"type", "value"}`) holding a number or boolean.
+pub(super) fn is_scalar_typed(attribute: &Value) -> bool {
+    matches!(attribute.get("value"), Some(Value::Number(_) | Value::Bool(_)))
+}
+
+/// How the `value` of a typed attribute is read: query strings by name, everything else as data.
+pub(super) fn attribute_value_scope(key: &str) -> Scope {
+    match key {
+        "url.query" | "http.query" => Scope::Query,
+        _ => Scope::Data,
+    }
+}
+
+/// Fields an SDK with `send_default_pii` off would not have sent: cookies and the end user's IP.
+pub(super) fn removed_without_pii(engine: &crate::rules::Engine, scope: Scope, key: &str) -> bool {
+    (scope == Scope::Request && key == "cookies") || is_ip_field(engine, scope, key)
 }
 
 /// Fields that hold the end user's IP in this scope (removed when `send_default_pii` is false, left alone when true).
@@ -682,7 +737,7 @@ fn is_pair(value: &Value) -> bool {
 }
 
 /// `request.data` strings that look like a form body (`a=b&c=d`, no spaces) are read as query strings.
-fn form_mode(text: &str) -> TextMode {
+pub(super) fn form_mode(text: &str) -> TextMode {
     let looks_like_form =
         text.contains('=') && !text.bytes().any(|b| b.is_ascii_whitespace()) && !text.starts_with('{');
     if looks_like_form {

@@ -1,0 +1,781 @@
+//! The streaming walk: one pass over a JSON text that copies what no rule touches and rewrites only what a rule
+//! changes, without building a `serde_json::Value` tree of the whole item.
+//!
+//! It follows the same [`Scope`]s and calls the same rule functions as the tree walk in `walk.rs`, so both apply one
+//! policy. Small subtrees whose rules need a whole object or list at once (header lists of pairs, values under
+//! sensitive keys) are parsed into a `Value` and handed to the tree walk. What it does not handle at all (keys with
+//! escapes or emails, very deep nesting, an item that a drop rule removes) makes it give up with
+//! [`Bail::NeedsTree`], and the caller walks that item as a tree. Both walks give the same JSON value; the streamed
+//! text differs only in whitespace, in where `_meta` sits among the root's keys, and in keeping numbers as written.
+//!
+//! Input is validated as strictly as `serde_json` does (UTF-8, escapes and surrogates, control characters, number
+//! grammar and range), because an item the stream accepts is forwarded without the tree ever seeing it.
+//! Why streaming: see "Tree walk vs streaming" in `benches/README.md`.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value};
+
+use super::walk::{AttributeRule, Field, attribute_value_scope, is_scalar_typed, removed_without_pii};
+use super::{Scope, Scrubber, Seg, Tally, merge_meta};
+use crate::filter;
+
+/// Why the streaming walk gave up on a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bail {
+    /// Not JSON (the tree walk's parser would refuse it too).
+    Invalid,
+    /// Valid so far, but the tree walk must handle it (see the module docs).
+    NeedsTree,
+}
+
+/// Which drop rule the stream checks while it reads an item, giving up when one applies (the tree walk removes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DropCheck {
+    None,
+    /// A transaction by its name or `request.url`.
+    Transaction,
+    /// Segment spans of a span container by their name or route attributes.
+    SegmentSpans,
+}
+
+/// Nesting deeper than this is left to the tree walk (serde_json itself stops at 128).
+const MAX_DEPTH: usize = 120;
+
+/// Scrubs one item's JSON payload. `Ok(None)`: nothing changed, forward the payload as it is. On `Err` the
+/// scrubber's counters, trail and `_meta` are as they were before the call.
+pub(crate) fn scrub_item_json(
+    scrubber: &mut Scrubber<'_>,
+    payload: &[u8],
+    scope: Scope,
+    check: DropCheck,
+) -> Result<Option<Vec<u8>>, Bail> {
+    let text = std::str::from_utf8(payload).map_err(|_| Bail::Invalid)?;
+    let changed_before = scrubber.changed;
+    let result = with_rollback(scrubber, |scrubber| {
+        let mut stream = Stream::new(scrubber, text, check);
+        stream.document(scope, Vec::new())?;
+        Ok(stream.out)
+    });
+    if result.is_err() {
+        scrubber.meta.clear();
+        scrubber.changed = changed_before;
+    }
+    let out = result?;
+    Ok(scrubber.changed.then_some(out))
+}
+
+/// Scrubs JSON found inside a string (`nested` is already raised by the caller). `Ok(None)`: nothing changed.
+pub(crate) fn scrub_nested_json(
+    scrubber: &mut Scrubber<'_>,
+    json: &str,
+    path: &[Seg<'_>],
+) -> Result<Option<Vec<u8>>, Bail> {
+    let changed_before = scrubber.changed;
+    let result = with_rollback(scrubber, |scrubber| {
+        let mut stream = Stream::new(scrubber, json, DropCheck::None);
+        stream.document(Scope::Data, path.to_vec())?;
+        Ok(stream.out)
+    });
+    if result.is_err() {
+        scrubber.changed = changed_before;
+    }
+    let out = result?;
+    Ok(scrubber.changed.then_some(out))
+}
+
+/// Runs `f` against a fresh tally and adds it to the scrubber's only if `f` succeeds, so a walk that gives up
+/// half-way does not count its redactions twice when the tree walk redoes them.
+fn with_rollback<T>(
+    scrubber: &mut Scrubber<'_>,
+    f: impl FnOnce(&mut Scrubber<'_>) -> Result<T, Bail>,
+) -> Result<T, Bail> {
+    let saved = std::mem::take(&mut scrubber.tally);
+    let result = f(scrubber);
+    let partial = std::mem::replace(&mut scrubber.tally, saved);
+    if result.is_ok() {
+        merge_tally(&mut scrubber.tally, partial);
+    }
+    result
+}
+
+fn merge_tally(into: &mut Tally, from: Tally) {
+    for (rule, count) in from.redactions {
+        *into.redactions.entry(rule).or_default() += count;
+    }
+    for (rule, count) in from.truncations {
+        *into.truncations.entry(rule).or_default() += count;
+    }
+    into.changes.extend(from.changes);
+}
+
+/// What the drop rules need from a span, read before anything is scrubbed.
+#[derive(Debug, Default)]
+struct SegmentFacts<'a> {
+    is_segment: bool,
+    name: Option<Cow<'a, str>>,
+    routes: Vec<(&'a str, Cow<'a, str>)>,
+}
+
+/// What the drop rules need from a transaction, read before anything is scrubbed.
+#[derive(Debug, Default)]
+struct TransactionFacts<'a> {
+    name: Option<Cow<'a, str>>,
+    url: Option<Cow<'a, str>>,
+}
+
+struct Stream<'a, 's, 'e> {
+    scrubber: &'s mut Scrubber<'e>,
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    out: Vec<u8>,
+    depth: usize,
+    check: DropCheck,
+    segment: SegmentFacts<'a>,
+    transaction: TransactionFacts<'a>,
+}
+
+impl<'a, 's, 'e> Stream<'a, 's, 'e> {
+    fn new(scrubber: &'s mut Scrubber<'e>, text: &'a str, check: DropCheck) -> Self {
+        let check = if scrubber.engine.routes.is_empty() {
+            DropCheck::None
+        } else {
+            check
+        };
+        Stream {
+            scrubber,
+            text,
+            bytes: text.as_bytes(),
+            pos: 0,
+            out: Vec::with_capacity(text.len() + 64),
+            depth: 0,
+            check,
+            segment: SegmentFacts::default(),
+            transaction: TransactionFacts::default(),
+        }
+    }
+
+    /// The whole text: one value and nothing after it but whitespace.
+    fn document<'p>(&mut self, scope: Scope, mut path: Vec<Seg<'p>>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        self.skip_ws();
+        self.value(scope, &mut path, None)?;
+        self.skip_ws();
+        if self.pos != self.bytes.len() {
+            return Err(Bail::Invalid);
+        }
+        if self.check == DropCheck::Transaction {
+            let facts = &self.transaction;
+            if filter::transaction_hits_route(
+                facts.name.as_deref(),
+                facts.url.as_deref(),
+                &self.scrubber.engine.routes,
+            ) {
+                return Err(Bail::NeedsTree);
+            }
+        }
+        Ok(())
+    }
+
+    /// Any value in a scope. `field` is the object key it sits under, for truncation limits.
+    fn value<'p>(&mut self, scope: Scope, path: &mut Vec<Seg<'p>>, field: Option<&'p str>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        match self.peek() {
+            Some(b'{') => self.object(scope, path),
+            Some(b'[') => self.array(scope, path),
+            Some(b'"') => self.string(scope, path, field),
+            Some(_) => {
+                let start = self.pos;
+                self.skip_scalar()?;
+                self.out.extend_from_slice(&self.bytes[start..self.pos]);
+                Ok(())
+            }
+            None => Err(Bail::Invalid),
+        }
+    }
+
+    fn object<'p>(&mut self, scope: Scope, path: &mut Vec<Seg<'p>>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        if scope == Scope::Attributes {
+            return self.attributes(path);
+        }
+        self.enter()?;
+        let engine = self.scrubber.engine;
+        let key_rules = scope.applies_key_rules();
+        let strip_pii = !engine.send_default_pii;
+        let root_meta = self.depth == 1 && self.scrubber.collect_meta && self.scrubber.nested == 0;
+        let span_facts = scope == Scope::SpanV2 && self.check == DropCheck::SegmentSpans;
+        if span_facts {
+            self.segment = SegmentFacts::default();
+        }
+        let mut sdk_meta = None;
+        let (mut first_read, mut first_written) = (true, true);
+        self.pos += 1;
+        self.out.push(b'{');
+        while let Some(key) = self.next_key(&mut first_read)? {
+            if key_rules && key.contains('@') {
+                // Keys holding emails are renamed, which needs the whole object (collisions): tree walk.
+                return Err(Bail::NeedsTree);
+            }
+            if strip_pii && removed_without_pii(engine, scope, key) && !self.at_null() {
+                self.skip_value()?;
+                self.scrubber.record_pii_removal(path, key);
+                continue;
+            }
+            if root_meta && key == "_meta" {
+                let start = self.pos;
+                self.skip_value()?;
+                sdk_meta = Some(&self.text[start..self.pos]);
+                continue;
+            }
+            if span_facts {
+                self.note_span_field(key)?;
+            }
+            if self.check == DropCheck::Transaction {
+                self.note_transaction_field(scope, key)?;
+            }
+            self.write_key(key, &mut first_written);
+            path.push(Seg::Key(key));
+            let result = match self.scrubber.classify(scope, key, key_rules) {
+                Field::Skip => self.copy_value(),
+                Field::Redact(rule) => {
+                    self.tree_value(path, |scrubber, value, path| scrubber.redact(value, rule, path))
+                }
+                Field::Walk(child) => self.value(child, path, Some(key)),
+            };
+            path.pop();
+            result?;
+        }
+        if root_meta {
+            self.write_meta(sdk_meta, &mut first_written)?;
+        }
+        if span_facts && self.segment_hits_route() {
+            return Err(Bail::NeedsTree);
+        }
+        self.out.push(b'}');
+        self.depth -= 1;
+        Ok(())
+    }
+
+    fn array<'p>(&mut self, scope: Scope, path: &mut Vec<Seg<'p>>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        if scope.takes_pairs() {
+            // Header, query, cookie and tag lists: pairs are read as name and value, and client-IP headers are
+            // removed from the list. Small, so the tree walk does it.
+            return self.tree_value(path, |scrubber, value, path| scrubber.walk_value(value, scope, path));
+        }
+        self.enter()?;
+        let element = scope.element();
+        self.out.push(b'[');
+        self.pos += 1;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+        } else {
+            let mut index = 0;
+            loop {
+                if index > 0 {
+                    self.out.push(b',');
+                }
+                path.push(Seg::Index(index));
+                let result = self.value(element, path, None);
+                path.pop();
+                result?;
+                index += 1;
+                self.skip_ws();
+                match self.next_byte() {
+                    Some(b',') => self.skip_ws(),
+                    Some(b']') => break,
+                    _ => return Err(Bail::Invalid),
+                }
+            }
+        }
+        self.out.push(b']');
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// A string value: detectors and key rules in text, then the truncation limit of the key it sits under.
+    fn string<'p>(&mut self, scope: Scope, path: &mut Vec<Seg<'p>>, field: Option<&'p str>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        let start = self.pos;
+        let content = self.read_string()?;
+        let scrubbed = self.scrubber.scrub_string_in(&content, scope, path);
+        let truncated = match field {
+            Some(key) => self
+                .scrubber
+                .truncate_str(key, scrubbed.as_deref().unwrap_or(&content), path),
+            None => None,
+        };
+        match truncated.or(scrubbed) {
+            Some(new) => write_json_string(&mut self.out, &new),
+            None => self.out.extend_from_slice(&self.bytes[start..self.pos]),
+        }
+        Ok(())
+    }
+
+    /// Typed attributes of v2 spans, logs and metrics: `{name: {"type", "value"}}`.
+    fn attributes<'p>(&mut self, path: &mut Vec<Seg<'p>>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        self.enter()?;
+        let (mut first_read, mut first_written) = (true, true);
+        self.pos += 1;
+        self.out.push(b'{');
+        while let Some(key) = self.next_key(&mut first_read)? {
+            if self.check == DropCheck::SegmentSpans && filter::SEGMENT_ROUTE_ATTRIBUTES.contains(&key) {
+                let value = self.peek_attribute_str()?;
+                if let Some(value) = value {
+                    self.segment.routes.push((key, value));
+                }
+            }
+            let rule = self.scrubber.attribute_rule(key);
+            if let AttributeRule::Remove(rule) = rule {
+                self.skip_value()?;
+                self.scrubber.record_attribute_removal(path, key, rule);
+                continue;
+            }
+            if let AttributeRule::Redact(rule) = rule {
+                let start = self.pos;
+                self.skip_value()?;
+                let mut value: Value = parse(&self.text[start..self.pos])?;
+                if is_scalar_typed(&value) {
+                    // A string in an `integer` attribute would break its type: the attribute goes.
+                    self.scrubber.record_attribute_removal(path, key, rule);
+                    continue;
+                }
+                self.write_key(key, &mut first_written);
+                path.push(Seg::Key(key));
+                self.walk_tree(&mut value, start, path, |scrubber, value, path| {
+                    scrubber.redact_attribute(value, rule, path)
+                });
+                path.pop();
+                continue;
+            }
+            self.write_key(key, &mut first_written);
+            path.push(Seg::Key(key));
+            let result = match rule {
+                AttributeRule::Walk => self.attribute_value(key, path),
+                _ => self.copy_value(),
+            };
+            path.pop();
+            result?;
+        }
+        self.out.push(b'}');
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// One attribute to walk: in a typed attribute only `value` (by the attribute's scope and length limit), in an
+    /// untyped one everything, as data.
+    fn attribute_value<'p>(&mut self, key: &'p str, path: &mut Vec<Seg<'p>>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        if self.peek() != Some(b'{') || !self.object_has_key("value")? {
+            return self.value(Scope::Data, path, None);
+        }
+        self.enter()?;
+        let (mut first_read, mut first_written) = (true, true);
+        self.pos += 1;
+        self.out.push(b'{');
+        while let Some(member) = self.next_key(&mut first_read)? {
+            self.write_key(member, &mut first_written);
+            if member == "value" {
+                path.push(Seg::Key("value"));
+                let result = self.value(attribute_value_scope(key), path, Some(key));
+                path.pop();
+                result?;
+            } else {
+                self.copy_value()?;
+            }
+        }
+        self.out.push(b'}');
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// Parses the value at the cursor into a tree, lets `walk` change it, and writes it (as it was, if unchanged).
+    fn tree_value<'p>(
+        &mut self,
+        path: &[Seg<'p>],
+        walk: impl for<'t> FnOnce(&mut Scrubber<'e>, &'t mut Value, &mut Vec<Seg<'t>>),
+    ) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        let start = self.pos;
+        self.skip_value()?;
+        let mut value: Value = parse(&self.text[start..self.pos])?;
+        self.walk_tree(&mut value, start, path, walk);
+        Ok(())
+    }
+
+    /// Walks a parsed value (read from `start` up to the cursor) and writes it.
+    fn walk_tree(
+        &mut self,
+        value: &mut Value,
+        start: usize,
+        path: &[Seg<'_>],
+        walk: impl for<'t> FnOnce(&mut Scrubber<'e>, &'t mut Value, &mut Vec<Seg<'t>>),
+    ) {
+        let changed_before = std::mem::replace(&mut self.scrubber.changed, false);
+        {
+            let mut tree_path: Vec<Seg<'_>> = path.to_vec();
+            walk(&mut *self.scrubber, value, &mut tree_path);
+        }
+        if self.scrubber.changed {
+            // Serializing a `Value` that came from the parser cannot fail.
+            serde_json::to_writer(&mut self.out, &*value).expect("JSON value serializes");
+        } else {
+            self.out.extend_from_slice(&self.bytes[start..self.pos]);
+        }
+        self.scrubber.changed |= changed_before;
+    }
+
+    /// Writes the root's `_meta`: the SDK's own, merged with the remarks of this walk.
+    fn write_meta(&mut self, sdk_meta: Option<&'a str>, first: &mut bool) -> Result<(), Bail> {
+        let entries = std::mem::take(&mut self.scrubber.meta);
+        if entries.is_empty() {
+            if let Some(raw) = sdk_meta {
+                self.write_key("_meta", first);
+                self.out.extend_from_slice(raw.as_bytes());
+            }
+            return Ok(());
+        }
+        let mut root = Map::new();
+        if let Some(raw) = sdk_meta {
+            root.insert("_meta".into(), parse(raw)?);
+        }
+        merge_meta(&mut root, entries);
+        if let Some(meta) = root.get("_meta") {
+            self.write_key("_meta", first);
+            serde_json::to_writer(&mut self.out, meta).expect("JSON value serializes");
+        }
+        Ok(())
+    }
+
+    fn note_span_field(&mut self, key: &'a str) -> Result<(), Bail> {
+        match key {
+            "is_segment" => self.segment.is_segment = self.bytes[self.pos..].starts_with(b"true"),
+            "name" if self.peek() == Some(b'"') => self.segment.name = Some(self.peek_string()?),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn note_transaction_field(&mut self, scope: Scope, key: &'a str) -> Result<(), Bail> {
+        if self.peek() != Some(b'"') {
+            return Ok(());
+        }
+        if self.depth == 1 && key == "transaction" {
+            self.transaction.name = Some(self.peek_string()?);
+        } else if self.depth == 2 && scope == Scope::Request && key == "url" {
+            self.transaction.url = Some(self.peek_string()?);
+        }
+        Ok(())
+    }
+
+    fn segment_hits_route(&self) -> bool {
+        let facts = &self.segment;
+        facts.is_segment
+            && filter::segment_hits_route(
+                facts.name.as_deref(),
+                |key| facts.routes.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_ref()),
+                &self.scrubber.engine.routes,
+            )
+    }
+
+    /// The string an attribute holds, plain or typed, without moving the cursor.
+    fn peek_attribute_str(&mut self) -> Result<Option<Cow<'a, str>>, Bail> {
+        match self.peek() {
+            Some(b'"') => self.peek_string().map(Some),
+            Some(b'{') => {
+                let start = self.pos;
+                self.pos += 1;
+                let mut first = true;
+                let mut found = None;
+                while let Some(member) = self.next_key(&mut first)? {
+                    if member == "value" && self.peek() == Some(b'"') {
+                        found = Some(self.read_string()?);
+                    } else {
+                        self.skip_value()?;
+                    }
+                }
+                self.pos = start;
+                Ok(found)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Whether the object at the cursor has a member `name`, without moving the cursor.
+    fn object_has_key(&mut self, name: &str) -> Result<bool, Bail> {
+        let start = self.pos;
+        self.pos += 1;
+        let mut first = true;
+        let mut found = false;
+        while let Some(member) = self.next_key(&mut first)? {
+            found |= member == name;
+            self.skip_value()?;
+        }
+        self.pos = start;
+        Ok(found)
+    }
+
+    // ---- Reading and writing JSON text ----
+
+    fn enter(&mut self) -> Result<(), Bail> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(Bail::NeedsTree);
+        }
+        Ok(())
+    }
+
+    /// The next member's key of the object being read, with the cursor on its value; `None` after the closing
+    /// brace. The cursor starts just after `{`, with `first` set.
+    fn next_key(&mut self, first: &mut bool) -> Result<Option<&'a str>, Bail> {
+        self.skip_ws();
+        if std::mem::take(first) {
+            if self.peek() == Some(b'}') {
+                self.pos += 1;
+                return Ok(None);
+            }
+        } else {
+            match self.next_byte() {
+                Some(b',') => self.skip_ws(),
+                Some(b'}') => return Ok(None),
+                _ => return Err(Bail::Invalid),
+            }
+        }
+        if self.peek() != Some(b'"') {
+            return Err(Bail::Invalid);
+        }
+        let start = self.pos + 1;
+        if self.scan_string()? {
+            // Keys are matched and reported as written; an escaped key is rare enough for the tree walk.
+            return Err(Bail::NeedsTree);
+        }
+        let key = &self.text[start..self.pos - 1];
+        self.skip_ws();
+        if self.next_byte() != Some(b':') {
+            return Err(Bail::Invalid);
+        }
+        self.skip_ws();
+        Ok(Some(key))
+    }
+
+    /// Writes `"key":`, preceded by a comma unless it is the first member written.
+    fn write_key(&mut self, key: &str, first: &mut bool) {
+        if !std::mem::take(first) {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    fn copy_value(&mut self) -> Result<(), Bail> {
+        let start = self.pos;
+        self.skip_value()?;
+        self.out.extend_from_slice(&self.bytes[start..self.pos]);
+        Ok(())
+    }
+
+    /// The string at the cursor, unescaped; the cursor moves past it.
+    fn read_string(&mut self) -> Result<Cow<'a, str>, Bail> {
+        let start = self.pos;
+        let escaped = self.scan_string()?;
+        if escaped {
+            // serde_json decodes escapes and refuses lone surrogates exactly as the tree walk's parser would.
+            return parse::<String>(&self.text[start..self.pos]).map(Cow::Owned);
+        }
+        Ok(Cow::Borrowed(&self.text[start + 1..self.pos - 1]))
+    }
+
+    fn peek_string(&mut self) -> Result<Cow<'a, str>, Bail> {
+        let start = self.pos;
+        let result = self.read_string();
+        self.pos = start;
+        result
+    }
+
+    /// Moves past the string at the cursor (on its opening quote); returns whether it holds escapes. Raw control
+    /// characters are refused as by every JSON parser; escapes are checked when the string is decoded, or by
+    /// [`Self::skip_value`].
+    fn scan_string(&mut self) -> Result<bool, Bail> {
+        let mut i = self.pos + 1;
+        let mut escaped = false;
+        loop {
+            let Some(offset) = memchr::memchr2(b'"', b'\\', &self.bytes[i..]) else {
+                return Err(Bail::Invalid);
+            };
+            let end = i + offset;
+            if self.bytes[i..end].iter().any(|b| *b < 0x20) {
+                return Err(Bail::Invalid);
+            }
+            if self.bytes[end] == b'"' {
+                self.pos = end + 1;
+                return Ok(escaped);
+            }
+            escaped = true;
+            // Skip the escaped character: `\"` must not end the string. `\uXXXX` digits hold no quote.
+            i = end + 2;
+            if i > self.bytes.len() {
+                return Err(Bail::Invalid);
+            }
+        }
+    }
+
+    /// Moves past one value, checking it is valid JSON.
+    fn skip_value(&mut self) -> Result<(), Bail> {
+        match self.peek() {
+            Some(b'"') => {
+                let start = self.pos;
+                if self.scan_string()? {
+                    parse::<String>(&self.text[start..self.pos])?;
+                }
+                Ok(())
+            }
+            Some(b'{') => {
+                self.enter()?;
+                self.pos += 1;
+                let mut first = true;
+                while self.next_key(&mut first)?.is_some() {
+                    self.skip_value()?;
+                }
+                self.depth -= 1;
+                Ok(())
+            }
+            Some(b'[') => {
+                self.enter()?;
+                self.pos += 1;
+                self.skip_ws();
+                if self.peek() == Some(b']') {
+                    self.pos += 1;
+                } else {
+                    loop {
+                        self.skip_value()?;
+                        self.skip_ws();
+                        match self.next_byte() {
+                            Some(b',') => self.skip_ws(),
+                            Some(b']') => break,
+                            _ => return Err(Bail::Invalid),
+                        }
+                    }
+                }
+                self.depth -= 1;
+                Ok(())
+            }
+            Some(_) => self.skip_scalar(),
+            None => Err(Bail::Invalid),
+        }
+    }
+
+    /// Moves past `true`, `false`, `null` or a number.
+    fn skip_scalar(&mut self) -> Result<(), Bail> {
+        let rest = &self.bytes[self.pos..];
+        for literal in [&b"true"[..], b"false", b"null"] {
+            if rest.starts_with(literal) {
+                self.pos += literal.len();
+                return Ok(());
+            }
+        }
+        self.skip_number()
+    }
+
+    /// Moves past a number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, refusing what would overflow a
+    /// float as serde_json does.
+    fn skip_number(&mut self) -> Result<(), Bail> {
+        let start = self.pos;
+        let bytes = self.bytes;
+        let mut i = start;
+        let digits = |i: &mut usize| {
+            let from = *i;
+            while *i < bytes.len() && bytes[*i].is_ascii_digit() {
+                *i += 1;
+            }
+            *i - from
+        };
+        if bytes.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        match bytes.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                digits(&mut i);
+            }
+            _ => return Err(Bail::Invalid),
+        }
+        let mut float = false;
+        if bytes.get(i) == Some(&b'.') {
+            i += 1;
+            float = true;
+            if digits(&mut i) == 0 {
+                return Err(Bail::Invalid);
+            }
+        }
+        if matches!(bytes.get(i), Some(b'e' | b'E')) {
+            i += 1;
+            float = true;
+            if matches!(bytes.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            if digits(&mut i) == 0 {
+                return Err(Bail::Invalid);
+            }
+        }
+        // Integers beyond 64 bits become floats in serde_json, so very long ones are range-checked too.
+        if (float || i - start > 18) && !self.text[start..i].parse::<f64>().is_ok_and(f64::is_finite) {
+            return Err(Bail::Invalid);
+        }
+        self.pos = i;
+        Ok(())
+    }
+
+    fn at_null(&self) -> bool {
+        self.bytes[self.pos..].starts_with(b"null")
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn next_byte(&mut self) -> Option<u8> {
+        let byte = self.peek()?;
+        self.pos += 1;
+        Some(byte)
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.pos += 1;
+        }
+    }
+}
+
+/// Parses a complete JSON text the stream has already delimited.
+fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Bail> {
+    serde_json::from_str(json).map_err(|_| Bail::Invalid)
+}
+
+fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    // Writing a `str` into a `Vec` cannot fail.
+    serde_json::to_writer(out, text).expect("a string serializes");
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,286 @@
+//! The streaming walk against the tree walk: same JSON value, same counts and trail, on every SDK capture and on
+//! hand-written edge cases; and the stream refuses exactly the JSON that serde_json refuses.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::{Bail, DropCheck, scrub_item_json};
+use crate::envelope::{Envelope, Item};
+use crate::pipeline::{DropReason, ProcessOptions, Processed, process};
+use crate::rules::CompiledRules;
+use crate::scrub::{Scope, Scrubber};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk");
+
+/// Every capture that holds an envelope (decompressed copy when there is one), by name.
+fn captures() -> Vec<(String, Envelope)> {
+    let mut names: Vec<String> = std::fs::read_dir(FIXTURES)
+        .expect("fixtures directory")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.strip_suffix(".body").map(str::to_string)
+        })
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let bytes = std::fs::read(format!("{FIXTURES}/{name}.envelope"))
+                .or_else(|_| std::fs::read(format!("{FIXTURES}/{name}.body")))
+                .ok()?;
+            Some((name, Envelope::parse(Bytes::from(bytes)).ok()?))
+        })
+        .collect()
+}
+
+fn run(envelope: Envelope, rules: &CompiledRules, tree_walk_only: bool) -> Processed {
+    let options = ProcessOptions {
+        project_id: Some(42),
+        explain: true,
+        tree_walk_only,
+    };
+    process(envelope, rules, &options)
+}
+
+/// Asserts both walks produce the same items (JSON compared as values: the stream keeps whitespace-free text and
+/// numbers as written, and puts `_meta` last), the same counts and the same trail (as a set: the walks record
+/// removals at different moments).
+fn assert_same(label: &str, envelope: &Envelope, rules: &CompiledRules) -> Processed {
+    let streamed = run(envelope.clone(), rules, false);
+    let tree = run(envelope.clone(), rules, true);
+    assert_eq!(streamed.envelope.headers, tree.envelope.headers, "{label}: envelope header");
+    assert_eq!(streamed.envelope.items.len(), tree.envelope.items.len(), "{label}: item count");
+    for (i, (s, t)) in streamed.envelope.items.iter().zip(&tree.envelope.items).enumerate() {
+        assert_eq!(s.headers(), t.headers(), "{label}: item {i} headers");
+        match (
+            serde_json::from_slice::<Value>(s.payload()),
+            serde_json::from_slice::<Value>(t.payload()),
+        ) {
+            (Ok(sv), Ok(tv)) => assert_eq!(sv, tv, "{label}: item {i} payload"),
+            _ => assert_eq!(s.payload(), t.payload(), "{label}: item {i} payload bytes"),
+        }
+    }
+    let (s, t) = (&streamed.report, &tree.report);
+    assert_eq!(s.redactions, t.redactions, "{label}: redactions");
+    assert_eq!(s.truncations, t.truncations, "{label}: truncations");
+    assert_eq!(s.dropped, t.dropped, "{label}: dropped");
+    assert_eq!(s.dropped_spans, t.dropped_spans, "{label}: dropped spans");
+    let trail = |p: &Processed| {
+        let mut changes: Vec<String> = p
+            .report
+            .changes
+            .iter()
+            .map(|c| format!("{:?} {} {} {}", c.item_index, c.path, c.rule, c.action.as_str()))
+            .collect();
+        changes.sort();
+        changes
+    };
+    assert_eq!(trail(&streamed), trail(&tree), "{label}: changes");
+    streamed
+}
+
+#[test]
+fn both_walks_agree_on_every_capture_as_sent_and_once_scrubbed() {
+    let rules = CompiledRules::defaults();
+    let captures = captures();
+    assert!(captures.len() > 80, "fixtures found: {}", captures.len());
+    for (name, envelope) in &captures {
+        let processed = assert_same(name, envelope, &rules);
+        // Clean traffic: the same envelope after one pass, mostly innocent strings and SDK-style `_meta`.
+        assert_same(&format!("{name} (scrubbed once)"), &processed.envelope, &rules);
+    }
+}
+
+#[test]
+fn the_stream_handles_every_capture_that_no_drop_rule_removes() {
+    let rules = CompiledRules::defaults();
+    for (name, envelope) in captures() {
+        let processed = run(envelope, &rules, false);
+        let report = &processed.report;
+        // Items a drop rule removes, or removes spans from, are walked by the tree (which drops them); no capture
+        // needs it otherwise. The captures hold at most one span container each.
+        let dropped_by_route = report.dropped.iter().filter(|(_, why)| *why == DropReason::FilteredRoute);
+        let filtered = dropped_by_route.count() as u64 + u64::from(report.dropped_spans > 0);
+        assert_eq!(report.tree_walked_items, filtered, "{name}: items left to the tree walk");
+    }
+}
+
+fn event(payload: Value) -> Envelope {
+    let mut envelope = Envelope::new(serde_json::Map::new());
+    envelope
+        .items
+        .push(Item::new("event", Bytes::from(serde_json::to_vec(&payload).unwrap())));
+    envelope
+}
+
+fn item(ty: &str, payload: &Value) -> Envelope {
+    let mut envelope = Envelope::new(serde_json::Map::new());
+    envelope
+        .items
+        .push(Item::new(ty, Bytes::from(serde_json::to_vec(payload).unwrap())));
+    envelope
+}
+
+#[test]
+fn both_walks_agree_on_edge_cases() {
+    let rules = CompiledRules::defaults();
+    let span = |id: &str, segment: bool, path: &str| {
+        json!({"trace_id": "5b8efff798038103d269b633813fc60c", "span_id": id, "is_segment": segment,
+            "name": format!("GET {path}"), "start_timestamp": 1.0, "end_timestamp": 2.0,
+            "attributes": {"url.path": {"type": "string", "value": path},
+                "sentry.segment.id": {"type": "string", "value": "aaaaaaaaaaaaaaaa"}}})
+    };
+    let cases: Vec<(&str, Envelope)> = vec![
+        (
+            "send_default_pii removals and SDK _meta",
+            event(json!({
+                "user": {"ip_address": "203.0.113.9", "email": "jane.doe@example.com", "id": "42"},
+                "request": {"cookies": "session=abc", "env": {"REMOTE_ADDR": "203.0.113.9"},
+                    "headers": [["Authorization", "Bearer abc.def"], ["X-Forwarded-For", "203.0.113.9"]],
+                    "url": "https://shop.example/cart?token=s3cr3t&page=2", "data": "password=hunter2&q=shoes"},
+                "_meta": {"request": {"data": {"": {"rem": [["!config", "x"]]}}}},
+                "extra": {"password": "hunter2", "nested": {"api_key": 12345, "empty": {}, "none": null}},
+            })),
+        ),
+        (
+            "JSON inside strings, escapes, numbers as written",
+            event(json!({
+                "extra": {"args": "{\"ssn\": \"123-45-6789\", \"ok\": \"fine\"}", "quote": "say \"hi\"\n\u{e9}",
+                    "big": 12345678901234567890u64, "float": 1.5e300, "list": ["jane@example.com", 1, true, null]},
+                "message": "Card 4111 1111 1111 1111 declined for +1 (415) 555-0100",
+            })),
+        ),
+        (
+            "keys holding emails go to the tree walk",
+            event(json!({"extra": {"by_user": {"jane@example.com": 3, "x@example.org": 4}}})),
+        ),
+        (
+            "typed attributes",
+            item(
+                "log",
+                &json!({"items": [{"timestamp": 1.0, "level": "info", "body": "login for jane@example.com",
+                    "trace_id": "5b8efff798038103d269b633813fc60c",
+                    "attributes": {
+                        "password": {"type": "integer", "value": 1234},
+                        "api_key": {"type": "string", "value": "sk_live_abcdef"},
+                        "http.request.header.authorization": {"type": "string[]", "value": ["Bearer x", "y"]},
+                        "client.address": {"type": "string", "value": "203.0.113.9"},
+                        "url.query": {"type": "string", "value": "token=abc&page=1"},
+                        "gen_ai.prompt": {"type": "string", "value": "x".repeat(30_000)},
+                        "untyped": "mail jane@example.com",
+                        "sentry.release": {"type": "string", "value": "1.0.0"}}}]}),
+            ),
+        ),
+        (
+            "a segment span on a health route is dropped with its children",
+            item(
+                "span",
+                &json!({"items": [span("aaaaaaaaaaaaaaaa", true, "/healthz"),
+                    span("bbbbbbbbbbbbbbbb", false, "/db")]}),
+            ),
+        ),
+        (
+            "a segment span on a real route is kept",
+            item("span", &json!({"items": [span("cccccccccccccccc", true, "/checkout")]})),
+        ),
+        (
+            "a health-check transaction is dropped",
+            item(
+                "transaction",
+                &json!({"type": "transaction", "transaction": "GET /health", "spans": [],
+                    "contexts": {"trace": {"trace_id": "5b8efff798038103d269b633813fc60c", "span_id": "aaaaaaaaaaaaaaaa"}}}),
+            ),
+        ),
+        (
+            "unknown item types and attachments",
+            item("something_new", &json!([{"password": "x", "note": "call 415-555-0100"}])),
+        ),
+    ];
+    for (label, envelope) in cases {
+        assert_same(label, &envelope, &rules);
+    }
+}
+
+fn stream(json: &str) -> Result<Option<Vec<u8>>, Bail> {
+    let rules = CompiledRules::defaults();
+    let mut scrubber = Scrubber::new(rules.engine(None), false);
+    scrubber.begin_item(Some(0), None, true);
+    scrub_item_json(&mut scrubber, json.as_bytes(), Scope::EventRoot, DropCheck::None)
+}
+
+#[test]
+fn the_stream_refuses_what_serde_json_refuses() {
+    let invalid = [
+        "",
+        "{",
+        "{\"a\":1,}",
+        "[1,]",
+        "{\"a\" 1}",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":-}",
+        "{\"a\":1e400}",
+        "{\"a\":\"tab\there\"}",
+        "{\"a\":\"bad escape \\x\"}",
+        "{\"a\":\"lone surrogate \\ud800\"}",
+        "{\"a\":\"short \\u12\"}",
+        "{\"a\":tru}",
+        "{\"a\":1} trailing",
+        "{\"a\":\"unterminated}",
+        "{\"a\":\"\\\"}",
+        "\u{feff}{}",
+    ];
+    for text in invalid {
+        assert!(serde_json::from_str::<Value>(text).is_err(), "serde_json accepts {text:?}");
+        assert_eq!(stream(text), Err(Bail::Invalid), "{text:?}");
+    }
+    let invalid_utf8 = b"{\"a\":\"\xff\"}";
+    let rules = CompiledRules::defaults();
+    let mut scrubber = Scrubber::new(rules.engine(None), false);
+    assert_eq!(
+        scrub_item_json(&mut scrubber, invalid_utf8, Scope::EventRoot, DropCheck::None),
+        Err(Bail::Invalid)
+    );
+}
+
+#[test]
+fn the_stream_accepts_what_serde_json_accepts_and_keeps_innocent_text() {
+    let valid = [
+        "{}",
+        " { } ",
+        "[]",
+        "{\"a\" : [ 1 , -0.5e-3 , true , false , null , \"x\" ] }\n",
+        "{\"a\":\"escaped \\\" quote and \\\\ backslash \\/ \\b\\f\\n\\r\\t \\u00e9 \\ud83d\\ude00\"}",
+        "{\"a\":{\"b\":{\"c\":[[[]]]}}}",
+        "{\"a\":18446744073709551616}",
+        "\"just a string\"",
+        "42",
+    ];
+    for text in valid {
+        assert!(serde_json::from_str::<Value>(text).is_ok(), "serde_json refuses {text:?}");
+        assert_eq!(stream(text), Ok(None), "{text:?}");
+    }
+}
+
+#[test]
+fn deep_nesting_is_left_to_the_tree_walk() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    assert_eq!(stream(&deep), Err(Bail::NeedsTree));
+    let escaped_key = "{\"pass\\u0077ord\":\"hunter2\"}";
+    assert_eq!(stream(escaped_key), Err(Bail::NeedsTree));
+}
+
+#[test]
+fn a_stream_that_gives_up_leaves_no_counts_behind() {
+    let rules = CompiledRules::defaults();
+    let mut scrubber = Scrubber::new(rules.engine(None), true);
+    scrubber.begin_item(Some(0), None, true);
+    // The password is redacted before the email key makes the stream give up.
+    let text = r#"{"extra":{"password":"hunter2","by":{"jane@example.com":1}}}"#;
+    let result = scrub_item_json(&mut scrubber, text.as_bytes(), Scope::EventRoot, DropCheck::None);
+    assert_eq!(result, Err(Bail::NeedsTree));
+    assert!(scrubber.tally.redactions.is_empty());
+    assert!(scrubber.tally.changes.is_empty());
+    assert!(scrubber.meta.is_empty());
+    assert!(!scrubber.changed);
+}
