@@ -133,6 +133,36 @@ pub struct Scrubber<'e> {
     pub(crate) nested: u32,
     scratch: String,
     hits: Vec<Hit>,
+    key_verdicts: KeyVerdicts,
+}
+
+/// Recent verdicts of the key matcher. Payloads repeat a few dozen keys (every span has the same attribute names),
+/// and normalising and matching a key costs several times more than hashing it. Direct-mapped and bounded, so
+/// keys chosen to collide only cost a recomputation.
+struct KeyVerdicts {
+    slots: Vec<Option<(Box<str>, bool)>>,
+}
+
+impl KeyVerdicts {
+    const SLOTS: usize = 256;
+    /// Longer keys are matched every time rather than kept.
+    const MAX_KEY_LEN: usize = 64;
+
+    fn new() -> KeyVerdicts {
+        KeyVerdicts { slots: Vec::new() }
+    }
+
+    /// The slot for a key (FNV-1a), allocating the table on first use.
+    fn slot(&mut self, key: &str) -> usize {
+        if self.slots.is_empty() {
+            self.slots.resize(KeyVerdicts::SLOTS, None);
+        }
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in key.bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash as usize) % KeyVerdicts::SLOTS
+    }
 }
 
 impl<'e> Scrubber<'e> {
@@ -149,6 +179,7 @@ impl<'e> Scrubber<'e> {
             nested: 0,
             scratch: String::new(),
             hits: Vec::new(),
+            key_verdicts: KeyVerdicts::new(),
         }
     }
 
@@ -166,7 +197,18 @@ impl<'e> Scrubber<'e> {
     }
 
     pub(crate) fn is_sensitive_key(&mut self, key: &str) -> bool {
-        self.engine.keys.is_sensitive_with(key, &mut self.scratch)
+        if key.len() > KeyVerdicts::MAX_KEY_LEN {
+            return self.engine.keys.is_sensitive_with(key, &mut self.scratch);
+        }
+        let slot = self.key_verdicts.slot(key);
+        if let Some((cached, verdict)) = &self.key_verdicts.slots[slot]
+            && **cached == *key
+        {
+            return *verdict;
+        }
+        let verdict = self.engine.keys.is_sensitive_with(key, &mut self.scratch);
+        self.key_verdicts.slots[slot] = Some((key.into(), verdict));
+        verdict
     }
 
     /// HMAC-SHA256 of `text` under the rules' key, as `hmac:` and 32 hex digits (128 bits: plenty to correlate).

@@ -620,22 +620,21 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         let mut i = self.pos + 1;
         let mut escaped = false;
         loop {
-            let Some(offset) = memchr::memchr2(b'"', b'\\', &self.bytes[i..]) else {
-                return Err(Bail::Invalid);
-            };
-            let end = i + offset;
-            if self.bytes[i..end].iter().any(|b| *b < 0x20) {
-                return Err(Bail::Invalid);
-            }
-            if self.bytes[end] == b'"' {
-                self.pos = end + 1;
-                return Ok(escaped);
-            }
-            escaped = true;
-            // Skip the escaped character: `\"` must not end the string. `\uXXXX` digits hold no quote.
-            i = end + 2;
-            if i > self.bytes.len() {
-                return Err(Bail::Invalid);
+            let end = find_string_special(self.bytes, i).ok_or(Bail::Invalid)?;
+            match self.bytes[end] {
+                b'"' => {
+                    self.pos = end + 1;
+                    return Ok(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    // Skip the escaped character: `\"` must not end the string. `\uXXXX` digits hold no quote.
+                    i = end + 2;
+                    if i > self.bytes.len() {
+                        return Err(Bail::Invalid);
+                    }
+                }
+                _ => return Err(Bail::Invalid),
             }
         }
     }
@@ -687,14 +686,17 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
 
     /// Moves past `true`, `false`, `null` or a number.
     fn skip_scalar(&mut self) -> Result<(), Bail> {
-        let rest = &self.bytes[self.pos..];
-        for literal in [&b"true"[..], b"false", b"null"] {
-            if rest.starts_with(literal) {
-                self.pos += literal.len();
-                return Ok(());
-            }
+        let literal: &[u8] = match self.peek() {
+            Some(b't') => b"true",
+            Some(b'f') => b"false",
+            Some(b'n') => b"null",
+            _ => return self.skip_number(),
+        };
+        if !self.bytes[self.pos..].starts_with(literal) {
+            return Err(Bail::Invalid);
         }
-        self.skip_number()
+        self.pos += literal.len();
+        Ok(())
     }
 
     /// Moves past a number: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`, refusing what would overflow a
@@ -720,17 +722,16 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             }
             _ => return Err(Bail::Invalid),
         }
-        let mut float = false;
         if bytes.get(i) == Some(&b'.') {
             i += 1;
-            float = true;
             if digits(&mut i) == 0 {
                 return Err(Bail::Invalid);
             }
         }
+        let mut exponent = false;
         if matches!(bytes.get(i), Some(b'e' | b'E')) {
             i += 1;
-            float = true;
+            exponent = true;
             if matches!(bytes.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
@@ -738,8 +739,9 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
                 return Err(Bail::Invalid);
             }
         }
-        // Integers beyond 64 bits become floats in serde_json, so very long ones are range-checked too.
-        if (float || i - start > 18) && !self.text[start..i].parse::<f64>().is_ok_and(f64::is_finite) {
+        // Only an exponent or more than 308 digits can overflow a float (integers beyond 64 bits become floats in
+        // serde_json); parsing every timestamp to check would cost more than the rest of the scan.
+        if (exponent || i - start > 300) && !self.text[start..i].parse::<f64>().is_ok_and(f64::is_finite) {
             return Err(Bail::Invalid);
         }
         self.pos = i;
@@ -765,6 +767,34 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             self.pos += 1;
         }
     }
+}
+
+/// The position of the first `"`, `\\` or control character at or after `from`, eight bytes at a time: most
+/// strings are short, where a SIMD search costs more to set up than it saves.
+fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk"));
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        // Classic "has a zero byte" / "has a byte below n" tricks. Borrows can flag bytes after a real match,
+        // never before one, so the lowest flag is exact.
+        let flags = (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(ONES * 0x20) & !word);
+        let flags = flags & HIGHS;
+        if flags != 0 {
+            return Some(i + (flags.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes
+        .get(i..)?
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|p| i + p)
 }
 
 /// Parses a complete JSON text the stream has already delimited.

@@ -171,7 +171,7 @@ impl Scrubber<'_> {
         let bytes = text.as_bytes();
         let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
         let is_quote = |b: u8| b == b'\'' || b == b'"';
-        for (eq, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b'=') {
+        for eq in memchr::memchr_iter(b'=', bytes) {
             if eq == 0 || eq + 1 >= bytes.len() {
                 continue;
             }
@@ -213,7 +213,7 @@ impl Scrubber<'_> {
             };
             self.push_key_span(text, key_start, eq, value_start, value_end, spans);
         }
-        for (colon, _) in bytes.iter().enumerate().filter(|(_, b)| **b == b':') {
+        for colon in memchr::memchr_iter(b':', bytes) {
             if colon < 3 || !is_quote(bytes[colon - 1]) {
                 continue;
             }
