@@ -15,9 +15,14 @@ use super::{
 use crate::filter::RouteMatcher;
 use crate::truncate::TruncationRules;
 
+/// Numbers every compiled engine, so per-thread caches of rule verdicts never outlive the rules they came from.
+static NEXT_ENGINE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Everything one project's traffic is scrubbed with.
 #[derive(Debug, Clone)]
 pub struct Engine {
+    /// Unique per compilation (a reload gets new ids; a clone keeps the id, as it keeps the rules).
+    pub id: u64,
     pub keys: KeyMatcher,
     pub headers: HeaderMatcher,
     /// Normalized header names carrying the client IP (`x-forwarded-for`, ...). A handful: a list beats hashing.
@@ -304,6 +309,7 @@ impl Engine {
             })?;
 
         Ok(Engine {
+            id: NEXT_ENGINE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             keys,
             headers,
             ip_headers,

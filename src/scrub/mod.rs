@@ -136,10 +136,26 @@ pub struct Scrubber<'e> {
     key_verdicts: KeyVerdicts,
 }
 
-/// Recent verdicts of the key matcher. Payloads repeat a few dozen keys (every span has the same attribute names),
-/// and normalising and matching a key costs several times more than hashing it. Direct-mapped and bounded, so
-/// keys chosen to collide only cost a recomputation.
+impl Drop for Scrubber<'_> {
+    fn drop(&mut self) {
+        let verdicts = std::mem::replace(&mut self.key_verdicts, KeyVerdicts::new(0));
+        // `try_with`: a scrubber dropped while the thread itself is being torn down just loses its table.
+        let _ = KEY_VERDICTS.try_with(|cell| *cell.borrow_mut() = Some(verdicts));
+    }
+}
+
+thread_local! {
+    /// The key verdicts of the last scrubber on this thread, handed to the next one: envelopes repeat the same
+    /// keys, and one envelope alone is too short to warm the table.
+    static KEY_VERDICTS: std::cell::RefCell<Option<KeyVerdicts>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Recent verdicts of the key matcher for one engine. Payloads repeat a few dozen keys (every span has the same
+/// attribute names), and normalising and matching a key costs several times more than hashing it. Direct-mapped
+/// and bounded, so keys chosen to collide only cost a recomputation.
 struct KeyVerdicts {
+    /// [`Engine::id`] of the rules the verdicts came from.
+    engine: u64,
     slots: Vec<Option<(Box<str>, bool)>>,
 }
 
@@ -148,8 +164,21 @@ impl KeyVerdicts {
     /// Longer keys are matched every time rather than kept.
     const MAX_KEY_LEN: usize = 64;
 
-    fn new() -> KeyVerdicts {
-        KeyVerdicts { slots: Vec::new() }
+    fn new(engine: u64) -> KeyVerdicts {
+        KeyVerdicts {
+            engine,
+            slots: Vec::new(),
+        }
+    }
+
+    /// This thread's table if it holds verdicts of `engine`, an empty one otherwise.
+    fn for_engine(engine: u64) -> KeyVerdicts {
+        KEY_VERDICTS
+            .try_with(|cell| cell.borrow_mut().take())
+            .ok()
+            .flatten()
+            .filter(|verdicts| verdicts.engine == engine)
+            .unwrap_or_else(|| KeyVerdicts::new(engine))
     }
 
     /// The slot for a key (FNV-1a), allocating the table on first use.
@@ -179,7 +208,7 @@ impl<'e> Scrubber<'e> {
             nested: 0,
             scratch: String::new(),
             hits: Vec::new(),
-            key_verdicts: KeyVerdicts::new(),
+            key_verdicts: KeyVerdicts::for_engine(engine.id),
         }
     }
 
@@ -192,8 +221,8 @@ impl<'e> Scrubber<'e> {
         self.meta.clear();
     }
 
-    pub fn into_tally(self) -> Tally {
-        self.tally
+    pub fn into_tally(mut self) -> Tally {
+        std::mem::take(&mut self.tally)
     }
 
     pub(crate) fn is_sensitive_key(&mut self, key: &str) -> bool {

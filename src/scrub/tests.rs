@@ -554,6 +554,29 @@ fn project_overrides_apply_only_to_their_project() {
 }
 
 #[test]
+fn key_verdicts_do_not_outlive_the_rules_they_came_from() {
+    // Key verdicts are cached per thread across envelopes; a reload that adds or removes a key word must win.
+    let reloaded = |sensitive: bool| {
+        let words = if sensitive { "[tenant]" } else { "[other_word]" };
+        let yaml = crate::rules::DEFAULT_RULES_YAML
+            .replace("projects: {}", &format!("projects:\n  42:\n    sensitive_keys: {words}"));
+        CompiledRules::from_yaml(&yaml).unwrap()
+    };
+    let payload = json!({"extra": {"tenant": "acme"}});
+    let tenant_after = |rules: &CompiledRules| {
+        let options = ProcessOptions {
+            project_id: Some(42),
+            ..ProcessOptions::default()
+        };
+        let processed = process(envelope_with("event", &payload), rules, &options);
+        serde_json::from_slice::<Value>(processed.envelope.items[0].payload()).unwrap()["extra"]["tenant"].clone()
+    };
+    assert_eq!(tenant_after(&reloaded(true)), "[FILTERED]");
+    assert_eq!(tenant_after(&reloaded(false)), "acme");
+    assert_eq!(tenant_after(&reloaded(true)), "[FILTERED]");
+}
+
+#[test]
 fn send_default_pii_true_keeps_ips_and_scrubs_cookies_by_name() {
     let yaml = crate::rules::DEFAULT_RULES_YAML.replace("send_default_pii: false", "send_default_pii: true");
     let rules = CompiledRules::from_yaml(&yaml).unwrap();
