@@ -245,9 +245,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             path.push(Seg::Key(key));
             let result = match self.scrubber.classify(scope, key, key_rules) {
                 Field::Skip => self.copy_value(),
-                Field::Redact(rule) => {
-                    self.tree_value(path, |scrubber, value, path| scrubber.redact(value, rule, path))
-                }
+                Field::Redact(rule) => self.redact(rule, path),
                 Field::Walk(child) => self.value(child, path, Some(key)),
             };
             path.pop();
@@ -320,6 +318,23 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         };
         match truncated.or(scrubbed) {
             Some(new) => write_json_string(&mut self.out, &new),
+            None => self.out.extend_from_slice(&self.bytes[start..self.pos]),
+        }
+        Ok(())
+    }
+
+    /// A value under a sensitive key: strings here, anything else through the tree walk.
+    fn redact<'p>(&mut self, rule: &'static str, path: &mut Vec<Seg<'p>>) -> Result<(), Bail>
+    where
+        'a: 'p,
+    {
+        if self.peek() != Some(b'"') {
+            return self.tree_value(path, |scrubber, value, path| scrubber.redact(value, rule, path));
+        }
+        let start = self.pos;
+        let content = self.read_string()?;
+        match self.scrubber.redact_str(&content, rule, path) {
+            Some(replacement) => write_json_string(&mut self.out, &replacement),
             None => self.out.extend_from_slice(&self.bytes[start..self.pos]),
         }
         Ok(())

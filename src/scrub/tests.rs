@@ -558,8 +558,10 @@ fn key_verdicts_do_not_outlive_the_rules_they_came_from() {
     // Key verdicts are cached per thread across envelopes; a reload that adds or removes a key word must win.
     let reloaded = |sensitive: bool| {
         let words = if sensitive { "[tenant]" } else { "[other_word]" };
-        let yaml = crate::rules::DEFAULT_RULES_YAML
-            .replace("projects: {}", &format!("projects:\n  42:\n    sensitive_keys: {words}"));
+        let yaml = crate::rules::DEFAULT_RULES_YAML.replace(
+            "projects: {}",
+            &format!("projects:\n  42:\n    sensitive_keys: {words}"),
+        );
         CompiledRules::from_yaml(&yaml).unwrap()
     };
     let payload = json!({"extra": {"tenant": "acme"}});

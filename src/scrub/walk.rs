@@ -459,34 +459,49 @@ impl Scrubber<'_> {
 
     /// Replaces a whole value (string, number, object, ...) under a sensitive key.
     pub(crate) fn redact(&mut self, value: &mut Value, rule: &'static str, path: &[Seg<'_>]) {
-        match &*value {
+        let text = match &*value {
             Value::Null => return,
-            Value::String(s) if is_already_filtered(s, self.engine) => return,
+            Value::String(s) => {
+                if let Some(replacement) = self.redact_str(s, rule, path) {
+                    *value = Value::String(replacement);
+                }
+                return;
+            }
             Value::Array(a) if a.is_empty() => return,
             Value::Object(o) if o.is_empty() => return,
-            _ => {}
-        }
-        let original_len = match &*value {
-            Value::String(s) => Some(s.chars().count()),
-            _ => None,
+            other => other.to_string(),
         };
+        *value = Value::String(self.replace_whole(&text, rule, path, None));
+    }
+
+    /// Replaces a whole string under a sensitive key; `None` when it already reads as filtered.
+    pub(super) fn redact_str(&mut self, text: &str, rule: &'static str, path: &[Seg<'_>]) -> Option<String> {
+        if is_already_filtered(text, self.engine) {
+            return None;
+        }
+        Some(self.replace_whole(text, rule, path, Some(text.chars().count())))
+    }
+
+    /// The replacement (or hash) of a whole value, recorded with the original length when it was a string.
+    fn replace_whole(
+        &mut self,
+        text: &str,
+        rule: &'static str,
+        path: &[Seg<'_>],
+        original_len: Option<usize>,
+    ) -> String {
         let (replacement, action, ty) = if self.engine.key_action == Action::Hash {
-            let text = match &*value {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            (self.hash(&text), ChangeAction::Hashed, "p")
+            (self.hash(text), ChangeAction::Hashed, "p")
         } else {
             (self.engine.key_replacement.clone(), ChangeAction::Replaced, "s")
         };
-        let replacement_chars = replacement.chars().count();
-        *value = Value::String(replacement);
         let remark = Remark {
             rule: rule.to_string(),
             ty,
-            range: Some((0, replacement_chars)),
+            range: Some((0, replacement.chars().count())),
         };
         self.record(path, None, rule, action, vec![remark], original_len);
+        replacement
     }
 
     fn truncate_field(&mut self, key: &str, value: &mut String, path: &[Seg<'_>]) {

@@ -48,8 +48,15 @@ fn run(envelope: Envelope, rules: &CompiledRules, tree_walk_only: bool) -> Proce
 fn assert_same(label: &str, envelope: &Envelope, rules: &CompiledRules) -> Processed {
     let streamed = run(envelope.clone(), rules, false);
     let tree = run(envelope.clone(), rules, true);
-    assert_eq!(streamed.envelope.headers, tree.envelope.headers, "{label}: envelope header");
-    assert_eq!(streamed.envelope.items.len(), tree.envelope.items.len(), "{label}: item count");
+    assert_eq!(
+        streamed.envelope.headers, tree.envelope.headers,
+        "{label}: envelope header"
+    );
+    assert_eq!(
+        streamed.envelope.items.len(),
+        tree.envelope.items.len(),
+        "{label}: item count"
+    );
     for (i, (s, t)) in streamed.envelope.items.iter().zip(&tree.envelope.items).enumerate() {
         assert_eq!(s.headers(), t.headers(), "{label}: item {i} headers");
         match (
@@ -99,9 +106,15 @@ fn the_stream_handles_every_capture_that_no_drop_rule_removes() {
         let report = &processed.report;
         // Items a drop rule removes, or removes spans from, are walked by the tree (which drops them); no capture
         // needs it otherwise. The captures hold at most one span container each.
-        let dropped_by_route = report.dropped.iter().filter(|(_, why)| *why == DropReason::FilteredRoute);
+        let dropped_by_route = report
+            .dropped
+            .iter()
+            .filter(|(_, why)| *why == DropReason::FilteredRoute);
         let filtered = dropped_by_route.count() as u64 + u64::from(report.dropped_spans > 0);
-        assert_eq!(report.tree_walked_items, filtered, "{name}: items left to the tree walk");
+        assert_eq!(
+            report.tree_walked_items, filtered,
+            "{name}: items left to the tree walk"
+        );
     }
 }
 
@@ -193,7 +206,10 @@ fn both_walks_agree_on_edge_cases() {
         ),
         (
             "unknown item types and attachments",
-            item("something_new", &json!([{"password": "x", "note": "call 415-555-0100"}])),
+            item(
+                "something_new",
+                &json!([{"password": "x", "note": "call 415-555-0100"}]),
+            ),
         ),
     ];
     for (label, envelope) in cases {
@@ -231,7 +247,10 @@ fn the_stream_refuses_what_serde_json_refuses() {
         "\u{feff}{}",
     ];
     for text in invalid {
-        assert!(serde_json::from_str::<Value>(text).is_err(), "serde_json accepts {text:?}");
+        assert!(
+            serde_json::from_str::<Value>(text).is_err(),
+            "serde_json accepts {text:?}"
+        );
         assert_eq!(stream(text), Err(Bail::Invalid), "{text:?}");
     }
     let invalid_utf8 = b"{\"a\":\"\xff\"}";
@@ -257,7 +276,10 @@ fn the_stream_accepts_what_serde_json_accepts_and_keeps_innocent_text() {
         "42",
     ];
     for text in valid {
-        assert!(serde_json::from_str::<Value>(text).is_ok(), "serde_json refuses {text:?}");
+        assert!(
+            serde_json::from_str::<Value>(text).is_ok(),
+            "serde_json refuses {text:?}"
+        );
         assert_eq!(stream(text), Ok(None), "{text:?}");
     }
 }
