@@ -363,7 +363,8 @@ fn prepare(
     })
 }
 
-/// Counts what the pipeline did: redactions by rule, truncations by field, dropped items by type and reason.
+/// Counts what the pipeline did: redactions by rule, truncations by field, dropped items by type and reason, dropped
+/// spans, and items that took the tree walk.
 fn record_report(metrics: &Metrics, report: &Report) {
     let redactions = if report.dry_run {
         &metrics.dry_run_redactions
@@ -382,6 +383,8 @@ fn record_report(metrics: &Metrics, report: &Report) {
             .with_label_values(&[item_type.as_str(), reason.as_str()])
             .inc();
     }
+    metrics.spans_dropped.inc_by(report.dropped_spans);
+    metrics.items_tree_walked.inc_by(report.tree_walked_items);
 }
 
 /// Sentry's per-item limits: `(limit, refuse_whole_envelope)`. Types without a limit are bounded by the envelope cap.

@@ -851,6 +851,30 @@ fn event_id(n: usize) -> String {
 // === Metrics match the traffic ===
 
 #[tokio::test]
+async fn dropped_health_check_spans_are_counted() {
+    let upstream = MiniSentry::start().await;
+    let relay = common::start_relay(common::relay_config(&upstream)).await;
+    // @sentry/node in span-streaming mode: four segment spans, three of them on health-check routes.
+    assert_eq!(common::Capture::load("node-http-2").replay(&relay).await.status, 200);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let response = send_raw(relay.addr, "GET", "/metrics", &[], b"", false).await;
+        let metrics = parse_exposition(&String::from_utf8(response.body).expect("UTF-8")).expect("valid exposition");
+        if metrics.value("scrub_relay_envelopes_forwarded_total", &[]) >= 1.0 {
+            break metrics;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the envelope was never forwarded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(metrics.value("scrub_relay_spans_dropped_total", &[]), 3.0);
+    // Removing spans is the tree walk's job: the stream hands that item over.
+    assert_eq!(metrics.value("scrub_relay_items_tree_walked_total", &[]), 1.0);
+}
+
+#[tokio::test]
 async fn metrics_count_exactly_what_happened() {
     let upstream = MiniSentry::start().await;
     let relay = common::start_relay(common::relay_config(&upstream)).await;
@@ -925,6 +949,8 @@ async fn metrics_count_exactly_what_happened() {
         ["{item_type=transaction,reason=filtered_route} 1"]
     );
     assert_eq!(series("scrub_relay_redactions_total"), ["{rule=email} 1"]);
+    // The event is streamed; the filtered transaction is left to the tree walk, which removes it.
+    assert_eq!(metrics.value("scrub_relay_items_tree_walked_total", &[]), 1.0);
     assert_eq!(
         metrics.value(
             "scrub_relay_requests_total",
@@ -1514,7 +1540,12 @@ fn every_variable_the_shipped_files_set_is_one_the_relay_reads() {
     known.insert("SCRUB_RELAY_HMAC_KEY".to_owned());
     // Read by the test suite (tests/real_sdks.rs), which the README documents too.
     known.extend(
-        ["SCRUB_RELAY_TEST_PYTHON", "SCRUB_RELAY_TEST_NODE_DIR", "SCRUB_RELAY_TEST_NODE10_DIR"].map(str::to_owned),
+        [
+            "SCRUB_RELAY_TEST_PYTHON",
+            "SCRUB_RELAY_TEST_NODE_DIR",
+            "SCRUB_RELAY_TEST_NODE10_DIR",
+        ]
+        .map(str::to_owned),
     );
     let pattern = regex::Regex::new(r"SCRUB_RELAY_[A-Z0-9_]+").expect("valid regex");
     for file in [
