@@ -19,9 +19,10 @@
 //!    br, zstd) under the decompressed cap, so a compression bomb stops at the cap. [`envelope::Envelope::parse`]
 //!    splits it into items (payloads are zero-copy slices); a legacy `store` event is wrapped into an envelope.
 //! 5. **Scrub** ([`pipeline::process`], pure and synchronous, run on a blocking thread). Per item: [`filter`] drops
-//!    health-check and static-file transactions and segment spans; [`scrub`] walks the JSON and applies key rules,
-//!    header rules, value detectors and the `send_default_pii` removals, writing Sentry `_meta` remarks; [`truncate`]
-//!    cuts oversized gen_ai fields. Binary items and unparseable JSON follow the rules' policy: never forwarded raw
+//!    health-check and static-file transactions and segment spans; [`scrub`] streams over each item's JSON once
+//!    (a `serde_json::Value` tree only for the few subtrees and shapes that need one) and applies key rules, header
+//!    rules, value detectors and the `send_default_pii` removals, writing Sentry `_meta` remarks; [`truncate`] cuts
+//!    oversized gen_ai fields. Binary items and unparseable JSON follow the rules' policy: never forwarded raw
 //!    unless the operator said so. Items nothing changed stay byte-identical. `scrub-relay scrub` runs exactly this.
 //! 6. **Queue** ([`delivery`]). Rate limits the upstream announced are applied first (limited items dropped, 429 when
 //!    nothing is left). The scrubbed envelope is queued in memory, or written to the disk spool when the upstream is

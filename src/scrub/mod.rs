@@ -1,5 +1,9 @@
-//! The scrubbing walk over a parsed JSON payload: key rules, header rules, value detectors, `send_default_pii`
-//! removals and truncation, with `_meta` remarks and an optional per-change trail for `--explain`.
+//! The scrubbing walk over JSON payloads: key rules, header rules, value detectors, `send_default_pii` removals and
+//! truncation, with `_meta` remarks and an optional per-change trail for `--explain`.
+//!
+//! Two walks apply one policy: `stream` reads each item's JSON text once and is what the relay runs; `walk` works on
+//! a `serde_json::Value` tree and handles the subtrees and rare shapes the stream hands it (see `stream`'s docs).
+//! Both call the same rule functions, and a test holds them to the same output on every SDK capture.
 //!
 //! The walk knows the shape of Sentry payloads through a small set of [`Scope`]s (event root, request, headers,
 //! frame, typed attributes, ...). The scope decides which fields are never touched (ids, timestamps, releases,
