@@ -180,7 +180,16 @@ fn process_item(
 ) -> Option<Item> {
     let engine = scrubber.engine;
     scrubber.begin_item(Some(index), Some(ty), carries_meta(ty));
-    if stream && let Some(scope) = json_scope(&item, ty) {
+    let Some(scope) = json_scope(&item, ty) else {
+        return match ty {
+            // Counts of discarded events by reason and category: nothing to scrub, nothing to break.
+            ItemType::ClientReport => Some(item),
+            ItemType::Attachment => scrub_attachment(item, scrubber, report),
+            // Replay recordings and videos, statsd lines, and unknown items that are not JSON.
+            _ => scrub_text_or_binary(item, scrubber, report),
+        };
+    };
+    if stream {
         let check = match ty {
             ItemType::Transaction => DropCheck::Transaction,
             ItemType::Span => DropCheck::SegmentSpans,
@@ -197,24 +206,16 @@ fn process_item(
             Err(_) => report.tree_walked_items += 1,
         }
     }
+    let Some(mut value) = parse_json(&item) else {
+        return unparseable(item, scrubber, report, ty);
+    };
     match ty {
-        // Counts of discarded events by reason and category: nothing to scrub, nothing to break.
-        ItemType::ClientReport => Some(item),
-        ItemType::Attachment => scrub_attachment(item, scrubber, report),
-        ItemType::ReplayRecording | ItemType::ReplayVideo => scrub_text_or_binary(item, scrubber, report),
-        ItemType::Statsd => scrub_text_or_binary(item, scrubber, report),
-        ItemType::Span | ItemType::Log | ItemType::TraceMetric => {
-            let scope = match ty {
-                ItemType::Span => Scope::SpanContainer,
-                ItemType::Log => Scope::LogContainer,
-                _ => Scope::MetricContainer,
-            };
-            let Some(mut value) = parse_json(&item) else {
-                return unparseable(item, scrubber, report, ty);
-            };
-            if ty == ItemType::Span
-                && let Some(Value::Array(spans)) = value.get_mut("items")
-            {
+        ItemType::Transaction if filter::should_drop_transaction(&value, &engine.routes) => {
+            report.dropped.push((ty, DropReason::FilteredRoute));
+            return None;
+        }
+        ItemType::Span => {
+            if let Some(Value::Array(spans)) = value.get_mut("items") {
                 let removed = filter::filter_span_items(spans, &engine.routes);
                 if removed > 0 {
                     if spans.is_empty() {
@@ -227,42 +228,10 @@ fn process_item(
                     scrubber.changed = true;
                 }
             }
-            walk_and_store(item, value, scope, scrubber)
         }
-        ItemType::Session | ItemType::Sessions => {
-            let Some(value) = parse_json(&item) else {
-                return unparseable(item, scrubber, report, ty);
-            };
-            walk_and_store(item, value, Scope::Session, scrubber)
-        }
-        ItemType::Event
-        | ItemType::Transaction
-        | ItemType::Feedback
-        | ItemType::UserReport
-        | ItemType::ReplayEvent
-        | ItemType::CheckIn
-        | ItemType::Profile
-        | ItemType::ProfileChunk => {
-            let Some(value) = parse_json(&item) else {
-                return unparseable(item, scrubber, report, ty);
-            };
-            if ty == ItemType::Transaction && filter::should_drop_transaction(&value, &engine.routes) {
-                report.dropped.push((ty, DropReason::FilteredRoute));
-                return None;
-            }
-            walk_and_store(item, value, Scope::EventRoot, scrubber)
-        }
-        ItemType::Other => {
-            if looks_like_json(&item) {
-                let Some(value) = parse_json(&item) else {
-                    return unparseable(item, scrubber, report, ty);
-                };
-                walk_and_store(item, value, Scope::EventRoot, scrubber)
-            } else {
-                scrub_text_or_binary(item, scrubber, report)
-            }
-        }
+        _ => {}
     }
+    walk_and_store(item, value, scope, scrubber)
 }
 
 /// The scope a JSON item's payload is walked in, or `None` when the item is not walked as JSON.

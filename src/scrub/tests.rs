@@ -11,7 +11,7 @@ fn rules() -> CompiledRules {
     CompiledRules::defaults()
 }
 
-fn envelope_with(ty: &str, payload: &Value) -> Envelope {
+pub(crate) fn envelope_with(ty: &str, payload: &Value) -> Envelope {
     let mut envelope = Envelope::new(serde_json::Map::new());
     envelope
         .items

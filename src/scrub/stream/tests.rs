@@ -5,9 +5,10 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{Bail, DropCheck, scrub_item_json};
-use crate::envelope::{Envelope, Item};
+use crate::envelope::Envelope;
 use crate::pipeline::{DropReason, ProcessOptions, Processed, process};
 use crate::rules::CompiledRules;
+use crate::scrub::tests::envelope_with as item;
 use crate::scrub::{Scope, Scrubber};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk");
@@ -119,19 +120,7 @@ fn the_stream_handles_every_capture_that_no_drop_rule_removes() {
 }
 
 fn event(payload: Value) -> Envelope {
-    let mut envelope = Envelope::new(serde_json::Map::new());
-    envelope
-        .items
-        .push(Item::new("event", Bytes::from(serde_json::to_vec(&payload).unwrap())));
-    envelope
-}
-
-fn item(ty: &str, payload: &Value) -> Envelope {
-    let mut envelope = Envelope::new(serde_json::Map::new());
-    envelope
-        .items
-        .push(Item::new(ty, Bytes::from(serde_json::to_vec(payload).unwrap())));
-    envelope
+    item("event", &payload)
 }
 
 #[test]
