@@ -1081,6 +1081,27 @@ mod tests {
         (Kind::ApiToken, "sk-proj-abcdefghij0123456789XYZ"),
         (Kind::ApiToken, "npm_abcdefghijklmnopqrstuvwxyz0123456789"),
         (Kind::Email, "mail: JANE@EXAMPLE.COM."),
+        // Every separator each digit shape allows, and shapes that straddle 16-byte blocks
+        // (a digit-free block before the IBAN's first digits, runs across a block edge).
+        (Kind::PhoneUs, "+1(312) 555-0148"),
+        (Kind::PhoneUs, "+1 (312) 555-0148"),
+        (Kind::PhoneUs, "(312)555-0148"),
+        (Kind::PhoneUs, "+1-312-555-0148"),
+        (Kind::PhoneUs, "+1.312.555.0148"),
+        (Kind::PhoneUs, "+1 312-555 0148"),
+        (Kind::PhoneUs, "at 2026-11-22 call 312.555-0123"),
+        (Kind::PhoneUs, "sixteen bytes.. (312) 555-0148"),
+        (Kind::CreditCard, "4111-1111 1111-1111"),
+        (Kind::CreditCard, "card:4111111111111111"),
+        (Kind::CreditCard, "pay 4111 1111 1111 1111 now"),
+        (Kind::CreditCard, "6011 0009 9013 9424 123"),
+        (Kind::CreditCard, "sixteen bytes..4111 1111 1111 1111"),
+        (Kind::Ssn, "id:123-45-6789"),
+        (Kind::Ssn, "2026-11-22 ssn 123-45-6789"),
+        (Kind::Ssn, "fifteen bytes. 123-45-6789"),
+        (Kind::Iban, "abcdefghijklm GB82WEST12345698765432"),
+        (Kind::Iban, "(DE89370400440532013000)"),
+        (Kind::Iban, "GB82 WEST 1234 5698 7654 32"),
     ];
 
     /// `find` without any prefilter: every enabled detector runs on every string.
@@ -1125,7 +1146,84 @@ mod tests {
                 Prefilter::for_families(text, kind.trigger()).allows(kind),
                 "{kind:?} alone on {text:?}"
             );
+            // At every offset within the prefilter's blocks, after prose or after other numbers.
+            for pad in 1..=33 {
+                for filler in [" ", "x ", "7 "] {
+                    let padded = format!("{}{text}", filler.repeat(pad));
+                    if !matches(kind, &padded).is_empty() {
+                        assert!(Prefilter::of(&padded).allows(kind), "{kind:?} in {padded:?}");
+                    }
+                }
+            }
         }
+    }
+
+    /// Random strings over the bytes the digit shapes care about: whenever a digit detector finds something, the
+    /// prefilter must have let its kind through, and `find` must agree with running every detector.
+    #[test]
+    fn prefilter_digit_shapes_never_hide_a_match() {
+        // Digit groups of every length, the separators the shapes allow (and a few they do not), capitals, and
+        // whole examples, so that real matches sit next to near misses.
+        const SEPARATORS: &[&str] = &[
+            " ", " ", "-", "-", ".", "(", ")", ") ", "+", "+1", "  ", "--", "T", ":", "x",
+        ];
+        const WHOLE: &[&str] = &[
+            "4111 1111 1111 1111",
+            "4111111111111111",
+            "3782 822463 10005",
+            "(312) 555-0148",
+            "+13125550199",
+            "312.555.0123",
+            "123-45-6789",
+            "DE89370400440532013000",
+            "DE89 3704 0044 0532 0130 00",
+            "GB82WEST12345698765432",
+        ];
+        let digit_kinds = [Kind::CreditCard, Kind::Iban, Kind::Ssn, Kind::PhoneUs];
+        let all = set(&digit_kinds);
+        let mut found = [0usize; 4];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..2 + next(12) {
+                match next(10) {
+                    0..=3 => {
+                        for _ in 0..1 + next(6) {
+                            text.push(char::from(b'0' + next(10) as u8));
+                        }
+                    }
+                    4..=6 => text.push_str(SEPARATORS[next(SEPARATORS.len())]),
+                    7 => text.push_str(["GB", "DE", "A", "ab"][next(4)]),
+                    _ => text.push_str(WHOLE[next(WHOLE.len())]),
+                }
+            }
+            let pre = Prefilter::of(&text);
+            for (count, kind) in found.iter_mut().zip(digit_kinds) {
+                if !matches(kind, &text).is_empty() {
+                    *count += 1;
+                    assert!(pre.allows(kind), "the prefilter keeps {kind:?} from {text:?}");
+                }
+            }
+            let mut hits = Vec::new();
+            all.find(&text, &mut hits);
+            let filtered: Vec<_> = hits.iter().map(|h| (h.start, h.end, h.detector)).collect();
+            assert_eq!(
+                filtered,
+                find_unfiltered(&all, &text),
+                "prefilter changed the hits in {text:?}"
+            );
+        }
+        // The generator must reach every shape, or the test checks nothing.
+        assert!(
+            found.iter().all(|&n| n >= 20),
+            "matches per kind (card, IBAN, SSN, phone): {found:?}"
+        );
     }
 
     #[test]
@@ -1150,6 +1248,8 @@ mod tests {
             everything.as_str(),
             "User authenticated successfully, redirecting to the dashboard",
             "GET /api/orders/7283 returned 200 in 35 ms at 2026-11-22T22:26:34Z",
+            "2026-11-22 22:27:07 worker 312 555 0148 4111 1111 1111 1111 1 123-45-6789-0 DE89 3704",
+            "ids 4111111111111111abc 1795386427882 978-0-306-40615-7 2026-11-2233 order 123-456-7890",
             "the bearer of bad news",
             "Basic usage is free",
             "task-runner sk-short",
