@@ -184,7 +184,7 @@ fn process_item(
         return match ty {
             // Counts of discarded events by reason and category: nothing to scrub, nothing to break.
             ItemType::ClientReport => Some(item),
-            ItemType::Attachment => scrub_attachment(item, scrubber, report),
+            ItemType::Attachment => scrub_attachment(item, stream, scrubber, report),
             // Replay recordings and videos, statsd lines, and unknown items that are not JSON.
             _ => scrub_text_or_binary(item, scrubber, report),
         };
@@ -306,17 +306,29 @@ fn walk_and_store(mut item: Item, mut value: Value, scope: Scope, scrubber: &mut
     Some(item)
 }
 
-fn scrub_attachment(mut item: Item, scrubber: &mut Scrubber<'_>, report: &mut Report) -> Option<Item> {
+fn scrub_attachment(mut item: Item, stream: bool, scrubber: &mut Scrubber<'_>, report: &mut Report) -> Option<Item> {
     // File names are chosen by apps (`invoice-jane.doe@example.com.pdf`): detectors only, no key rules.
     if let Some(Value::String(name)) = item.headers_mut().get_mut("filename") {
         scrubber.scrub_text(name, TextMode::Source, &[crate::scrub::Seg::Key("filename")]);
     }
-    let payload = item.payload();
     let json_like = item.content_type().is_some_and(|c| c.contains("json"))
         || item.filename().is_some_and(|f| f.ends_with(".json"));
-    if json_like && let Ok(value) = serde_json::from_slice::<Value>(payload) {
+    if json_like {
         scrubber.collect_meta = false;
-        return walk_and_store(item, value, Scope::Data, scrubber);
+        if stream {
+            match stream::scrub_item_json(scrubber, item.payload(), Scope::Data, DropCheck::None) {
+                Ok(None) => return Some(item),
+                Ok(Some(scrubbed)) => {
+                    item.set_payload(Bytes::from(scrubbed));
+                    return Some(item);
+                }
+                // Not JSON after all (scrubbed as text below), or a shape for the tree walk.
+                Err(_) => report.tree_walked_items += 1,
+            }
+        }
+        if let Ok(value) = serde_json::from_slice::<Value>(item.payload()) {
+            return walk_and_store(item, value, Scope::Data, scrubber);
+        }
     }
     scrub_text_or_binary(item, scrubber, report)
 }

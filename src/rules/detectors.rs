@@ -529,9 +529,9 @@ regex!(
 );
 regex!(
     PHONE,
-    r"(?:\+1[ .\-]?)?(?:\([2-9]\d{2}\) ?|[2-9]\d{2}[ .\-])\d{3}[ .\-]\d{4}|\+1[2-9]\d{9}"
+    r"(?:\+1[ .\-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .\-])[0-9]{3}[ .\-][0-9]{4}|\+1[2-9][0-9]{9}"
 );
-regex!(SSN, r"\d{3}-\d{2}-\d{4}");
+regex!(SSN, r"[0-9]{3}-[0-9]{2}-[0-9]{4}");
 regex!(BEARER, r"(?i)\b(bearer|basic)[ \t]+([A-Za-z0-9\-._~+/]+=*)");
 regex!(
     URL_CREDENTIALS,
@@ -551,10 +551,10 @@ regex!(
     CREDENTIAL_IN_TEXT,
     r#"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_ -]?key|access[_ -]?token|auth[_ -]?token|token)\b(?:\s*(?:[:=]|\bis\b)\s*|\s+)["']?([^\s"',;()\[\]{}<>&#]{6,})"#
 );
-regex!(IBAN, r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b");
+regex!(IBAN, r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b");
 regex!(
     IPV4,
-    r"\b(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}\b"
+    r"\b(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}\b"
 );
 
 /// Words that follow "bearer"/"basic" in prose and are not credentials.
@@ -1393,6 +1393,16 @@ mod tests {
         ] {
             assert_none(Kind::PhoneUs, text);
         }
+    }
+
+    #[test]
+    fn non_ascii_digits_neither_panic_nor_match_digit_shapes() {
+        // `\d` would match Arabic-Indic digits (two bytes each) and the SSN check slices by byte: ASCII only.
+        let arabic = "\u{661}\u{662}\u{663}-\u{664}\u{665}-\u{666}\u{667}\u{668}\u{669}";
+        let text = format!("{arabic} near 123-45-6789 and 415-555-0100");
+        assert_none(Kind::Ssn, arabic);
+        assert_eq!(matches(Kind::Ssn, &text), ["123-45-6789"]);
+        assert_eq!(matches(Kind::PhoneUs, &text), ["415-555-0100"]);
     }
 
     #[test]

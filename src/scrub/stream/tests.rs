@@ -194,12 +194,22 @@ fn both_walks_agree_on_edge_cases() {
             ),
         ),
         (
-            "unknown item types and attachments",
+            "unknown item types",
             item(
                 "something_new",
                 &json!([{"password": "x", "note": "call 415-555-0100"}]),
             ),
         ),
+        ("a JSON attachment", {
+            let mut envelope = item(
+                "attachment",
+                &json!({"config": {"db_password": "x"}, "owner": "jane@example.com"}),
+            );
+            envelope.items[0]
+                .headers_mut()
+                .insert("filename".into(), json!("settings-jane@example.com.json"));
+            envelope
+        }),
     ];
     for (label, envelope) in cases {
         assert_same(label, &envelope, &rules);
