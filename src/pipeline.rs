@@ -195,15 +195,10 @@ fn process_item(
             ItemType::Span => DropCheck::SegmentSpans,
             _ => DropCheck::None,
         };
-        match stream::scrub_item_json(scrubber, item.payload(), scope, check) {
-            Ok(None) => return Some(item),
-            Ok(Some(scrubbed)) => {
-                item.set_payload(Bytes::from(scrubbed));
-                return Some(item);
-            }
-            // Not JSON, a shape the stream leaves to the tree, or an item a drop rule removes: the tree walk below
-            // decides, from a clean slate.
-            Err(_) => report.tree_walked_items += 1,
+        // When the stream gives up (not JSON, a shape it leaves to the tree, an item a drop rule removes), the tree
+        // walk below decides, from a clean slate.
+        if streamed(&mut item, scope, check, scrubber, report) {
+            return Some(item);
         }
     }
     let Some(mut value) = parse_json(&item) else {
@@ -232,6 +227,22 @@ fn process_item(
         _ => {}
     }
     walk_and_store(item, value, scope, scrubber)
+}
+
+/// Scrubs a JSON payload with the streaming walk, storing the result if something changed. `false` (item and
+/// scrubber untouched) when the stream gave up and the tree walk must decide.
+fn streamed(item: &mut Item, scope: Scope, check: DropCheck, scrubber: &mut Scrubber<'_>, report: &mut Report) -> bool {
+    match stream::scrub_item_json(scrubber, item.payload(), scope, check) {
+        Ok(None) => true,
+        Ok(Some(scrubbed)) => {
+            item.set_payload(Bytes::from(scrubbed));
+            true
+        }
+        Err(_) => {
+            report.tree_walked_items += 1;
+            false
+        }
+    }
 }
 
 /// The scope a JSON item's payload is walked in, or `None` when the item is not walked as JSON.
@@ -315,16 +326,9 @@ fn scrub_attachment(mut item: Item, stream: bool, scrubber: &mut Scrubber<'_>, r
         || item.filename().is_some_and(|f| f.ends_with(".json"));
     if json_like {
         scrubber.collect_meta = false;
-        if stream {
-            match stream::scrub_item_json(scrubber, item.payload(), Scope::Data, DropCheck::None) {
-                Ok(None) => return Some(item),
-                Ok(Some(scrubbed)) => {
-                    item.set_payload(Bytes::from(scrubbed));
-                    return Some(item);
-                }
-                // Not JSON after all (scrubbed as text below), or a shape for the tree walk.
-                Err(_) => report.tree_walked_items += 1,
-            }
+        // Not JSON after all is scrubbed as text below.
+        if stream && streamed(&mut item, Scope::Data, DropCheck::None, scrubber, report) {
+            return Some(item);
         }
         if let Ok(value) = serde_json::from_slice::<Value>(item.payload()) {
             return walk_and_store(item, value, Scope::Data, scrubber);
