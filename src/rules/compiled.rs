@@ -216,7 +216,7 @@ impl Engine {
         let ip_keys = file.ip_address_keys.clone();
 
         let disabled: HashSet<&str> = project.disabled_detectors.iter().map(String::as_str).collect();
-        let known: HashSet<&str> = BUILT_IN.iter().map(|k| k.id()).collect();
+        let known: HashSet<&str> = Kind::BUILT_IN.iter().map(|k| k.id()).collect();
         for name in &disabled {
             if !known.contains(name) && !file.custom_rules.iter().any(|r| r.id == *name) {
                 return Err(RulesError::Invalid {
@@ -328,22 +328,6 @@ impl Engine {
         })
     }
 }
-
-const BUILT_IN: [Kind; 13] = [
-    Kind::PrivateKey,
-    Kind::UrlCredentials,
-    Kind::BearerToken,
-    Kind::Jwt,
-    Kind::AwsAccessKey,
-    Kind::ApiToken,
-    Kind::CredentialInText,
-    Kind::Email,
-    Kind::CreditCard,
-    Kind::Iban,
-    Kind::Ssn,
-    Kind::PhoneUs,
-    Kind::Ipv4,
-];
 
 fn first_line(message: &str) -> String {
     // regex errors render the pattern with a caret on later lines; the last line holds the reason.
