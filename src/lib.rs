@@ -47,7 +47,8 @@
 //!
 //! # Where things live
 //!
-//! - Pure core, no sockets: [`envelope`], [`rules`], [`scrub`], [`filter`], [`truncate`], [`pipeline`].
+//! - Pure core, no sockets: [`envelope`], [`rules`], [`scrub`], [`payload`] (one module per payload format),
+//!   [`filter`], [`truncate`], [`pipeline`].
 //! - Edges: [`server`], [`ingest`], [`auth`], [`dsn`], [`decode`], [`error`], [`upstream`], [`delivery`], [`admin`].
 //! - Process: [`cli`], [`config`], [`logging`], [`metrics`], [`reload`], [`shutdown`], [`healthcheck`].
 
@@ -67,6 +68,7 @@ pub mod healthcheck;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod payload;
 pub mod pipeline;
 pub mod reload;
 pub mod rules;

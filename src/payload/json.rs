@@ -1,0 +1,142 @@
+//! JSON items (events, transactions, spans, logs, sessions, check-ins, replay events, profiles, unknown JSON): the
+//! streaming walk first, the `serde_json::Value` tree walk for what the stream leaves to it, drop rules for
+//! health-check transactions and segment spans, and the `unparseable_json` policy for JSON that does not parse.
+//! Re-serialized only when something changed, so untouched items stay byte-identical.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::envelope::{Item, ItemType};
+use crate::filter;
+use crate::pipeline::DropReason;
+use crate::rules::UnparseablePolicy;
+use crate::scrub::stream::{self, DropCheck};
+use crate::scrub::{Scope, Scrubber, merge_meta};
+
+/// The scope a JSON item's payload is walked in, or `None` when the item is not walked as JSON.
+pub fn scope(item: &Item, ty: ItemType) -> Option<Scope> {
+    match ty {
+        ItemType::Span => Some(Scope::SpanContainer),
+        ItemType::Log => Some(Scope::LogContainer),
+        ItemType::TraceMetric => Some(Scope::MetricContainer),
+        ItemType::Session | ItemType::Sessions => Some(Scope::Session),
+        ItemType::Event
+        | ItemType::Transaction
+        | ItemType::Feedback
+        | ItemType::UserReport
+        | ItemType::ReplayEvent
+        | ItemType::CheckIn
+        | ItemType::Profile
+        | ItemType::ProfileChunk => Some(Scope::EventRoot),
+        ItemType::Other if looks_like_json(item) => Some(Scope::EventRoot),
+        _ => None,
+    }
+}
+
+/// An item of a type this relay does not know is walked as JSON when it says it is JSON or starts like it.
+fn looks_like_json(item: &Item) -> bool {
+    item.content_type().is_some_and(|c| c.contains("json"))
+        || item
+            .payload()
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'[')
+}
+
+/// Scrubs a JSON item walked in `scope` (from [`scope`]); `None` when a drop rule or the policy removes it.
+pub fn process(mut item: Item, ty: ItemType, scope: Scope, cx: &mut Ctx<'_, '_>) -> Option<Item> {
+    let engine = cx.scrubber.engine;
+    if cx.stream {
+        let check = match ty {
+            ItemType::Transaction => DropCheck::Transaction,
+            ItemType::Span => DropCheck::SegmentSpans,
+            _ => DropCheck::None,
+        };
+        // When the stream gives up (not JSON, a shape it leaves to the tree, an item a drop rule removes), the tree
+        // walk below decides, from a clean slate.
+        if streamed(&mut item, scope, check, cx) {
+            return Some(item);
+        }
+    }
+    let Ok(mut value) = serde_json::from_slice::<Value>(item.payload()) else {
+        return unparseable(item, ty, cx);
+    };
+    match ty {
+        ItemType::Transaction if filter::should_drop_transaction(&value, &engine.routes) => {
+            cx.report.dropped.push((ty, DropReason::FilteredRoute));
+            return None;
+        }
+        ItemType::Span => {
+            if let Some(Value::Array(spans)) = value.get_mut("items") {
+                let removed = filter::filter_span_items(spans, &engine.routes);
+                if removed > 0 {
+                    if spans.is_empty() {
+                        cx.report.dropped.push((ty, DropReason::FilteredRoute));
+                        return None;
+                    }
+                    cx.report.dropped_spans += removed as u64;
+                    let remaining = spans.len();
+                    item.headers_mut().insert("item_count".into(), Value::from(remaining));
+                    cx.scrubber.changed = true;
+                }
+            }
+        }
+        _ => {}
+    }
+    walk_and_store(item, value, scope, cx.scrubber)
+}
+
+/// Scrubs a JSON payload with the streaming walk, storing the result if something changed. `false` (item and
+/// scrubber untouched) when the stream gave up and the tree walk must decide.
+pub(crate) fn streamed(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut Ctx<'_, '_>) -> bool {
+    match stream::scrub_item_json(cx.scrubber, item.payload(), scope, check) {
+        Ok(None) => true,
+        Ok(Some(scrubbed)) => {
+            item.set_payload(Bytes::from(scrubbed));
+            true
+        }
+        Err(_) => {
+            cx.report.tree_walked_items += 1;
+            false
+        }
+    }
+}
+
+/// A JSON item that did not parse: never forwarded raw.
+fn unparseable(mut item: Item, ty: ItemType, cx: &mut Ctx<'_, '_>) -> Option<Item> {
+    match cx.scrubber.engine.policy.unparseable_json {
+        UnparseablePolicy::Drop => {
+            cx.report.dropped.push((ty, DropReason::UnparseableJson));
+            None
+        }
+        UnparseablePolicy::ScrubAsText => match super::text::scrub_utf8(&mut item, cx.scrubber) {
+            Ok(()) => Some(item),
+            Err(_) => {
+                cx.report.dropped.push((ty, DropReason::UnparseableJson));
+                None
+            }
+        },
+    }
+}
+
+/// Walks a parsed payload and stores it back only if something changed.
+pub(crate) fn walk_and_store(mut item: Item, mut value: Value, scope: Scope, scrubber: &mut Scrubber<'_>) -> Option<Item> {
+    let changed_before_walk = scrubber.changed;
+    {
+        let mut path = Vec::new();
+        scrubber.walk_value(&mut value, scope, &mut path);
+    }
+    if scrubber.changed || changed_before_walk {
+        if scrubber.collect_meta
+            && let Value::Object(root) = &mut value
+        {
+            let meta = std::mem::take(&mut scrubber.meta);
+            merge_meta(root, meta);
+        }
+        // Serializing a `Value` cannot fail (string keys, finite numbers from the parser).
+        let bytes = serde_json::to_vec(&value).expect("JSON value serializes");
+        item.set_payload(Bytes::from(bytes));
+    }
+    Some(item)
+}
