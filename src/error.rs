@@ -46,6 +46,14 @@ pub enum RelayError {
     },
     #[error("unsupported content encoding")]
     UnsupportedEncoding,
+    #[error("unsupported content type")]
+    UnsupportedContentType,
+    #[error("invalid OTLP request: {0}")]
+    InvalidOtlp(#[from] crate::otlp::OtlpError),
+    #[error("invalid security report: {0}")]
+    InvalidReport(&'static str),
+    #[error("invalid check-in: {0}")]
+    InvalidCheckIn(&'static str),
     #[error("invalid compressed body")]
     InvalidCompression(#[source] std::io::Error),
     #[error("could not read the request body")]
@@ -87,8 +95,15 @@ impl RelayError {
             // The operator's allowlists refuse a caller we could identify.
             KeyNotAllowed | ProjectNotAllowed | TunnelHostNotAllowed => StatusCode::FORBIDDEN,
             BodyTooLarge { .. } | DecompressedTooLarge { .. } | ItemTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            InvalidCompression(_) | BodyRead | EmptyBody | InvalidEnvelope(_) | InvalidEvent(_) => {
+            UnsupportedEncoding | UnsupportedContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            InvalidCompression(_)
+            | BodyRead
+            | EmptyBody
+            | InvalidEnvelope(_)
+            | InvalidEvent(_)
+            | InvalidOtlp(_)
+            | InvalidReport(_)
+            | InvalidCheckIn(_) => {
                 StatusCode::BAD_REQUEST
             }
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -120,6 +135,10 @@ impl RelayError {
             DecompressedTooLarge { .. } => "decompressed_too_large",
             ItemTooLarge { .. } => "item_too_large",
             UnsupportedEncoding => "unsupported_encoding",
+            UnsupportedContentType => "unsupported_content_type",
+            InvalidOtlp(_) => "invalid_otlp",
+            InvalidReport(_) => "invalid_report",
+            InvalidCheckIn(_) => "invalid_check_in",
             InvalidCompression(_) => "invalid_compression",
             BodyRead => "body_read",
             BodyTimeout => "body_timeout",

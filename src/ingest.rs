@@ -122,6 +122,7 @@ pub async fn handle(
             .flatten(),
         envelope,
         received_at: SystemTime::now(),
+        destination: crate::delivery::Destination::Envelope,
     };
     match deliver(state, job)? {
         Delivery::Queued(job) => match state.delivery.submit(job).await {
@@ -155,7 +156,7 @@ pub async fn handle(
 
 /// The operator's policy for an identified sender: tunnel hosts (when the dsn is what identifies it), then the key
 /// and project allowlists.
-fn authorize(state: &AppState, endpoint: Endpoint, identity: &Identity) -> Result<(), RelayError> {
+pub(crate) fn authorize(state: &AppState, endpoint: Endpoint, identity: &Identity) -> Result<(), RelayError> {
     if endpoint == Endpoint::Tunnel || identity.source == AuthSource::EnvelopeDsn {
         let host = identity
             .dsn
@@ -213,7 +214,7 @@ fn accepted(event_id: Option<&str>, rate_limits: Option<&str>) -> Response<Full<
 }
 
 /// 429 with `Retry-After` and `X-Sentry-Rate-Limits`, which SDKs obey.
-fn rate_limited(limited: RateLimited) -> Response<Full<Bytes>> {
+pub(crate) fn rate_limited(limited: RateLimited) -> Response<Full<Bytes>> {
     let mut response = RelayError::RateLimited.into_response();
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs));
@@ -224,7 +225,7 @@ fn rate_limited(limited: RateLimited) -> Response<Full<Bytes>> {
 }
 
 /// 503 with `Retry-After`: the delivery queue and spool are full (or the relay is stopping).
-fn overloaded(state: &AppState, rejected: Rejected) -> Response<Full<Bytes>> {
+pub(crate) fn overloaded(state: &AppState, rejected: Rejected) -> Response<Full<Bytes>> {
     let error = match rejected {
         Rejected::Full { .. } => RelayError::Overloaded,
         Rejected::ShuttingDown { .. } => RelayError::ShuttingDown,
@@ -239,7 +240,7 @@ fn overloaded(state: &AppState, rejected: Rejected) -> Response<Full<Bytes>> {
 }
 
 /// All `Content-Encoding` lines, read as one list.
-fn content_encoding(headers: &HeaderMap) -> Result<ContentEncoding, RelayError> {
+pub(crate) fn content_encoding(headers: &HeaderMap) -> Result<ContentEncoding, RelayError> {
     let mut found = ContentEncoding::Identity;
     for value in headers.get_all(header::CONTENT_ENCODING) {
         let encoding = ContentEncoding::parse(value.as_bytes()).map_err(|_| RelayError::UnsupportedEncoding)?;
@@ -253,12 +254,12 @@ fn content_encoding(headers: &HeaderMap) -> Result<ContentEncoding, RelayError> 
     Ok(found)
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Collects the body, refusing more than `max` bytes as they stream in (chunked bodies have no length to check).
-async fn read_body(body: Incoming, max: usize, timeout: std::time::Duration) -> Result<Bytes, RelayError> {
+pub(crate) async fn read_body(body: Incoming, max: usize, timeout: std::time::Duration) -> Result<Bytes, RelayError> {
     let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
         .await
         .map_err(|_| RelayError::BodyTimeout)?;
@@ -365,7 +366,7 @@ fn prepare(
 
 /// Counts what the pipeline did: redactions by rule, truncations by field, dropped items by type and reason, dropped
 /// spans, and items that took the tree walk.
-fn record_report(metrics: &Metrics, report: &Report) {
+pub(crate) fn record_report(metrics: &Metrics, report: &Report) {
     let redactions = if report.dry_run {
         &metrics.dry_run_redactions
     } else {
@@ -399,11 +400,13 @@ fn item_limit(ty: ItemType) -> Option<(usize, bool)> {
         ItemType::Session | ItemType::Sessions | ItemType::ClientReport | ItemType::TraceMetric => Some((MIB, false)),
         ItemType::Attachment | ItemType::ReplayVideo => Some((100 * MIB, false)),
         ItemType::Profile | ItemType::ProfileChunk => Some((50 * MIB, false)),
+        // Relay's limit for security reports.
+        ItemType::RawSecurity | ItemType::Nel => Some((MIB, false)),
         ItemType::Statsd | ItemType::Other => None,
     }
 }
 
-fn enforce_item_limits(envelope: &mut Envelope, metrics: &Metrics) -> Result<(), RelayError> {
+pub(crate) fn enforce_item_limits(envelope: &mut Envelope, metrics: &Metrics) -> Result<(), RelayError> {
     for item in &envelope.items {
         if let Some((limit, true)) = item_limit(item.ty()) {
             if item.payload().len() > limit {
@@ -472,7 +475,7 @@ fn store_envelope(body: Vec<u8>, max_decompressed: usize) -> Result<Envelope, Re
 }
 
 /// `name/version` from the envelope header's `sdk` object, when it is a safe token.
-fn sdk_client(envelope: &Envelope) -> Option<String> {
+pub(crate) fn sdk_client(envelope: &Envelope) -> Option<String> {
     let sdk = envelope.headers.get("sdk")?;
     let (name, version) = (sdk.get("name")?.as_str()?, sdk.get("version")?.as_str()?);
     auth::safe_client(&format!("{name}/{version}"))
@@ -485,7 +488,7 @@ pub fn normalize_event_id(id: &str) -> Option<String> {
 }
 
 /// A random version-4 UUID in Sentry's 32-hex form.
-fn new_event_id() -> String {
+pub(crate) fn new_event_id() -> String {
     let mut bits = fastrand::u128(..);
     bits = (bits & !(0xf << 76)) | (0x4 << 76);
     bits = (bits & !(0x3 << 62)) | (0x2 << 62);

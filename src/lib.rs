@@ -48,8 +48,9 @@
 //! # Where things live
 //!
 //! - Pure core, no sockets: [`envelope`], [`rules`], [`scrub`], [`payload`] (one module per payload format),
-//!   [`filter`], [`truncate`], [`pipeline`].
-//! - Edges: [`server`], [`ingest`], [`auth`], [`dsn`], [`decode`], [`error`], [`upstream`], [`delivery`], [`admin`].
+//!   [`filter`], [`truncate`], [`pipeline`], [`otlp`].
+//! - Edges: [`server`], [`ingest`], [`routes`] (CSP/NEL reports, OTLP, cron check-ins: the same steps, ending in the
+//!   same delivery), [`auth`], [`dsn`], [`decode`], [`error`], [`upstream`], [`delivery`], [`admin`].
 //! - Process: [`cli`], [`config`], [`logging`], [`metrics`], [`reload`], [`shutdown`], [`healthcheck`].
 
 #![forbid(unsafe_code)]
@@ -68,9 +69,11 @@ pub mod healthcheck;
 pub mod ingest;
 pub mod logging;
 pub mod metrics;
+pub mod otlp;
 pub mod payload;
 pub mod pipeline;
 pub mod reload;
+pub mod routes;
 pub mod rules;
 pub mod scrub;
 pub mod server;

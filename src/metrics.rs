@@ -16,7 +16,8 @@ const NAMESPACE: &str = "scrub_relay";
 /// All of the relay's metrics. Cheap to share: clone the `Arc` the server holds.
 pub struct Metrics {
     registry: Registry,
-    /// HTTP requests answered, by endpoint (`envelope`, `store`, `tunnel`, `health`, `metrics`, `other`) and status code.
+    /// HTTP requests answered, by endpoint (`envelope`, `store`, `tunnel`, `routes::Kind`, `health`, `metrics`, `other`)
+    /// and status code.
     pub requests: IntCounterVec,
     /// Requests rejected before processing, by cause (`Error::kind`).
     pub request_errors: IntCounterVec,

@@ -183,6 +183,7 @@ fn process_item(
         // Counts of discarded events by reason and category: nothing to scrub, nothing to break.
         ItemType::ClientReport => Some(item),
         ItemType::Attachment => payload::attachment::process(item, cx),
+        ItemType::RawSecurity | ItemType::Nel => payload::security::process(item, ty, cx),
         _ => match payload::json::scope(&item, ty) {
             Some(scope) => payload::json::process(item, ty, scope, cx),
             // Replay recordings and videos, statsd lines, and unknown items that are not JSON.

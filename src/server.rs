@@ -235,6 +235,10 @@ pub async fn handle(state: &Arc<AppState>, request: Request<Incoming>) -> Respon
                 error.into_response()
             }
         },
+        Route::Other(kind, project_id) => match crate::routes::handle(state, request, kind, project_id).await {
+            Ok(response) => response,
+            Err(error) => reject(state, error),
+        },
         Route::WrongMethod => reject(state, RelayError::MethodNotAllowed),
         Route::NotFound => reject(state, RelayError::NotFound),
     };
@@ -267,6 +271,8 @@ enum Route {
     /// `OPTIONS` on an ingest path: a browser's CORS preflight.
     Preflight,
     Ingest(Endpoint, Option<u64>),
+    /// Security reports, NEL, OTLP and cron check-ins (`crate::routes`).
+    Other(crate::routes::Kind, u64),
     WrongMethod,
     NotFound,
 }
@@ -283,7 +289,8 @@ impl Route {
             api_route(path)
         };
         match ingest {
-            Some(route) if method == Method::POST => route,
+            Some(Route::Other(kind, project_id)) if kind.allows(method) => Route::Other(kind, project_id),
+            Some(route @ Route::Ingest(..)) if method == Method::POST => route,
             Some(_) if method == Method::OPTIONS => Route::Preflight,
             Some(_) => Route::WrongMethod,
             None => Route::NotFound,
@@ -294,16 +301,18 @@ impl Route {
         match self {
             Route::Admin(admin) => admin.endpoint_label(),
             Route::Ingest(endpoint, _) => endpoint.as_str(),
+            Route::Other(kind, _) => kind.as_str(),
             Route::Preflight | Route::WrongMethod | Route::NotFound => "other",
         }
     }
 
     fn wants_cors(self) -> bool {
-        matches!(self, Route::Preflight | Route::Ingest(..) | Route::WrongMethod)
+        matches!(self, Route::Preflight | Route::Ingest(..) | Route::Other(..) | Route::WrongMethod)
     }
 }
 
-/// `/api/<project_id>/envelope/` and `/api/<project_id>/store/`, trailing slash optional.
+/// `/api/<project_id>/envelope/` and `/api/<project_id>/store/`, trailing slash optional, and the other routes of
+/// `crate::routes`.
 fn api_route(path: &str) -> Option<Route> {
     let rest = path.strip_prefix("/api/")?;
     let (project, endpoint) = rest.split_once('/')?;
@@ -311,7 +320,7 @@ fn api_route(path: &str) -> Option<Route> {
     let endpoint = match endpoint.trim_end_matches('/') {
         "envelope" => Endpoint::Envelope,
         "store" => Endpoint::Store,
-        _ => return None,
+        _ => return crate::routes::Kind::from_path(endpoint).map(|kind| Route::Other(kind, project_id)),
     };
     Some(Route::Ingest(endpoint, Some(project_id)))
 }

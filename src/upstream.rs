@@ -27,8 +27,10 @@ pub struct UpstreamRequest {
     /// The SDK's IP, sent as `X-Forwarded-For` so Sentry can resolve `{{auto}}` user IPs. Only set when the rules
     /// allow sending the client IP (`send_default_pii: true`); `None` keeps the client's address to ourselves.
     pub forwarded_for: Option<std::net::IpAddr>,
-    /// The serialized, scrubbed envelope.
+    /// The serialized, scrubbed envelope (or, for another destination, the scrubbed body).
     pub envelope: Bytes,
+    /// The upstream route and content type.
+    pub destination: crate::delivery::Destination,
 }
 
 /// What the upstream answered. The body is kept (capped) so its `detail` can reach the SDK.
@@ -101,7 +103,13 @@ impl Upstream {
 
     /// `<upstream>/api/<project_id>/envelope/`.
     pub fn envelope_url(&self, project_id: u64) -> String {
-        format!("{}/api/{project_id}/envelope/", self.base)
+        self.url(crate::delivery::Destination::Envelope, project_id)
+    }
+
+    /// The configured upstream plus the destination's fixed path: never anything taken from a request but the
+    /// validated project id.
+    pub fn url(&self, destination: crate::delivery::Destination, project_id: u64) -> String {
+        format!("{}{}", self.base, destination.path(project_id))
     }
 
     /// One attempt. Any HTTP answer, 2xx or not, is `Ok`.
@@ -134,7 +142,7 @@ impl Upstream {
         );
         headers.insert(
             http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-sentry-envelope"),
+            HeaderValue::from_static(request.destination.content_type()),
         );
         match encoding {
             UpstreamEncoding::Gzip => {
@@ -167,7 +175,8 @@ impl Upstream {
             .with_label_values(&["wire"])
             .inc_by(body.len() as u64);
         let started = Instant::now();
-        let result = self.post(request.project_id, headers, body).await;
+        let url = self.url(request.destination, request.project_id);
+        let result = self.post(url, headers, body).await;
         self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(response) => status_outcome(response.status),
@@ -180,15 +189,10 @@ impl Upstream {
         result
     }
 
-    async fn post(
-        &self,
-        project_id: u64,
-        headers: HeaderMap,
-        body: Vec<u8>,
-    ) -> Result<UpstreamResponse, UpstreamError> {
+    async fn post(&self, url: String, headers: HeaderMap, body: Vec<u8>) -> Result<UpstreamResponse, UpstreamError> {
         let response = self
             .client
-            .post(self.envelope_url(project_id))
+            .post(url)
             .headers(headers)
             .body(body)
             .send()
@@ -292,6 +296,8 @@ mod tests {
     fn envelope_url_keeps_a_path_prefix() {
         let plain = upstream("https://sentry.io", UpstreamEncoding::Gzip);
         assert_eq!(plain.envelope_url(42), "https://sentry.io/api/42/envelope/");
+        let otlp = crate::delivery::Destination::OtlpLogs(crate::otlp::Encoding::Protobuf);
+        assert_eq!(plain.url(otlp, 42), "https://sentry.io/api/42/integration/otlp/v1/logs");
         let prefixed = upstream("https://sentry.example.com/relay/", UpstreamEncoding::Gzip);
         assert_eq!(
             prefixed.envelope_url(7),
@@ -344,6 +350,7 @@ mod tests {
             user_agent: None,
             forwarded_for: None,
             envelope: Bytes::from_static(b"{}\n"),
+            destination: crate::delivery::Destination::Envelope,
         };
         let error = client.send(request).await.unwrap_err();
         assert_eq!(error.outcome(), "network_error");

@@ -518,6 +518,7 @@ async fn a_corrupt_spool_entry_is_reported_and_the_rest_delivered() {
                 forwarded_for: None,
                 envelope: body.into(),
                 received_at: std::time::SystemTime::now(),
+                destination: scrub_relay::delivery::Destination::Envelope,
             };
             spool.write(n, &job).expect("write entry");
         }

@@ -68,15 +68,86 @@ pub struct Job {
     pub user_agent: Option<String>,
     /// The client address for `X-Forwarded-For`, present only when the policy allows sending it.
     pub forwarded_for: Option<std::net::IpAddr>,
-    /// The scrubbed envelope, uncompressed.
+    /// The scrubbed envelope, uncompressed (for other destinations, the scrubbed body in their encoding).
     pub envelope: Bytes,
     /// When the relay accepted it; wall-clock time, because it survives restarts in the spool.
     pub received_at: SystemTime,
+    /// Which upstream route it goes to.
+    pub destination: Destination,
 }
 
 impl Job {
     fn size(&self) -> usize {
         self.envelope.len()
+    }
+}
+
+/// Where a job goes upstream and how its body is labelled. Envelopes are nearly all traffic; OTLP and NEL bodies have
+/// no envelope form on the wire (Relay converts them internally), so they go to the upstream's route of the same
+/// name, in the encoding the client used, through the same queue, spool and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    Envelope,
+    OtlpTraces(crate::otlp::Encoding),
+    OtlpLogs(crate::otlp::Encoding),
+    Nel,
+}
+
+impl Destination {
+    /// The upstream path for a project.
+    pub fn path(self, project_id: u64) -> String {
+        match self {
+            Destination::Envelope => format!("/api/{project_id}/envelope/"),
+            Destination::OtlpTraces(_) => format!("/api/{project_id}/integration/otlp/v1/traces"),
+            Destination::OtlpLogs(_) => format!("/api/{project_id}/integration/otlp/v1/logs"),
+            Destination::Nel => format!("/api/{project_id}/nel/"),
+        }
+    }
+
+    /// The `Content-Type` of the body sent there.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Destination::Envelope => "application/x-sentry-envelope",
+            Destination::OtlpTraces(encoding) | Destination::OtlpLogs(encoding) => encoding.content_type(),
+            Destination::Nel => "application/reports+json",
+        }
+    }
+
+    /// The one-byte code the spool stores (0 is an envelope, so entries written before destinations existed read
+    /// back as envelopes).
+    pub fn code(self) -> u8 {
+        use crate::otlp::Encoding::{Json, Protobuf};
+        match self {
+            Destination::Envelope => 0,
+            Destination::OtlpTraces(Protobuf) => 1,
+            Destination::OtlpTraces(Json) => 2,
+            Destination::OtlpLogs(Protobuf) => 3,
+            Destination::OtlpLogs(Json) => 4,
+            Destination::Nel => 5,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Destination> {
+        use crate::otlp::Encoding::{Json, Protobuf};
+        Some(match code {
+            0 => Destination::Envelope,
+            1 => Destination::OtlpTraces(Protobuf),
+            2 => Destination::OtlpTraces(Json),
+            3 => Destination::OtlpLogs(Protobuf),
+            4 => Destination::OtlpLogs(Json),
+            5 => Destination::Nel,
+            _ => return None,
+        })
+    }
+
+    /// The rate-limit category that holds such a job back, for destinations that are not envelopes (whose items
+    /// have their own): OTLP traces count as spans, as in Sentry. Logs and NEL reports are not rate limited by
+    /// Sentry's endpoints, so nothing holds them back.
+    pub fn rate_limit_category(self) -> Option<DataCategory> {
+        match self {
+            Destination::OtlpTraces(_) => Some(DataCategory::Span),
+            Destination::Envelope | Destination::OtlpLogs(_) | Destination::Nel => None,
+        }
     }
 }
 
@@ -175,6 +246,7 @@ impl Transport for crate::upstream::Upstream {
                     .and_then(|ua| http::HeaderValue::from_str(ua).ok()),
                 forwarded_for: job.forwarded_for,
                 envelope: job.envelope.clone(),
+                destination: job.destination,
             };
             let header = |value: Option<http::HeaderValue>| value.and_then(|v| v.to_str().ok().map(str::to_owned));
             match crate::upstream::Upstream::send(self, request).await {
@@ -917,7 +989,14 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
     // the queue accounting) in case this attempt fails and a later one finds the limit expired.
     let now = Instant::now();
     let mut outgoing = None;
-    if shared.rate_limits.has_limits(job.project_id, now) {
+    if job.destination != Destination::Envelope {
+        let category = job.destination.rate_limit_category();
+        if let Some(until) = category.and_then(|c| shared.rate_limits.limited_until(job.project_id, Some(c), now)) {
+            release_probe();
+            shared.defer(origin, job, attempts, until, Hold::RateLimit);
+            return;
+        }
+    } else if shared.rate_limits.has_limits(job.project_id, now) {
         if let Ok(mut envelope) = Envelope::parse(job.envelope.clone()) {
             if let Some(until) = shared.rate_limits.all_limited_until(job.project_id, &envelope, now) {
                 release_probe();
@@ -1029,8 +1108,9 @@ async fn deliver(shared: &Shared, work: Work, probe: bool, stop: &mut watch::Rec
         }
         429 => {
             shared.metrics.upstream_retries.inc();
-            let until = Envelope::parse(job.envelope.clone())
-                .ok()
+            let until = (job.destination == Destination::Envelope)
+                .then(|| Envelope::parse(job.envelope.clone()).ok())
+                .flatten()
                 .and_then(|envelope| shared.rate_limits.all_limited_until(job.project_id, &envelope, now))
                 .unwrap_or_else(|| {
                     let retry_after = reply.retry_after.as_deref().and_then(rate_limits::parse_retry_after);

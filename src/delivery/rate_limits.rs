@@ -115,6 +115,9 @@ impl DataCategory {
             ItemType::Profile => DataCategory::Profile,
             ItemType::ProfileChunk => DataCategory::ProfileChunk,
             ItemType::Statsd => DataCategory::MetricBucket,
+            ItemType::RawSecurity => DataCategory::Security,
+            // Sentry ignores rate limits for NEL reports.
+            ItemType::Nel => return None,
             ItemType::Other => match type_name {
                 "security" | "raw_security" => DataCategory::Security,
                 "otel_log" => DataCategory::LogItem,

@@ -14,19 +14,24 @@
 //! name. An entry is deleted only after the upstream accepted it (or it was given up on), so delivery is
 //! at-least-once across crashes.
 //!
-//! # Entry format (version 1, little-endian)
+//! # Entry format (versions 1 and 2, little-endian)
 //!
 //! ```text
 //! 0   4  magic "SRSP"
-//! 4   1  version (1)
-//! 5   3  reserved, zero
-//! 8   4  crc32 of every byte from offset 12 to the end
+//! 4   1  version: 1 for an envelope, 2 for another destination
+//! 5   1  version 2: the destination (`Destination::code`); version 1: zero
+//! 6   2  reserved, zero
+//! 8   4  crc32 of every byte from offset 12 to the end (version 2: of bytes 4..8, then 12 to the end)
 //! 12  8  arrival time, unix milliseconds
 //! 20  8  project id
 //! 28  4  uncompressed envelope length
 //! 32  .. public key, sentry_client, user agent, forwarded-for: each a u32 length (u32::MAX = absent) + UTF-8 bytes
 //! ..  .. the envelope, lz4 block-compressed
 //! ```
+//!
+//! Envelopes are still written as version 1, byte for byte what earlier releases wrote, so a downgrade reads them.
+//! OTLP and NEL bodies are version 2: an earlier release moves them aside as corrupt (kept, not misdelivered to the
+//! envelope endpoint) instead of reading them as envelopes.
 //!
 //! Only scrubbed envelopes are ever written here. The files are created with the process umask; the directory should
 //! be private to the relay.
@@ -41,10 +46,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use prometheus::{IntCounter, IntGauge};
 
-use super::Job;
+use super::{Destination, Job};
 
 const MAGIC: &[u8; 4] = b"SRSP";
 const VERSION: u8 = 1;
+/// Entries for a destination other than the envelope endpoint.
+const VERSION_DESTINATION: u8 = 2;
 const FIXED_HEADER: usize = 32;
 const EXTENSION: &str = "spool";
 const TMP_EXTENSION: &str = "tmp";
@@ -416,8 +423,12 @@ pub fn encode(job: &Job) -> Vec<u8> {
     let strings_len: usize = strings.iter().map(|s| 4 + s.map_or(0, str::len)).sum();
     let mut out = Vec::with_capacity(FIXED_HEADER + strings_len + compressed.len());
     out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&[0, 0, 0]);
+    if job.destination == Destination::Envelope {
+        out.push(VERSION);
+    } else {
+        out.push(VERSION_DESTINATION);
+    }
+    out.extend_from_slice(&[job.destination.code(), 0, 0]);
     out.extend_from_slice(&[0; 4]); // checksum, filled in below
     out.extend_from_slice(&unix_ms(job.received_at).to_le_bytes());
     out.extend_from_slice(&job.project_id.to_le_bytes());
@@ -433,9 +444,20 @@ pub fn encode(job: &Job) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&compressed);
-    let crc = crc32fast::hash(&out[12..]);
+    let crc = checksum(&out);
     out[8..12].copy_from_slice(&crc.to_le_bytes());
     out
+}
+
+/// The entry's crc32. Version 2 covers its destination byte too: a flipped bit there must not send a body to another
+/// route.
+fn checksum(entry: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    if entry[4] == VERSION_DESTINATION {
+        hasher.update(&entry[4..8]);
+    }
+    hasher.update(&entry[12..]);
+    hasher.finalize()
 }
 
 /// Parses and checks an entry. Every length is checked against what is there before it is used.
@@ -446,11 +468,13 @@ pub fn decode(data: &[u8]) -> Result<Job, CorruptEntry> {
     if &data[0..4] != MAGIC {
         return Err(CorruptEntry::BadMagic);
     }
-    if data[4] != VERSION {
-        return Err(CorruptEntry::UnsupportedVersion(data[4]));
-    }
+    let destination = match data[4] {
+        VERSION => Destination::Envelope,
+        VERSION_DESTINATION => Destination::from_code(data[5]).ok_or(CorruptEntry::BadField)?,
+        version => return Err(CorruptEntry::UnsupportedVersion(version)),
+    };
     let stored_crc = u32::from_le_bytes(data[8..12].try_into().map_err(|_| CorruptEntry::Truncated)?);
-    if crc32fast::hash(&data[12..]) != stored_crc {
+    if checksum(data) != stored_crc {
         return Err(CorruptEntry::Checksum);
     }
     let mut reader = Reader { data, pos: 12 };
@@ -480,6 +504,7 @@ pub fn decode(data: &[u8]) -> Result<Job, CorruptEntry> {
         forwarded_for,
         envelope: Bytes::from(envelope),
         received_at: UNIX_EPOCH + Duration::from_millis(received_ms),
+        destination,
     })
 }
 
@@ -533,6 +558,7 @@ mod tests {
             forwarded_for: Some(std::net::IpAddr::from([10, 0, 0, 1])),
             envelope: Bytes::from_static(body),
             received_at: UNIX_EPOCH + Duration::from_millis(1_763_884_800_123),
+            destination: Destination::Envelope,
         }
     }
 
@@ -557,6 +583,31 @@ mod tests {
         let original = job(b"{\"event_id\":\"abc\"}\n{\"type\":\"event\",\"length\":2}\n{}\n");
         let decoded = decode(&encode(&original)).expect("valid entry");
         assert_eq!(decoded, original);
+    }
+
+    #[test]
+    fn other_destinations_round_trip_as_version_2() {
+        use crate::otlp::Encoding;
+        for destination in [
+            Destination::OtlpTraces(Encoding::Protobuf),
+            Destination::OtlpTraces(Encoding::Json),
+            Destination::OtlpLogs(Encoding::Protobuf),
+            Destination::OtlpLogs(Encoding::Json),
+            Destination::Nel,
+        ] {
+            let original = Job {
+                destination,
+                ..job(b"\x0a\x02\x0a\x00")
+            };
+            let encoded = encode(&original);
+            assert_eq!(encoded[4], VERSION_DESTINATION);
+            assert_eq!(decode(&encoded).expect("valid entry"), original);
+            let mut flipped = encoded.clone();
+            flipped[5] ^= 0x02;
+            assert!(decode(&flipped).is_err(), "the destination byte is checksummed");
+        }
+        let envelope = encode(&job(b"{}\n"));
+        assert_eq!((envelope[4], envelope[5]), (VERSION, 0), "envelopes stay version 1");
     }
 
     #[test]

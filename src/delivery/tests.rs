@@ -111,6 +111,7 @@ fn job_with(id: usize, items: &[&str]) -> Job {
         forwarded_for: None,
         envelope: Bytes::from(envelope),
         received_at: SystemTime::now(),
+        destination: Destination::Envelope,
     }
 }
 

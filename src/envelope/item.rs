@@ -31,6 +31,10 @@ pub enum ItemType {
     Profile,
     ProfileChunk,
     Statsd,
+    /// A browser's CSP report as it posted it (`/security/`, or the JavaScript SDK's `createRawSecurityEnvelope`).
+    RawSecurity,
+    /// A browser's NEL report (Relay's older envelope form; the relay's `/nel/` route counts its reports as these).
+    Nel,
     Other,
 }
 
@@ -55,6 +59,8 @@ impl ItemType {
             "profile" => ItemType::Profile,
             "profile_chunk" => ItemType::ProfileChunk,
             "statsd" => ItemType::Statsd,
+            "raw_security" => ItemType::RawSecurity,
+            "nel" => ItemType::Nel,
             _ => ItemType::Other,
         }
     }
@@ -80,12 +86,14 @@ impl ItemType {
             ItemType::Profile => "profile",
             ItemType::ProfileChunk => "profile_chunk",
             ItemType::Statsd => "statsd",
+            ItemType::RawSecurity => "raw_security",
+            ItemType::Nel => "nel",
             ItemType::Other => "other",
         }
     }
 
     /// Every variant, for pre-registering metric label values.
-    pub const ALL: [ItemType; 19] = [
+    pub const ALL: [ItemType; 21] = [
         ItemType::Event,
         ItemType::Transaction,
         ItemType::Span,
@@ -104,6 +112,8 @@ impl ItemType {
         ItemType::Profile,
         ItemType::ProfileChunk,
         ItemType::Statsd,
+        ItemType::RawSecurity,
+        ItemType::Nel,
         ItemType::Other,
     ];
 }

@@ -104,7 +104,7 @@ pub(crate) fn streamed(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut
 }
 
 /// A JSON item that did not parse: never forwarded raw.
-fn unparseable(mut item: Item, ty: ItemType, cx: &mut Ctx<'_, '_>) -> Option<Item> {
+pub(crate) fn unparseable(mut item: Item, ty: ItemType, cx: &mut Ctx<'_, '_>) -> Option<Item> {
     match cx.scrubber.engine.policy.unparseable_json {
         UnparseablePolicy::Drop => {
             cx.report.dropped.push((ty, DropReason::UnparseableJson));

@@ -5,9 +5,11 @@
 //! - [`json`]: events, transactions, spans, logs and every other JSON item (streaming walk, tree walk when needed).
 //! - [`text`]: UTF-8 text gets the value detectors; anything else follows the binary policy.
 //! - [`attachment`]: picks JSON, text or the attachment policy for an `attachment` item.
+//! - [`security`]: browser reports (`raw_security`, `nel`): URLs, referrers, samples and policies.
 
 pub mod attachment;
 pub mod json;
+pub mod security;
 pub mod text;
 
 use crate::pipeline::Report;

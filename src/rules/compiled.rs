@@ -110,7 +110,7 @@ impl CompiledRules {
 
     /// Rule ids this rule set can report (for pre-registering metric labels).
     pub fn rule_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = ["sensitive_key", "sensitive_header", "send_default_pii"]
+        let mut ids: Vec<String> = ["sensitive_key", "sensitive_header", "send_default_pii", "url_token"]
             .map(String::from)
             .into();
         for engine in std::iter::once(&self.base).chain(self.projects.values()) {

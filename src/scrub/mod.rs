@@ -14,6 +14,8 @@
 //! A [`Scrubber`] is created per envelope and is cheap: no regex is compiled here.
 
 mod meta;
+mod otlp;
+pub mod security;
 pub(crate) mod stream;
 mod text;
 mod walk;

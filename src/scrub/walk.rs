@@ -475,7 +475,7 @@ impl Scrubber<'_> {
     }
 
     /// Replaces a whole string under a sensitive key; `None` when it already reads as filtered.
-    pub(super) fn redact_str(&mut self, text: &str, rule: &'static str, path: &[Seg<'_>]) -> Option<String> {
+    pub(crate) fn redact_str(&mut self, text: &str, rule: &'static str, path: &[Seg<'_>]) -> Option<String> {
         if is_already_filtered(text, self.engine) {
             return None;
         }
@@ -511,7 +511,7 @@ impl Scrubber<'_> {
     }
 
     /// Cuts a string under `key` to the key's length limit; `None` when it has none or the string fits.
-    pub(super) fn truncate_str(&mut self, key: &str, value: &str, path: &[Seg<'_>]) -> Option<String> {
+    pub(crate) fn truncate_str(&mut self, key: &str, value: &str, path: &[Seg<'_>]) -> Option<String> {
         let limit = self.engine.truncation.limit_for(key)?;
         let cut = truncate(value, limit.max_chars, self.engine.truncation.marker())?;
         let marker_chars = self.engine.truncation.marker().chars().count();
@@ -570,7 +570,7 @@ impl Scrubber<'_> {
 
     /// What an attribute's name alone decides (the value may still turn a redaction into a removal, see
     /// [`is_scalar_typed`]).
-    pub(super) fn attribute_rule(&mut self, key: &str) -> AttributeRule {
+    pub(crate) fn attribute_rule(&mut self, key: &str) -> AttributeRule {
         if is_id_key(key) || matches!(key, "sentry.release" | "sentry.environment" | "sentry.sdk.version") {
             return AttributeRule::Untouched;
         }
@@ -668,7 +668,7 @@ impl Scrubber<'_> {
     }
 
     /// Records an attribute removed by [`Self::attribute_rule`] or for holding a number under a sensitive name.
-    pub(super) fn record_attribute_removal(&mut self, path: &[Seg<'_>], key: &str, rule: &str) {
+    pub(crate) fn record_attribute_removal(&mut self, path: &[Seg<'_>], key: &str, rule: &str) {
         self.record(path, Some(key), rule, ChangeAction::Removed, Vec::new(), None);
     }
 
@@ -707,7 +707,7 @@ impl Scrubber<'_> {
 
 /// What happens to a typed attribute, by its name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AttributeRule {
+pub(crate) enum AttributeRule {
     /// Ids, releases, and client IPs when `send_default_pii` is on.
     Untouched,
     Remove(&'static str),
@@ -722,7 +722,7 @@ pub(super) fn is_scalar_typed(attribute: &Value) -> bool {
 }
 
 /// How the `value` of a typed attribute is read: query strings by name, everything else as data.
-pub(super) fn attribute_value_scope(key: &str) -> Scope {
+pub(crate) fn attribute_value_scope(key: &str) -> Scope {
     match key {
         "url.query" | "http.query" => Scope::Query,
         _ => Scope::Data,

@@ -1,0 +1,213 @@
+//! Sentry's routes other than envelope, store and tunnel: browser security reports (CSP on `/security/` and
+//! `/csp-report/`, NEL on `/nel/`), OTLP traces and logs (`/integration/otlp/v1/traces|logs`) and HTTP cron
+//! check-ins (`/cron/<slug>[/<key>]/`).
+//!
+//! Each handler follows ingest's steps with ingest's helpers (auth, `Content-Encoding`, the wire cap, decoding on a
+//! processing slot), adds its route's content types and size limit (Relay's), and ends in the same delivery queue.
+//! CSP reports and check-ins become envelope items (`raw_security`, `check_in`), the forms Sentry also takes inside
+//! envelopes, so they are scrubbed by the envelope pipeline and delivered like any envelope. OTLP and NEL bodies
+//! have no envelope form on the wire (Relay converts them internally), so they go to the upstream's route of the same
+//! name in the encoding they came in ([`crate::delivery::Destination`]).
+
+pub mod cron;
+pub mod otlp;
+pub mod security;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::auth::{self, Identity, RequestAuth};
+use crate::decode::{self, DecodeError};
+use crate::delivery::{Destination, Job};
+use crate::error::RelayError;
+use crate::ingest::{self, Delivery, Endpoint};
+use crate::server::{AppState, ClientAddr};
+
+/// Which of these routes a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `/security/` and `/csp-report/`.
+    Security,
+    Nel,
+    OtlpTraces,
+    OtlpLogs,
+    /// `/cron/<slug>[/<key>]/`; the handler reads the slug and key from the path.
+    Cron,
+}
+
+impl Kind {
+    /// The `endpoint` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Security => "security",
+            Kind::Nel => "nel",
+            Kind::OtlpTraces => "otlp_traces",
+            Kind::OtlpLogs => "otlp_logs",
+            Kind::Cron => "cron",
+        }
+    }
+
+    /// Every variant, for the metrics table and tests.
+    pub const ALL: [Kind; 5] = [Kind::Security, Kind::Nel, Kind::OtlpTraces, Kind::OtlpLogs, Kind::Cron];
+
+    /// Check-ins come from curl and cron jobs as `GET` too; everything else is `POST`.
+    pub fn allows(self, method: &Method) -> bool {
+        method == Method::POST || (self == Kind::Cron && (method == Method::GET || method == Method::HEAD))
+    }
+
+    /// What follows `/api/<project_id>/`, trailing slash optional.
+    pub fn from_path(rest: &str) -> Option<Kind> {
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        Some(match rest {
+            "security" | "csp-report" => Kind::Security,
+            "nel" => Kind::Nel,
+            "integration/otlp/v1/traces" => Kind::OtlpTraces,
+            "integration/otlp/v1/logs" => Kind::OtlpLogs,
+            _ if rest.starts_with("cron/") => Kind::Cron,
+            _ => return None,
+        })
+    }
+}
+
+/// Handles one request on one of these routes.
+pub async fn handle(
+    state: &Arc<AppState>,
+    request: Request<Incoming>,
+    kind: Kind,
+    project_id: u64,
+) -> Result<Response<Full<Bytes>>, RelayError> {
+    match kind {
+        Kind::Security => security::handle_csp(state, request, project_id).await,
+        Kind::Nel => security::handle_nel(state, request, project_id).await,
+        Kind::OtlpTraces => otlp::handle(state, request, crate::otlp::Signal::Traces, project_id).await,
+        Kind::OtlpLogs => otlp::handle(state, request, crate::otlp::Signal::Logs, project_id).await,
+        Kind::Cron => cron::handle(state, request, project_id).await,
+    }
+}
+
+/// The request's `Content-Type` without parameters, lowercased; empty when absent or not text.
+pub(crate) fn content_type(parts: &Parts) -> String {
+    parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|value| value.trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+/// Who is sending, from the request alone (these routes have no envelope `dsn`), checked against the allowlists.
+pub(crate) fn identify(
+    state: &AppState,
+    request_auth: Option<RequestAuth>,
+    project_id: u64,
+) -> Result<Identity, RelayError> {
+    let identity = auth::resolve(request_auth, Some(project_id), None)?;
+    ingest::authorize(state, Endpoint::Envelope, &identity)?;
+    Ok(identity)
+}
+
+/// Reads the body under the wire cap and `limit` (the route's own, when smaller), then decodes it on a processing
+/// slot under `limit` and runs `work` on the decoded bytes there. The same caps and slots as envelopes.
+pub(crate) async fn with_body<T: Send + 'static>(
+    state: &Arc<AppState>,
+    parts: &Parts,
+    body: Incoming,
+    limit: usize,
+    work: impl FnOnce(Bytes) -> Result<T, RelayError> + Send + 'static,
+) -> Result<T, RelayError> {
+    let encoding = ingest::content_encoding(&parts.headers)?;
+    let max_body = state.config.max_body_bytes.min(limit);
+    if ingest::content_length(&parts.headers).is_some_and(|length| length > max_body as u64) {
+        return Err(RelayError::BodyTooLarge { limit: max_body });
+    }
+    let wire = ingest::read_body(body, max_body, state.config.body_timeout).await?;
+    state
+        .metrics
+        .received_bytes
+        .with_label_values(&["wire"])
+        .inc_by(wire.len() as u64);
+    let max_decoded = state.config.max_decompressed_bytes.min(limit);
+    let metrics = state.metrics.clone();
+    // The semaphore is never closed, so acquiring only waits.
+    let slot = state
+        .processing
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| RelayError::Internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        let decoded = decode::decode(encoding, &wire, max_decoded).map_err(|error| match error {
+            DecodeError::TooLarge { limit } => RelayError::DecompressedTooLarge { limit },
+            DecodeError::Invalid(source) => RelayError::InvalidCompression(source),
+        })?;
+        drop(wire);
+        metrics
+            .received_bytes
+            .with_label_values(&["decompressed"])
+            .inc_by(decoded.len() as u64);
+        work(Bytes::from(decoded))
+    })
+    .await
+    .map_err(|_| RelayError::Internal)?
+}
+
+/// A job for `identity` from this request.
+pub(crate) fn job(state: &AppState, parts: &Parts, identity: Identity, body: Bytes, destination: Destination) -> Job {
+    let send_client_ip = state.rules().engine(Some(identity.project_id)).send_default_pii;
+    Job {
+        project_id: identity.project_id,
+        public_key: identity.public_key,
+        sentry_client: identity.client,
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned),
+        forwarded_for: send_client_ip
+            .then(|| parts.extensions.get::<ClientAddr>().map(|a| a.0))
+            .flatten(),
+        envelope: body,
+        received_at: SystemTime::now(),
+        destination,
+    }
+}
+
+/// What became of a job handed to delivery.
+pub(crate) enum Queued {
+    Accepted,
+    /// Every item is rate limited (envelopes only); the answer for the client.
+    RateLimited(Response<Full<Bytes>>),
+    /// The queue and spool are full; the answer for the client.
+    Refused(Response<Full<Bytes>>),
+}
+
+/// Queues a job: envelopes through ingest's rate-limit check, other destinations as they are (their routes decide
+/// about rate limits before reading the body).
+pub(crate) async fn enqueue(state: &AppState, job: Job) -> Result<Queued, RelayError> {
+    let job = if job.destination == Destination::Envelope {
+        match ingest::deliver(state, job)? {
+            Delivery::Queued(job) => job,
+            Delivery::RateLimited(limited) => return Ok(Queued::RateLimited(ingest::rate_limited(limited))),
+        }
+    } else {
+        job
+    };
+    state.metrics.envelopes_received.inc();
+    match state.delivery.submit(job).await {
+        Ok(()) => Ok(Queued::Accepted),
+        Err(rejected) => Ok(Queued::Refused(ingest::overloaded(state, rejected))),
+    }
+}
+
+/// An answer with a status and an empty JSON object.
+pub(crate) fn empty_json(status: StatusCode) -> Response<Full<Bytes>> {
+    crate::server::json(status, &serde_json::json!({}))
+}

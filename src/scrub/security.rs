@@ -1,0 +1,276 @@
+//! Browser security reports (CSP violations, NEL network errors): the URLs in them, their referrers and script
+//! samples.
+//!
+//! A URL keeps its origin (scheme, host and port), which Sentry groups by; its path loses emails (detectors) and
+//! segments that look like tokens or ids (`url_token`); its query string and fragment go through the key rules, the
+//! detectors, and the same token check on each value, so a reset link's `?reset=<token>` goes even though `reset` is
+//! not a sensitive key. Policies lose their nonces. Directives, dispositions, status codes, line numbers, phases and
+//! report types are never touched; any other field gets the generic walk (key rules and detectors).
+
+use serde_json::{Map, Value};
+
+use super::{ChangeAction, Remark, Scope, Scrubber, Seg, TextMode};
+use crate::rules::Action;
+
+/// The rule id for tokens removed from URLs by their shape.
+pub const URL_TOKEN_RULE: &str = "url_token";
+
+/// Fields holding a URL, in the legacy (kebab-case), Reporting API (camelCase) and NEL (snake_case) shapes.
+const URL_FIELDS: &[&str] = &[
+    "document-uri",
+    "blocked-uri",
+    "referrer",
+    "source-file",
+    "documentURL",
+    "blockedURL",
+    "sourceFile",
+    "url",
+    "document_uri",
+    "blocked_uri",
+    "source_file",
+];
+
+/// Fields that stay as the browser wrote them: what Sentry groups and filters by, numbers, and report metadata.
+const KEPT_FIELDS: &[&str] = &[
+    "violated-directive",
+    "effective-directive",
+    "effectiveDirective",
+    "violatedDirective",
+    "disposition",
+    "status-code",
+    "statusCode",
+    "status_code",
+    "line-number",
+    "lineNumber",
+    "column-number",
+    "columnNumber",
+    "type",
+    "age",
+    "user_agent",
+    "elapsed_time",
+    "method",
+    "phase",
+    "protocol",
+    "sampling_fraction",
+    "server_ip",
+];
+
+impl Scrubber<'_> {
+    /// Scrubs one report (any of the shapes) in place.
+    pub(crate) fn security_report(&mut self, report: &mut Map<String, Value>) {
+        for (key, value) in report.iter_mut() {
+            let key = key.as_str();
+            let path = [Seg::Key(key)];
+            match value {
+                _ if KEPT_FIELDS.contains(&key) => {}
+                Value::String(text) if URL_FIELDS.contains(&key) => self.scrub_url(text, &path),
+                Value::String(text) if key == "script-sample" || key == "sample" => {
+                    // Up to 40 characters of inline code: the only clue to which script broke, so it stays, minus
+                    // what the detectors and `key=value` rules find.
+                    if let Some(scrubbed) = self.scrub_str(text, TextMode::Free, &path) {
+                        *text = scrubbed;
+                    }
+                }
+                Value::String(text) if key == "original-policy" || key == "originalPolicy" => {
+                    self.scrub_policy(text, &path);
+                }
+                Value::Object(inner) if key == "csp-report" || key == "body" => self.security_report(inner),
+                other => self.walk_value(other, Scope::Data, &mut vec![Seg::Key(key)]),
+            }
+        }
+    }
+
+    /// A URL: origin kept, path tokens and emails out, query and fragment through the key rules, detectors and the
+    /// token check. Strings that are not URLs (`inline`, `eval`, `data:...`) get the detectors.
+    pub(crate) fn scrub_url(&mut self, url: &mut String, path: &[Seg<'_>]) {
+        let (origin, rest) = split_origin(url);
+        let (before_fragment, fragment) = match rest.split_once('#') {
+            Some((before, fragment)) => (before, Some(fragment)),
+            None => (rest, None),
+        };
+        let (url_path, query) = match before_fragment.split_once('?') {
+            Some((url_path, query)) => (url_path, Some(query)),
+            None => (before_fragment, None),
+        };
+        let mut out = String::with_capacity(url.len());
+        out.push_str(
+            &self
+                .scrub_str(origin, TextMode::Plain, path)
+                .unwrap_or_else(|| origin.to_string()),
+        );
+        let url_path = self.replace_tokens(url_path, '/', path);
+        out.push_str(&self.scrub_str(&url_path, TextMode::Plain, path).unwrap_or(url_path));
+        for (separator, part) in [('?', query), ('#', fragment)] {
+            let Some(part) = part else { continue };
+            out.push(separator);
+            let tokens_out = if part.contains('=') {
+                self.replace_param_tokens(part, path)
+            } else {
+                self.replace_tokens(part, '/', path)
+            };
+            let mode = if part.contains('=') {
+                TextMode::Query
+            } else {
+                TextMode::Plain
+            };
+            out.push_str(&self.scrub_str(&tokens_out, mode, path).unwrap_or(tokens_out));
+        }
+        if out != *url {
+            *url = out;
+        }
+    }
+
+    /// A CSP policy: `'nonce-...'` sources lose their value (a nonce that repeats is a bypass), then the detectors.
+    fn scrub_policy(&mut self, policy: &mut String, path: &[Seg<'_>]) {
+        let mut out = String::with_capacity(policy.len());
+        let mut rest = policy.as_str();
+        while let Some(start) = rest.find("'nonce-") {
+            let value_start = start + "'nonce-".len();
+            let Some(len) = rest[value_start..].find('\'') else {
+                break;
+            };
+            out.push_str(&rest[..value_start]);
+            let nonce = &rest[value_start..value_start + len];
+            out.push_str(&self.token_replacement(nonce, path));
+            rest = &rest[value_start + len..];
+        }
+        out.push_str(rest);
+        let scrubbed = self.scrub_str(&out, TextMode::Plain, path).unwrap_or(out);
+        if scrubbed != *policy {
+            *policy = scrubbed;
+        }
+    }
+
+    /// Replaces every `separator`-delimited segment of `text` that looks like a token.
+    fn replace_tokens(&mut self, text: &str, separator: char, path: &[Seg<'_>]) -> String {
+        let mut out = String::with_capacity(text.len());
+        for (i, segment) in text.split(separator).enumerate() {
+            if i > 0 {
+                out.push(separator);
+            }
+            if looks_like_token(segment) {
+                out.push_str(&self.token_replacement(segment, path));
+            } else {
+                out.push_str(segment);
+            }
+        }
+        out
+    }
+
+    /// `a=b&c=d`: every value that looks like a token is replaced (names are the key rules' business).
+    fn replace_param_tokens(&mut self, text: &str, path: &[Seg<'_>]) -> String {
+        let mut out = String::with_capacity(text.len());
+        for (i, pair) in text.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, value)) if looks_like_token(value) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(&self.token_replacement(value, path));
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        out
+    }
+
+    /// What a token is replaced with: the key replacement, or its HMAC when keys are hashed.
+    fn token_replacement(&mut self, token: &str, path: &[Seg<'_>]) -> String {
+        let (replacement, action, ty) = if self.engine.key_action == Action::Hash {
+            (self.hash(token), ChangeAction::Hashed, "p")
+        } else {
+            (self.engine.key_replacement.clone(), ChangeAction::Replaced, "s")
+        };
+        let remark = Remark {
+            rule: URL_TOKEN_RULE.into(),
+            ty,
+            range: None,
+        };
+        self.record(path, None, URL_TOKEN_RULE, action, vec![remark], None);
+        replacement
+    }
+}
+
+/// `scheme://authority` and the rest; no origin when the string has no `://` before its first `/`, `?` or `#`.
+fn split_origin(url: &str) -> (&str, &str) {
+    let Some(scheme_end) = url.find("://") else {
+        return ("", url);
+    };
+    if url[..scheme_end].contains(['/', '?', '#']) {
+        return ("", url);
+    }
+    let authority_start = scheme_end + 3;
+    let end = url[authority_start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |i| authority_start + i);
+    (&url[..end], &url[end..])
+}
+
+/// A path segment or parameter value that is a secret by its shape: a UUID, or 16+ URL-safe characters with a run of
+/// 12+ that mixes letters and digits (hex digests, random tokens, session ids). Words, slugs (`my-post-2024`),
+/// numbers and file names (`app.3f2a1b.js` has a short hash) stay.
+pub fn looks_like_token(text: &str) -> bool {
+    let text = text.trim_end_matches('=');
+    if is_uuid(text) {
+        return true;
+    }
+    if text.len() < 16
+        || !text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'%'))
+    {
+        return false;
+    }
+    text.split(['-', '_', '.', '~']).any(|piece| {
+        piece.len() >= 12 && piece.bytes().any(|b| b.is_ascii_digit()) && piece.bytes().any(|b| b.is_ascii_alphabetic())
+    })
+}
+
+fn is_uuid(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_shapes() {
+        for token in [
+            "9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c",
+            "3f1cd9e2-4b5a-4c6d-8e7f-a1b2c3d4e5f6",
+            "sess_Zx81kQ2mP0aLw9vB",
+            "eyJhbGciOiJIUzI1NiJ9abc",
+        ] {
+            assert!(looks_like_token(token), "{token}");
+        }
+        for word in [
+            "reset",
+            "my-blog-post-2024",
+            "app.3f2a1b.js",
+            "12345678901234567",
+            "index.html",
+            "checkout",
+        ] {
+            assert!(!looks_like_token(word), "{word}");
+        }
+    }
+
+    #[test]
+    fn origins() {
+        assert_eq!(
+            split_origin("https://a.example:8443/x?y#z"),
+            ("https://a.example:8443", "/x?y#z")
+        );
+        assert_eq!(split_origin("https://a.example"), ("https://a.example", ""));
+        assert_eq!(split_origin("inline"), ("", "inline"));
+        assert_eq!(split_origin("/path?next=https://x"), ("", "/path?next=https://x"));
+    }
+}
