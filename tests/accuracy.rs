@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+#[path = "accuracy/breadth.rs"]
+mod breadth;
 #[path = "accuracy/cases.rs"]
 mod cases;
 #[path = "accuracy/check.rs"]

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::detectors::{Detector, DetectorSet, Kind};
+use super::detectors::{Detector, DetectorSet, Kind, phone};
 use super::keys::{HeaderMatcher, KeyMatcher, header_name_eq, normalize_header};
 use super::{
     Action, BinaryPolicy, DEFAULT_RULES_YAML, DetectorConfig, ProjectOverride, RulesError, RulesFile, UnparseablePolicy,
@@ -139,8 +139,14 @@ fn uses_hash(file: &RulesFile) -> bool {
             &d.aws_access_key,
             &d.api_token,
             &d.credential_in_text,
+            &d.user_path,
             &d.iban,
             &d.ipv4,
+            &d.provider_secret,
+            &d.labelled_tax_id,
+            &d.itin,
+            &d.phone_intl.common(),
+            &d.ipv6,
         ]
         .iter()
         .any(|c| c.enabled && c.action == Action::Hash)
@@ -228,29 +234,45 @@ impl Engine {
 
         let mut detectors = Vec::new();
         let d = &file.detectors;
-        let configs: [(Kind, &DetectorConfig); 13] = [
+        let phone_intl = d.phone_intl.common();
+        let configs: [(Kind, &DetectorConfig); 19] = [
             (Kind::PrivateKey, &d.private_key),
             (Kind::UrlCredentials, &d.url_credentials),
             (Kind::BearerToken, &d.bearer_token),
             (Kind::Jwt, &d.jwt),
             (Kind::AwsAccessKey, &d.aws_access_key),
+            (Kind::ProviderSecret, &d.provider_secret),
             (Kind::ApiToken, &d.api_token),
             (Kind::CredentialInText, &d.credential_in_text),
+            (Kind::UserPath, &d.user_path),
             (Kind::Email, &d.email),
             (Kind::CreditCard, &d.credit_card),
             (Kind::Iban, &d.iban),
+            (Kind::Itin, &d.itin),
             (Kind::Ssn, &d.ssn),
+            // After `ssn` and `itin`: a dashed number after a label keeps the shape detector's rule id.
+            (Kind::LabelledTaxId, &d.labelled_tax_id),
             (Kind::PhoneUs, &d.phone_us),
+            (Kind::PhoneIntl, &phone_intl),
+            (Kind::Ipv6, &d.ipv6),
             (Kind::Ipv4, &d.ipv4),
         ];
+        let phone_region = phone::parse_region(&d.phone_intl.region).ok_or_else(|| RulesError::Invalid {
+            id: "detectors.phone_intl.region".into(),
+            message: format!(
+                "`{}` is not a region id (two letters, like US, GB, DE)",
+                d.phone_intl.region
+            ),
+        })?;
         for (kind, config) in configs {
             if !config.enabled || disabled.contains(kind.id()) {
                 continue;
             }
-            let default_replacement = if kind == Kind::Email {
-                "***"
-            } else {
-                file.replacements.value.as_str()
+            let default_replacement = match kind {
+                Kind::Email => "***",
+                // Sentry's `@userpath` writes `[user]`: the path still reads as a path.
+                Kind::UserPath => "[user]",
+                _ => file.replacements.value.as_str(),
             };
             detectors.push(Detector {
                 kind,
@@ -317,7 +339,7 @@ impl Engine {
             send_default_pii: file.send_default_pii,
             key_action: file.sensitive_keys.action,
             key_replacement: file.replacements.key.clone(),
-            detectors: DetectorSet::new(detectors),
+            detectors: DetectorSet::new(detectors).with_phone_region(phone_region),
             truncation,
             routes,
             policy: Policy {
@@ -408,6 +430,29 @@ mod tests {
             CompiledRules::from_yaml(yaml).is_err(),
             "disabling an unknown detector is a typo"
         );
+    }
+
+    #[test]
+    fn phone_region_is_validated_before_use() {
+        let err = CompiledRules::from_yaml("detectors:\n  phone_intl:\n    region: XX\n").unwrap_err();
+        assert!(err.to_string().contains("detectors.phone_intl.region"), "{err}");
+        assert!(CompiledRules::from_yaml("detectors:\n  phone_intl:\n    region: gb\n").is_ok());
+    }
+
+    #[test]
+    fn every_breadth_detector_can_be_switched_off() {
+        let yaml = "detectors:\n  user_path: {enabled: false}\n  ipv6: {enabled: false}\n  itin: {enabled: false}\n  \
+                    labelled_tax_id: {enabled: false}\n  provider_secret: {enabled: false}\n  phone_intl: {enabled: false}\n";
+        let rules = CompiledRules::from_yaml(yaml).unwrap();
+        let ids: Vec<&str> = rules.engine(None).detectors.detectors.iter().map(|d| d.id.as_str()).collect();
+        for off in ["user_path", "ipv6", "itin", "labelled_tax_id", "provider_secret", "phone_intl"] {
+            assert!(!ids.contains(&off), "{off} still on: {ids:?}");
+        }
+        let yaml = "detectors:\n  ipv6: {replacement: '[ip]'}\nprojects:\n  7:\n    disabled_detectors: [user_path]\n";
+        let rules = CompiledRules::from_yaml(yaml).unwrap();
+        let ipv6 = rules.engine(None).detectors.detectors.iter().find(|d| d.id == "ipv6").unwrap();
+        assert_eq!(ipv6.replacement, "[ip]");
+        assert!(!rules.engine(Some(7)).detectors.detectors.iter().any(|d| d.id == "user_path"));
     }
 
     #[test]

@@ -18,6 +18,23 @@ use regex::Regex;
 
 use super::Action;
 
+mod catalog;
+#[cfg(test)]
+mod generators;
+mod ipv6;
+pub mod phone;
+mod taxid;
+mod userpath;
+
+/// The byte ranges of the user-name segments of home-directory paths in `text` (`jane` in `/home/jane/app.py`,
+/// `C:\Users\jane\...`), as the `user_path` detector finds them, without a [`DetectorSet`]. For callers that
+/// overwrite the user name in place (minidump module paths keep their length).
+pub fn user_path_spans(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    userpath::find(text.as_bytes(), &mut |start, end| spans.push(start..end));
+    spans
+}
+
 /// The built-in detector kinds, in priority order: when two matches overlap, the earlier kind wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -26,13 +43,19 @@ pub enum Kind {
     BearerToken,
     Jwt,
     AwsAccessKey,
+    ProviderSecret,
     ApiToken,
     CredentialInText,
+    UserPath,
     Email,
     CreditCard,
     Iban,
+    Itin,
     Ssn,
+    LabelledTaxId,
     PhoneUs,
+    PhoneIntl,
+    Ipv6,
     Ipv4,
     Custom,
 }
@@ -46,32 +69,44 @@ impl Kind {
             Kind::BearerToken => "bearer_token",
             Kind::Jwt => "jwt",
             Kind::AwsAccessKey => "aws_access_key",
+            Kind::ProviderSecret => "provider_secret",
             Kind::ApiToken => "api_token",
             Kind::CredentialInText => "credential_in_text",
+            Kind::UserPath => "user_path",
             Kind::Email => "email",
             Kind::CreditCard => "credit_card",
             Kind::Iban => "iban",
+            Kind::LabelledTaxId => "labelled_tax_id",
+            Kind::Itin => "itin",
             Kind::Ssn => "ssn",
             Kind::PhoneUs => "phone_us",
+            Kind::PhoneIntl => "phone_intl",
+            Kind::Ipv6 => "ipv6",
             Kind::Ipv4 => "ipv4",
             Kind::Custom => "custom",
         }
     }
 
     /// Every kind but [`Kind::Custom`]: the ones `rules.yaml` names under `detectors`.
-    pub const BUILT_IN: [Kind; 13] = [
+    pub const BUILT_IN: [Kind; 19] = [
         Kind::PrivateKey,
         Kind::UrlCredentials,
         Kind::BearerToken,
         Kind::Jwt,
         Kind::AwsAccessKey,
+        Kind::ProviderSecret,
         Kind::ApiToken,
         Kind::CredentialInText,
+        Kind::UserPath,
         Kind::Email,
         Kind::CreditCard,
         Kind::Iban,
+        Kind::Itin,
         Kind::Ssn,
+        Kind::LabelledTaxId,
         Kind::PhoneUs,
+        Kind::PhoneIntl,
+        Kind::Ipv6,
         Kind::Ipv4,
     ];
 
@@ -91,6 +126,10 @@ impl Kind {
             Kind::ApiToken => T_API_TOKEN,
             Kind::Email => T_AT,
             Kind::CredentialInText => T_CREDENTIAL_WORD,
+            Kind::UserPath => T_USER_PATH,
+            Kind::ProviderSecret => T_CATALOG,
+            Kind::LabelledTaxId => T_TAX_LABEL,
+            Kind::PhoneIntl => T_PLUS,
             _ => 0,
         }
     }
@@ -103,9 +142,23 @@ const T_JWT: u32 = 1 << 3;
 const T_AWS: u32 = 1 << 4;
 const T_API_TOKEN: u32 = 1 << 5;
 const T_CREDENTIAL_WORD: u32 = 1 << 6;
+const T_USER_PATH: u32 = 1 << 7;
+const T_CATALOG: u32 = 1 << 8;
+const T_TAX_LABEL: u32 = 1 << 9;
+const T_PLUS: u32 = 1 << 10;
 
 /// Every trigger family, for callers that want all of them.
-const T_ALL: u32 = T_AT | T_BEARER | T_PRIVATE_KEY | T_JWT | T_AWS | T_API_TOKEN | T_CREDENTIAL_WORD;
+const T_ALL: u32 = T_AT
+    | T_BEARER
+    | T_PRIVATE_KEY
+    | T_JWT
+    | T_AWS
+    | T_API_TOKEN
+    | T_CREDENTIAL_WORD
+    | T_USER_PATH
+    | T_CATALOG
+    | T_TAX_LABEL
+    | T_PLUS;
 
 /// How many bytes of each class a string holds. One pass that the compiler vectorizes: 16 bytes per step into `u8`
 /// lanes (one SSE2 instruction per class), widened to `u32` every 255 steps. About 0.2 ns per byte, where
@@ -127,6 +180,10 @@ struct Counts {
     /// `J`: every JWT starts with `eyJ`.
     cap_js: u32,
     non_ascii: u32,
+    /// `/` or `\`: every home-directory path has two.
+    slashes: u32,
+    /// `:`: every IPv6 address has two.
+    colons: u32,
 }
 
 /// Bytes per step of [`Counts::of`]: one SSE2 register.
@@ -139,9 +196,9 @@ impl Counts {
         // loop over 11 counters cost more than the vector body on a 60-byte string.
         let mut tail = [0u8; LANES];
         tail[..blocks.remainder().len()].copy_from_slice(blocks.remainder());
-        let mut total = [0u32; 11];
+        let mut total = [0u32; 13];
         // One `u8` lane per counter and byte position; flushed every 255 steps, before a lane can overflow.
-        let mut lanes = [[0u8; LANES]; 11];
+        let mut lanes = [[0u8; LANES]; 13];
         let mut steps = 0;
         for block in blocks.chain(std::iter::once(&tail[..])) {
             let Ok(block) = <&[u8; LANES]>::try_from(block) else {
@@ -167,6 +224,8 @@ impl Counts {
             cap_as,
             cap_js,
             non_ascii,
+            slashes,
+            colons,
         ] = total;
         Counts {
             digits,
@@ -180,11 +239,13 @@ impl Counts {
             cap_as,
             cap_js,
             non_ascii,
+            slashes,
+            colons,
         }
     }
 
     #[inline(always)]
-    fn step(lanes: &mut [[u8; LANES]; 11], block: &[u8; LANES]) {
+    fn step(lanes: &mut [[u8; LANES]; 13], block: &[u8; LANES]) {
         for (i, &b) in block.iter().enumerate() {
             lanes[0][i] += u8::from(b.wrapping_sub(b'0') < 10);
             lanes[1][i] += u8::from(b.wrapping_sub(b'A') < 26);
@@ -197,10 +258,12 @@ impl Counts {
             lanes[8][i] += u8::from(b == b'A');
             lanes[9][i] += u8::from(b == b'J');
             lanes[10][i] += u8::from(b >= 0x80);
+            lanes[11][i] += u8::from((b == b'/') | (b == b'\\'));
+            lanes[12][i] += u8::from(b == b':');
         }
     }
 
-    fn flush(lanes: &mut [[u8; LANES]; 11], total: &mut [u32; 11]) {
+    fn flush(lanes: &mut [[u8; LANES]; 13], total: &mut [u32; 13]) {
         for (lane, sum) in lanes.iter_mut().zip(total.iter_mut()) {
             *sum += lane.iter().map(|&n| u32::from(n)).sum::<u32>();
             *lane = [0; LANES];
@@ -219,6 +282,12 @@ impl Counts {
 /// - `T_JWT`: `eyJ` and two dots.
 /// - `T_AWS`: `A` followed by one of the eight key-id prefixes' last three letters, 4 capitals, 20 capitals or digits.
 /// - `T_API_TOKEN`: a `_` or `-` right after one of the token prefixes (`sk_`, `ghp_`, `xoxb-`, ...), or `AIza`.
+/// - `T_USER_PATH`: two `/` or `\`, and `/ho`, `/us`, `\us` or `\do` in any case (`/home/`, `/Users/`,
+///   `C:\Users\`, `C:\Documents and Settings\`).
+/// - `T_CATALOG`: one of the provider-secret catalog's literals (an Aho-Corasick scan, on strings of 20 bytes or
+///   more: no catalog token is shorter).
+/// - `T_TAX_LABEL`: nine digits and `ssn`, `ss#`, `soc`, `tax`, `tin` or `iti` in any case (every label starts so).
+/// - `T_PLUS`: eight digits and a `+` (an international phone number's country code).
 /// - `T_CREDENTIAL_WORD`: an ASCII digit (the value must hold one) and one of `passw`, `passp`, `pwd`, `secret`,
 ///   `api[_ -]?k`, `token` in any case.
 ///
@@ -231,6 +300,7 @@ pub struct Prefilter {
     pub dots: u32,
     pub dashes: u32,
     pub uppers: u32,
+    pub colons: u32,
 }
 
 impl Prefilter {
@@ -267,12 +337,17 @@ impl Prefilter {
         check(T_CREDENTIAL_WORD, &|| {
             c.digits > 0 && (unicode_fold() || has_credential_word(bytes))
         });
+        check(T_USER_PATH, &|| c.slashes >= 2 && userpath::maybe(bytes));
+        check(T_CATALOG, &|| catalog::maybe(text));
+        check(T_TAX_LABEL, &|| c.digits >= 9 && taxid::maybe_labelled(bytes));
+        check(T_PLUS, &|| c.digits >= 8 && memchr::memchr(b'+', bytes).is_some());
         Prefilter {
             triggers,
             digits: c.digits,
             dots: c.dots,
             dashes: c.dashes,
             uppers: c.uppers,
+            colons: c.colons,
         }
     }
 
@@ -296,6 +371,8 @@ impl Prefilter {
             Kind::Ssn => self.digits >= 9 && self.dashes >= 2,
             Kind::PhoneUs => self.digits >= 10,
             Kind::Ipv4 => self.digits >= 4 && self.dots >= 3,
+            Kind::Itin => self.digits >= 9,
+            Kind::Ipv6 => self.digits >= 1 && self.colons >= 2,
             _ => true,
         }
     }
@@ -448,6 +525,9 @@ pub struct DetectorSet {
     triggers: u32,
     /// [`Kind::bit`] of every enabled detector.
     kinds: u32,
+    /// The region `phone_intl` reads national numbers in; `None` for `US` (NANP is `phone_us`'s), where only `+`
+    /// numbers are looked for.
+    phone_region: Option<phone::Region>,
 }
 
 impl DetectorSet {
@@ -455,16 +535,50 @@ impl DetectorSet {
         let has_custom = detectors.iter().any(|d| d.kind == Kind::Custom);
         let triggers = detectors.iter().fold(0, |bits, d| bits | d.kind.trigger());
         let kinds = detectors.iter().fold(0, |bits, d| bits | d.kind.bit());
+        if kinds & Kind::PhoneIntl.bit() != 0 {
+            phone::warm();
+        }
         DetectorSet {
             detectors,
             has_custom,
             triggers,
             kinds,
+            phone_region: None,
         }
+    }
+
+    /// Reads national phone numbers in `region` too (`US`: only `+` numbers, NANP being `phone_us`'s).
+    pub fn with_phone_region(mut self, region: phone::Region) -> DetectorSet {
+        self.phone_region = (region != phone::Region::US).then_some(region);
+        self
     }
 }
 
 impl DetectorSet {
+    /// Like [`DetectorSet::find`] with only the enabled detectors of one kind (none if it is switched off): file
+    /// paths get the user-path detector alone.
+    pub fn find_only(&self, kind: Kind, text: &str, hits: &mut Vec<Hit>) {
+        hits.clear();
+        if self.kinds & kind.bit() == 0 || text.len() < MIN_BUILT_IN_LEN {
+            return;
+        }
+        if !Prefilter::for_families(text, kind.trigger()).allows(kind) {
+            return;
+        }
+        for (index, detector) in self.detectors.iter().enumerate() {
+            if detector.kind == kind {
+                find_kind(kind, None, self.phone_region, text, &mut |start, end| {
+                    hits.push(Hit {
+                        start,
+                        end,
+                        detector: index,
+                    })
+                });
+            }
+        }
+        hits.sort_by_key(|h| h.start);
+    }
+
     /// Appends every match in `text` to `hits` (cleared first), sorted by start, without overlaps.
     pub fn find(&self, text: &str, hits: &mut Vec<Hit>) {
         hits.clear();
@@ -480,7 +594,9 @@ impl DetectorSet {
         let allowed = if short {
             Kind::Custom.bit()
         } else {
-            Prefilter::for_families(text, self.triggers).allowed_kinds()
+            let pre = Prefilter::for_families(text, self.triggers);
+            let national_phone = self.phone_region.is_some() && pre.digits >= 7;
+            pre.allowed_kinds() | if national_phone { Kind::PhoneIntl.bit() } else { 0 }
         };
         if allowed & self.kinds == 0 {
             return;
@@ -490,13 +606,19 @@ impl DetectorSet {
             if allowed & kind.bit() == 0 {
                 continue;
             }
-            find_kind(kind, detector.regex.as_ref(), text, &mut |start, end| {
-                hits.push(Hit {
-                    start,
-                    end,
-                    detector: index,
-                })
-            });
+            find_kind(
+                kind,
+                detector.regex.as_ref(),
+                self.phone_region,
+                text,
+                &mut |start, end| {
+                    hits.push(Hit {
+                        start,
+                        end,
+                        detector: index,
+                    })
+                },
+            );
         }
         if hits.len() > 1 {
             // Stable sort keeps priority order between hits that start at the same byte.
@@ -580,9 +702,20 @@ const BEARER_STOPWORDS: &[&str] = &[
     "with",
 ];
 
-fn find_kind(kind: Kind, custom: Option<&Regex>, text: &str, push: &mut dyn FnMut(usize, usize)) {
+fn find_kind(
+    kind: Kind,
+    custom: Option<&Regex>,
+    phone_region: Option<phone::Region>,
+    text: &str,
+    push: &mut dyn FnMut(usize, usize),
+) {
     let bytes = text.as_bytes();
     match kind {
+        Kind::ProviderSecret => catalog::find(text, push),
+        Kind::LabelledTaxId => taxid::find_labelled(bytes, push),
+        Kind::Itin => taxid::find_itins(bytes, push),
+        Kind::PhoneIntl => phone::find(text, phone_region, push),
+        Kind::Ipv6 => ipv6::find(bytes, push),
         Kind::Email => find_emails(bytes, push),
         Kind::PhoneUs => {
             for m in PHONE.find_iter(text) {
@@ -633,6 +766,7 @@ fn find_kind(kind: Kind, custom: Option<&Regex>, text: &str, push: &mut dyn FnMu
                 }
             }
         }
+        Kind::UserPath => userpath::find(bytes, push),
         Kind::PrivateKey => regex_hits(&PRIVATE_KEY, text, push),
         Kind::Jwt => regex_hits(&JWT, text, push),
         Kind::AwsAccessKey => regex_hits(&AWS, text, push),
@@ -1100,19 +1234,55 @@ mod tests {
         (Kind::Iban, "abcdefghijklm GB82WEST12345698765432"),
         (Kind::Iban, "(DE89370400440532013000)"),
         (Kind::Iban, "GB82 WEST 1234 5698 7654 32"),
+        // The breadth detectors, each trigger literal and count gate.
+        (Kind::UserPath, "/home/jane/app.py"),
+        (Kind::UserPath, "at /Users/jdoe/x"),
+        (Kind::UserPath, "C:\\Users\\JaneD\\x.cs"),
+        (Kind::UserPath, "C:\\\\USERS\\\\JaneD"),
+        (Kind::UserPath, "d:/Documents and Settings/jane/x"),
+        (Kind::Ipv6, "from 2a00:1450:4001:82b::200e"),
+        (Kind::Ipv6, "::ffff:198.51.100.23"),
+        (Kind::Ipv6, "[2606:4700:4700::1111]:53"),
+        (Kind::LabelledTaxId, "SSN 219099999"),
+        (Kind::LabelledTaxId, "Social Security no. 219 09 9999"),
+        (Kind::LabelledTaxId, "ss# 219099999"),
+        (Kind::LabelledTaxId, "ITIN: 912781234"),
+        (Kind::LabelledTaxId, "Tax ID 219099999"),
+        (Kind::LabelledTaxId, "TIN 219099999"),
+        (Kind::Itin, "912-78-1234"),
+        (Kind::Itin, "912 94 1234"),
+        (Kind::PhoneIntl, "+44 20 7946 0958"),
+        (Kind::PhoneIntl, "tel:+447911123456"),
+        (Kind::PhoneIntl, "+49 (0)30 12345678"),
+        (
+            Kind::ProviderSecret,
+            "SG.AbCdEfGhIjKlMnOpQrStUv.AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-AbCdE",
+        ),
+        (
+            Kind::ProviderSecret,
+            "/bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw1",
+        ),
+        (Kind::ProviderSecret, "shpat_0123456789abcdef0123456789abcdef"),
+        (Kind::ProviderSecret, "0123456789abcdef0123456789abcdef-us12"),
     ];
 
     /// `find` without any prefilter: every enabled detector runs on every string.
     fn find_unfiltered(detectors: &DetectorSet, text: &str) -> Vec<(usize, usize, usize)> {
         let mut hits = Vec::new();
         for (index, detector) in detectors.detectors.iter().enumerate() {
-            find_kind(detector.kind, detector.regex.as_ref(), text, &mut |start, end| {
-                hits.push(Hit {
-                    start,
-                    end,
-                    detector: index,
-                })
-            });
+            find_kind(
+                detector.kind,
+                detector.regex.as_ref(),
+                detectors.phone_region,
+                text,
+                &mut |start, end| {
+                    hits.push(Hit {
+                        start,
+                        end,
+                        detector: index,
+                    })
+                },
+            );
         }
         hits.sort_by_key(|h| h.start);
         let mut last_end = 0;

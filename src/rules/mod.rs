@@ -147,6 +147,40 @@ impl Default for DetectorConfig {
     }
 }
 
+/// `phone_intl`: a detector's settings plus the region national numbers are read in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PhoneConfig {
+    pub enabled: bool,
+    pub replacement: Option<String>,
+    pub action: Action,
+    /// CLDR region id (`US`, `GB`, `DE`, ...). `US`: only numbers with a `+` country code (NANP is `phone_us`'s);
+    /// another region: its national format too.
+    pub region: String,
+}
+
+impl Default for PhoneConfig {
+    fn default() -> Self {
+        PhoneConfig {
+            enabled: true,
+            replacement: None,
+            action: Action::Replace,
+            region: "US".into(),
+        }
+    }
+}
+
+impl PhoneConfig {
+    /// The settings every detector has.
+    pub fn common(&self) -> DetectorConfig {
+        DetectorConfig {
+            enabled: self.enabled,
+            replacement: self.replacement.clone(),
+            action: self.action,
+        }
+    }
+}
+
 /// The built-in detectors, by name. Omitted ones keep their defaults (enabled).
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -162,6 +196,12 @@ pub struct Detectors {
     pub aws_access_key: DetectorConfig,
     pub api_token: DetectorConfig,
     pub credential_in_text: DetectorConfig,
+    pub user_path: DetectorConfig,
+    pub provider_secret: DetectorConfig,
+    pub labelled_tax_id: DetectorConfig,
+    pub itin: DetectorConfig,
+    pub phone_intl: PhoneConfig,
+    pub ipv6: DetectorConfig,
     pub iban: DetectorConfig,
     pub ipv4: DetectorConfig,
 }

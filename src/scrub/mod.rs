@@ -7,8 +7,9 @@
 //!
 //! The walk knows the shape of Sentry payloads through a small set of [`Scope`]s (event root, request, headers,
 //! frame, typed attributes, ...). The scope decides which fields are never touched (ids, timestamps, releases,
-//! frame filenames and line numbers), which are free text (detectors only), which are source code (detectors only,
-//! never key rules) and where key and header rules apply. Anything the walk does not know is walked generically:
+//! line numbers), which are file paths (frame filenames, debug images: the user-path detector only, so traces still
+//! symbolicate), which are free text (detectors only), which are source code (detectors only, never key rules) and
+//! where key and header rules apply. Anything the walk does not know is walked generically:
 //! key rules on keys, detectors on string values.
 //!
 //! A [`Scrubber`] is created per envelope and is cheap: no regex is compiled here.

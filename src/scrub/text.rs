@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use super::{ChangeAction, Remark, Scrubber, Seg, is_already_filtered};
 use crate::rules::Action;
-use crate::rules::detectors::Hit;
+use crate::rules::detectors::{Hit, Kind};
 
 /// How a string is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +20,8 @@ pub enum TextMode {
     Cookie,
     /// Free text without the JSON-in-string walk (attachments, unparseable items).
     Plain,
+    /// A file path: the user-path detector only (frame filenames, debug image files).
+    Path,
 }
 
 /// Which rule produced a hit.
@@ -64,11 +66,15 @@ impl Scrubber<'_> {
             TextMode::Query => self.param_spans(text, 0, b'&', &mut spans),
             TextMode::Cookie => self.param_spans(text, 0, b';', &mut spans),
             TextMode::Free | TextMode::Plain => self.embedded_pair_spans(text, &mut spans),
-            TextMode::Source => {}
+            TextMode::Source | TextMode::Path => {}
         }
         drop_overlaps(&mut spans);
         let mut hits = std::mem::take(&mut self.hits);
-        self.engine.detectors.find(text, &mut hits);
+        if mode == TextMode::Path {
+            self.engine.detectors.find_only(Kind::UserPath, text, &mut hits);
+        } else {
+            self.engine.detectors.find(text, &mut hits);
+        }
         if hits.is_empty() && spans.is_empty() {
             self.hits = hits;
             return None;

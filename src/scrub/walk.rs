@@ -32,6 +32,13 @@ pub enum Scope {
     Frame,
     /// Source code lines: detectors only.
     Source,
+    /// A file path (a frame's `abs_path`, `filename`, `package`; a debug image's `code_file`, `debug_file`): only
+    /// the user-path detector, so the user name goes and the path still symbolicates.
+    Path,
+    /// `debug_meta`: only its `images` are looked at.
+    DebugMeta,
+    DebugImages,
+    DebugImage,
     Breadcrumbs,
     BreadcrumbList,
     Breadcrumb,
@@ -109,6 +116,10 @@ impl Scope {
                 | Scope::LogContainer
                 | Scope::MetricContainer
                 | Scope::Breadcrumbs
+                | Scope::Path
+                | Scope::DebugMeta
+                | Scope::DebugImages
+                | Scope::DebugImage
         )
     }
 
@@ -118,6 +129,8 @@ impl Scope {
             Scope::Spans => Scope::Span,
             Scope::Breadcrumbs | Scope::BreadcrumbList => Scope::Breadcrumb,
             Scope::Frames => Scope::Frame,
+            Scope::DebugImages => Scope::DebugImage,
+            Scope::Path => Scope::Path,
             Scope::SpanItems => Scope::SpanV2,
             Scope::LogItems => Scope::LogItem,
             Scope::MetricItems => Scope::MetricItem,
@@ -149,7 +162,6 @@ impl Scope {
                     | "type"
                     | "sdk"
                     | "modules"
-                    | "debug_meta"
                     | "_meta"
                     | "version"
                     | "transaction_info"
@@ -201,7 +213,12 @@ impl Scope {
             ),
             Scope::Breadcrumb => matches!(key, "timestamp" | "type" | "level" | "category"),
             Scope::Stacktrace => key != "frames",
-            Scope::Frame => !matches!(key, "vars" | "context_line" | "pre_context" | "post_context" | "data"),
+            Scope::Frame => !matches!(
+                key,
+                "vars" | "context_line" | "pre_context" | "post_context" | "data" | "abs_path" | "filename" | "package"
+            ),
+            Scope::DebugMeta => key != "images",
+            Scope::DebugImage => !matches!(key, "code_file" | "debug_file"),
             Scope::SpanV2 => matches!(
                 key,
                 "start_timestamp" | "end_timestamp" | "is_segment" | "status" | "kind" | "links" | "_meta"
@@ -235,6 +252,7 @@ impl Scope {
                 "logentry" => Scope::Logentry,
                 "tags" => Scope::Tags,
                 "stacktrace" => Scope::Stacktrace,
+                "debug_meta" => Scope::DebugMeta,
                 _ => Scope::Data,
             },
             Scope::Request => match key {
@@ -256,8 +274,11 @@ impl Scope {
             Scope::Stacktrace => Scope::Frames,
             Scope::Frame => match key {
                 "context_line" | "pre_context" | "post_context" => Scope::Source,
+                "abs_path" | "filename" | "package" => Scope::Path,
                 _ => Scope::Data,
             },
+            Scope::DebugMeta => Scope::DebugImages,
+            Scope::DebugImage | Scope::Path => Scope::Path,
             Scope::Span => match key {
                 "tags" => Scope::Tags,
                 _ => Scope::Data,
@@ -310,6 +331,7 @@ impl Scope {
     pub(super) fn text_mode(self) -> TextMode {
         match self {
             Scope::Source => TextMode::Source,
+            Scope::Path => TextMode::Path,
             Scope::Query => TextMode::Query,
             Scope::Cookies => TextMode::Cookie,
             _ => TextMode::Free,

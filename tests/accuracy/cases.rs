@@ -1982,4 +1982,7 @@ pub fn all() -> Vec<Case> {
         unparseable(),
         email_spellings(),
     ]
+    .into_iter()
+    .chain(crate::breadth::all())
+    .collect()
 }

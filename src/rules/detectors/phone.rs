@@ -1,0 +1,236 @@
+//! Phone numbers of the whole world, validated with libphonenumber's metadata (the `phonenumber` crate) rather than
+//! one regex: a candidate is a number only if it is a valid number for its country.
+//!
+//! Candidates are digit groups with single separators (space, `-`, `.`, parentheses), 8 to 15 digits:
+//! - after a `+` country code (`+44 20 7946 0958`, `+49 (0)30 1234567`, `+33 1 23 45 67 89`, `+919876543210`);
+//! - in the national format of the configured region when it is not `US` (the `phone_us` detector covers NANP):
+//!   written with the trunk prefix `0` and at least one separator (`020 7946 0958` for `GB`).
+//!
+//! Timestamps, unix milliseconds, versions, order numbers, ISBNs, ports and durations have no `+`, no trunk `0` with
+//! separators, or fail the metadata's validity check. A run that continues a longer number (a digit, letter or
+//! `digit.` right before or after) is never a candidate.
+
+use phonenumber::country::Id;
+
+/// A region national numbers are read in (a CLDR id: `US`, `GB`, `DE`, ...).
+pub type Region = Id;
+
+/// E.164's longest number.
+const MAX_DIGITS: usize = 15;
+/// The shortest full international number worth a look (country code and national number).
+const MIN_DIGITS: usize = 8;
+/// The shortest national number looked at.
+const MIN_NATIONAL_DIGITS: usize = 7;
+
+/// The region that national numbers are read in, from `rules.yaml` (`US` when unset).
+pub fn parse_region(text: &str) -> Option<Id> {
+    text.trim().to_ascii_uppercase().parse().ok()
+}
+
+/// Loads the metadata (a few milliseconds, once), so the first event with a phone number does not pay for it.
+pub fn warm() {
+    let _ = phonenumber::parse(None, "+442079460958");
+}
+
+/// Calls `push(start, end)` for every valid phone number in `text`: international ones always, national ones when
+/// `region` is given.
+pub fn find(text: &str, region: Option<Id>, push: &mut dyn FnMut(usize, usize)) {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let international = b == b'+';
+        let national = region.is_some() && (b == b'0' || (b == b'(' && bytes.get(i + 1) == Some(&b'0')));
+        if !(international || national) || !super::number_boundary_before(bytes, i) {
+            i += 1;
+            continue;
+        }
+        let from = if international { i + 1 } else { i };
+        let groups = digit_groups(bytes, from);
+        match longest_valid(text, i, &groups, if international { None } else { region }) {
+            Some(end) => {
+                push(i, end);
+                i = end;
+            }
+            None => i = groups.last().map_or(i + 1, |g| g.1.max(i + 1)),
+        }
+    }
+}
+
+/// The digit groups starting at `from`: `(start, end)` of each run of digits, separated by one separator (a space,
+/// `-`, `.`, `/`) or by parentheses around a group, up to [`MAX_DIGITS`] + 1 digits.
+fn digit_groups(bytes: &[u8], from: usize) -> Vec<(usize, usize)> {
+    let mut groups = Vec::new();
+    let mut pos = from;
+    let mut digits = 0;
+    loop {
+        // An opening parenthesis may start a group: `(0)30`, `(020)`.
+        let open = bytes.get(pos) == Some(&b'(');
+        let start = pos + usize::from(open);
+        let mut end = start;
+        while end < bytes.len() && bytes[end].is_ascii_digit() {
+            end += 1;
+        }
+        if end == start {
+            break;
+        }
+        digits += end - start;
+        let mut next = end;
+        if open {
+            if bytes.get(end) != Some(&b')') {
+                break;
+            }
+            next += 1;
+        }
+        groups.push((start, end));
+        if digits > MAX_DIGITS {
+            break;
+        }
+        // One separator (or `) ` after a parenthesised group, or nothing after it: `(0)30`).
+        match bytes.get(next) {
+            Some(b' ' | b'-' | b'.') if bytes.get(next + 1).is_some_and(|b| b.is_ascii_digit() || *b == b'(') => {
+                pos = next + 1;
+            }
+            Some(b'(') => pos = next,
+            Some(b) if open && b.is_ascii_digit() => pos = next,
+            _ => break,
+        }
+    }
+    groups
+}
+
+/// The end of the longest run of whole groups (from the first) that is a valid number, trying at most a few.
+fn longest_valid(text: &str, start: usize, groups: &[(usize, usize)], region: Option<Id>) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut tries = 0;
+    for n in (1..=groups.len()).rev() {
+        let end = groups[n - 1].1;
+        let closing = usize::from(bytes.get(end) == Some(&b')'));
+        let digits: usize = groups[..n].iter().map(|(s, e)| e - s).sum();
+        let min = if region.is_some() {
+            MIN_NATIONAL_DIGITS
+        } else {
+            MIN_DIGITS
+        };
+        if digits > MAX_DIGITS {
+            continue;
+        }
+        if digits < min {
+            return None;
+        }
+        // The first try is the whole run; a run that ends inside a longer number is never a phone.
+        if n == groups.len() && !super::number_boundary_after(bytes, end + closing) {
+            return None;
+        }
+        if region.is_some() && n == 1 {
+            return None; // national numbers need a separator
+        }
+        // `192.168.100.200`: dotted groups of up to three digits are addresses and versions, not phones.
+        if dotted_quad(bytes, &groups[..n]) {
+            return None;
+        }
+        tries += 1;
+        if tries > 4 {
+            return None;
+        }
+        let candidate = &text[start..end];
+        if let Ok(number) = phonenumber::parse(region, candidate)
+            && phonenumber::is_valid(&number)
+        {
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn dotted_quad(bytes: &[u8], groups: &[(usize, usize)]) -> bool {
+    groups.len() >= 3 && groups.iter().all(|(s, e)| e - s <= 3) && groups.windows(2).all(|w| bytes[w[0].1] == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phones(text: &str, region: Option<Id>) -> Vec<&str> {
+        let mut out = Vec::new();
+        find(text, region, &mut |s, e| out.push(&text[s..e]));
+        out
+    }
+
+    #[test]
+    fn international_numbers_in_their_usual_groupings() {
+        for phone in [
+            "+44 20 7946 0958",
+            "+44 7911 123456",
+            "+447911123456",
+            "+49 30 12345678",
+            "+49 (0)30 12345678",
+            "+49 151 23456789",
+            "+33 1 23 45 67 89",
+            "+33 6 12 34 56 78",
+            "+91 98765 43210",
+            "+91-98765-43210",
+            "+61 2 9876 5432",
+            "+61 412 345 678",
+            "+81 3-1234-5678",
+            "+55 11 91234-5678",
+            "+34 612 34 56 78",
+            "+1 312 555 0177",
+        ] {
+            assert_eq!(phones(&format!("call {phone} now"), None), vec![phone], "{phone}");
+            assert_eq!(
+                phones(&format!("({phone})"), None),
+                vec![phone],
+                "{phone} in parentheses"
+            );
+        }
+    }
+
+    #[test]
+    fn national_numbers_in_the_configured_region() {
+        let gb = parse_region("gb");
+        assert_eq!(phones("ring 020 7946 0958 today", gb), ["020 7946 0958"]);
+        assert_eq!(phones("mobile 07911 123456", gb), ["07911 123456"]);
+        assert!(phones("ring 020 7946 0958 today", None).is_empty());
+        let de = parse_region("DE");
+        assert_eq!(phones("Tel. 030 12345678", de), ["030 12345678"]);
+        assert_eq!(phones("Tel. (030) 12345678", de), ["(030) 12345678"]);
+    }
+
+    #[test]
+    fn look_alikes_stay() {
+        for text in [
+            "2026-11-22T22:27:07+00:00",
+            "1795386427882",
+            "+1795386427882",
+            "ts 1795386427.882619",
+            "1.5e+10",
+            "UTC+05:30",
+            "version 3.11.7+build.4567",
+            "+44",
+            "+44 20",
+            "+44 20 7946 09581",
+            "+99 123 456 789",
+            "x+447700900123",
+            "order +123-456-7890",
+            "ISBN 978-0-306-40615-7",
+            "took +1234 ms",
+            "port :8080",
+        ] {
+            assert!(phones(text, None).is_empty(), "{text:?} gave {:?}", phones(text, None));
+        }
+        let gb = parse_region("GB");
+        for text in [
+            "02079460958",
+            "2026 11 22",
+            "0.1.2.3",
+            "id 0123456789",
+            "192.168.100.200",
+            "0 0 0 0",
+            "at 00:00:01",
+            "01/02/2026",
+        ] {
+            assert!(phones(text, gb).is_empty(), "{text:?} gave {:?}", phones(text, gb));
+        }
+    }
+}
