@@ -3,10 +3,14 @@
 //! upstream is a counting sink on loopback, and reports requests/s, MB/s, latency percentiles and the relay's CPU time.
 //!
 //! ```text
-//! cargo bench --bench load -- [--seconds 30] [--requests 300000] [--connections 32] [--warmup 3] \
+//! cargo bench --bench load -- [--seconds 20] [--requests 300000] [--connections 32] [--warmup 3] \
+//!     [--only mix|single] [--capture py-error-event-rawpii] [--relay-cpu 0] [--relay-binary PATH] \
 //!     [--relay-arg=--upstream-encoding=identity ...]
 //! ```
 //!
+//! Two scenarios, each against a fresh relay process: **mix** replays every capture round-robin, **single** replays
+//! one capture (by default the raw 1.8 KB gzip sentry-python error event, PII included, the issue #11 yardstick).
+//! The headline figure is envelopes answered per relay CPU-second, which stays meaningful on a shared machine.
 //! Everything runs on 127.0.0.1 and stops by itself: after `--seconds` or `--requests`, whichever comes first.
 //! The load generator, the sink and the relay share the machine, so the figures are a floor for a dedicated host.
 //! The HTTP/1.1 client is written out by hand so that each capture is replayed with its own framing
@@ -36,6 +40,9 @@ const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 /// Node pipes gzip output in pieces of this size; we chunk compressed Node bodies the same way.
 const NODE_CHUNK: usize = 16 * 1024;
 
+/// The capture the `single` scenario replays: a real sentry-python error event, gzip, PII included.
+const SINGLE_CAPTURE: &str = "py-error-event-rawpii";
+
 struct Options {
     seconds: u64,
     requests: u64,
@@ -43,21 +50,37 @@ struct Options {
     warmup: u64,
     /// Extra flags for `scrub-relay run`, from `--relay-arg=--flag=value` (repeatable).
     relay_args: Vec<String>,
+    /// `mix`, `single`, or both when `None`.
+    only: Option<String>,
+    /// The capture label the `single` scenario replays.
+    capture: String,
+    /// Pin the relay to this CPU with `taskset` (run the bench itself under `taskset -c <other cpu>`).
+    relay_cpu: Option<u32>,
+    /// Another `scrub-relay` binary to measure (an older build, for interleaved A/B runs).
+    relay_binary: Option<PathBuf>,
 }
 
 impl Options {
     fn from_args() -> Options {
         let mut options = Options {
-            seconds: 30,
+            seconds: 20,
             requests: 300_000,
             connections: 32,
             warmup: 3,
             relay_args: Vec::new(),
+            only: None,
+            capture: SINGLE_CAPTURE.to_owned(),
+            relay_cpu: None,
+            relay_binary: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut number = || args.next().and_then(|value| value.parse::<u64>().ok());
             match arg.as_str() {
+                "--only" => options.only = args.next(),
+                "--relay-binary" => options.relay_binary = args.next().map(PathBuf::from),
+                "--capture" => options.capture = args.next().expect("--capture takes a capture label"),
+                "--relay-cpu" => options.relay_cpu = Some(number().expect("--relay-cpu takes a CPU number") as u32),
                 "--seconds" => options.seconds = number().expect("--seconds takes a number"),
                 "--requests" => options.requests = number().expect("--requests takes a number"),
                 "--connections" => options.connections = number().expect("--connections takes a number") as usize,
@@ -423,10 +446,19 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(run(options));
+    let scenarios: &[&str] = match options.only.as_deref() {
+        None => &["mix", "single"],
+        Some("mix") => &["mix"],
+        Some("single") => &["single"],
+        Some(other) => panic!("--only takes mix or single, not {other}"),
+    };
+    for scenario in scenarios {
+        runtime.block_on(run(&options, scenario));
+    }
 }
 
-async fn run(options: Options) {
+/// One scenario against a fresh relay process: `mix` (every capture) or `single` (`--capture`).
+async fn run(options: &Options, scenario: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (sink, sink_counts) = start_sink().await;
 
@@ -436,8 +468,19 @@ async fn run(options: Options) {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         probe.local_addr().expect("address")
     };
-    let binary = env!("CARGO_BIN_EXE_scrub-relay");
-    let mut child = tokio::process::Command::new(binary)
+    let binary = options
+        .relay_binary
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_scrub-relay")));
+    let mut command = match options.relay_cpu {
+        Some(cpu) => {
+            let mut command = tokio::process::Command::new("taskset");
+            command.args(["-c".as_ref(), cpu.to_string().as_ref(), binary.as_os_str()]);
+            command
+        }
+        None => tokio::process::Command::new(&binary),
+    };
+    let mut child = command
         .args(relay_arguments(relay, sink, root))
         .args(&options.relay_args)
         .env("RUST_LOG", "warn")
@@ -445,19 +488,33 @@ async fn run(options: Options) {
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .expect("start the relay binary");
+        .expect("start the relay binary (and taskset, with --relay-cpu)");
+    // taskset execs the relay, so the pid is the relay's either way.
     let pid = child.id().expect("relay pid");
     wait_until_ready(relay, Duration::from_secs(20)).await;
 
-    let captures = Arc::new(load_captures(&root.join("tests/fixtures/sdk"), relay));
+    let mut captures = load_captures(&root.join("tests/fixtures/sdk"), relay);
+    if scenario == "single" {
+        captures.retain(|capture| capture.label == options.capture);
+        assert!(!captures.is_empty(), "no capture labelled {}", options.capture);
+    }
+    let captures = Arc::new(captures);
     let mix_envelope: u64 = captures.iter().map(|capture| capture.envelope_len).sum();
     let mix_body: u64 = captures.iter().map(|capture| capture.body_len).sum();
+    println!();
     println!(
-        "replaying {} captures round-robin (mean body {} B on the wire, {} B decompressed) over {} connections",
-        captures.len(),
+        "## {scenario}: replaying {} (mean body {} B on the wire, {} B decompressed) over {} connections{}",
+        if scenario == "single" {
+            options.capture.clone()
+        } else {
+            format!("{} captures round-robin", captures.len())
+        },
         mix_body / captures.len() as u64,
         mix_envelope / captures.len() as u64,
-        options.connections
+        options.connections,
+        options
+            .relay_cpu
+            .map_or(String::new(), |cpu| format!(", relay pinned to CPU {cpu}"))
     );
     if let Some(bad) = captures.iter().find(|capture| capture.wire.is_empty()) {
         panic!("capture {} is empty", bad.label);
@@ -536,7 +593,7 @@ async fn run(options: Options) {
         relay_cpu / requests * 1000.0
     );
     println!(
-        "| requests per relay CPU-second | {:.0} |",
+        "| **envelopes answered per relay CPU-second** | **{:.0}** |",
         requests / relay_cpu.max(f64::EPSILON)
     );
     println!(
