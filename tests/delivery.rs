@@ -517,6 +517,7 @@ async fn a_corrupt_spool_entry_is_reported_and_the_rest_delivered() {
                 user_agent: None,
                 forwarded_for: None,
                 envelope: body.into(),
+                encoded: None,
                 received_at: std::time::SystemTime::now(),
                 destination: scrub_relay::delivery::Destination::Envelope,
             };

@@ -328,6 +328,69 @@ async fn every_content_encoding_is_decoded() {
     }
 }
 
+/// When the relay changes nothing and the SDK sent one gzip member, the SDK's own compressed bytes go upstream (no
+/// recompression); anything else is recompressed from what the relay checked.
+#[tokio::test]
+async fn unchanged_gzip_envelopes_are_forwarded_as_the_sdk_compressed_them() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let auth = format!("Sentry sentry_key={KEY}, sentry_version=7");
+    let gzip_headers = headers(&[("x-sentry-auth", &auth), ("Content-Encoding", "gzip")]);
+    // A gzip header our own encoder never writes (name, time, level 9), so a recompressed body cannot match.
+    let sdk_gzip = |data: &[u8]| {
+        let mut encoder = flate2::GzBuilder::new()
+            .filename("envelope")
+            .mtime(1_795_386_404)
+            .write(Vec::new(), flate2::Compression::best());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    };
+    // The relay's own serialization: compact JSON, `length` on every item, final newline.
+    let canonical = |payload: &str| {
+        format!(
+            "{{\"event_id\":\"{EVENT_ID}\"}}\n{{\"type\":\"event\",\"length\":{}}}\n{payload}\n",
+            payload.len()
+        )
+        .into_bytes()
+    };
+
+    let clean = canonical(r#"{"message":"checkout failed","level":"error","tags":{"author":"ci"}}"#);
+    let body = sdk_gzip(&clean);
+    let response = send_raw(relay.addr, "POST", "/api/42/envelope/", &gzip_headers, &body, false).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    let upstream = mini.next().await;
+    assert_eq!(upstream.header("content-encoding"), Some("gzip"));
+    assert!(upstream.raw_body[..] == body[..], "the SDK's bytes, untouched");
+    assert!(upstream.body[..] == clean[..]);
+
+    // Something scrubbed: recompressed, and the secret is gone.
+    let secret = canonical(r#"{"message":"mail jane.doe@example.com","level":"error"}"#);
+    let body = sdk_gzip(&secret);
+    let response = send_raw(relay.addr, "POST", "/api/42/envelope/", &gzip_headers, &body, false).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    let upstream = mini.next().await;
+    assert!(upstream.raw_body[..] != body[..]);
+    assert!(!String::from_utf8_lossy(&upstream.body).contains("jane.doe@example.com"));
+
+    // Nothing scrubbed, but the SDK's framing is not the relay's (no `length`): the relay's bytes, recompressed.
+    let unframed = format!("{{\"event_id\":\"{EVENT_ID}\"}}\n{{\"type\":\"event\"}}\n{{\"message\":\"ok\"}}\n");
+    let body = sdk_gzip(unframed.as_bytes());
+    let response = send_raw(relay.addr, "POST", "/api/42/envelope/", &gzip_headers, &body, false).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    let upstream = mini.next().await;
+    assert!(upstream.raw_body[..] != body[..]);
+    assert!(upstream.body[..] == canonical(r#"{"message":"ok"}"#)[..]);
+
+    // Unchanged, but in two gzip members: recompressed rather than trusting every decoder to read both.
+    let (head, tail) = clean.split_at(20);
+    let body = [sdk_gzip(head), sdk_gzip(tail)].concat();
+    let response = send_raw(relay.addr, "POST", "/api/42/envelope/", &gzip_headers, &body, false).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    let upstream = mini.next().await;
+    assert!(upstream.raw_body[..] != body[..]);
+    assert!(upstream.body[..] == clean[..]);
+}
+
 #[tokio::test]
 async fn chunked_bodies_and_keep_alive() {
     let mini = MiniSentry::start().await;

@@ -70,6 +70,10 @@ pub struct Job {
     pub forwarded_for: Option<std::net::IpAddr>,
     /// The scrubbed envelope, uncompressed (for other destinations, the scrubbed body in their encoding).
     pub envelope: Bytes,
+    /// The same envelope already encoded for the upstream, made on the thread that scrubbed it (or the SDK's own
+    /// compressed bytes, when the relay changed nothing). `None` compresses at send time. Never spooled: an
+    /// envelope read back from the spool is compressed again.
+    pub encoded: Option<crate::upstream::Encoded>,
     /// When the relay accepted it; wall-clock time, because it survives restarts in the spool.
     pub received_at: SystemTime,
     /// Which upstream route it goes to.
@@ -247,6 +251,7 @@ impl Transport for crate::upstream::Upstream {
                 forwarded_for: job.forwarded_for,
                 envelope: job.envelope.clone(),
                 destination: job.destination,
+                encoded: job.encoded.clone(),
             };
             let header = |value: Option<http::HeaderValue>| value.and_then(|v| v.to_str().ok().map(str::to_owned));
             match crate::upstream::Upstream::send(self, request).await {

@@ -503,6 +503,7 @@ pub fn decode(data: &[u8]) -> Result<Job, CorruptEntry> {
         user_agent,
         forwarded_for,
         envelope: Bytes::from(envelope),
+        encoded: None,
         received_at: UNIX_EPOCH + Duration::from_millis(received_ms),
         destination,
     })
@@ -557,6 +558,7 @@ mod tests {
             user_agent: None,
             forwarded_for: Some(std::net::IpAddr::from([10, 0, 0, 1])),
             envelope: Bytes::from_static(body),
+            encoded: None,
             received_at: UNIX_EPOCH + Duration::from_millis(1_763_884_800_123),
             destination: Destination::Envelope,
         }

@@ -110,6 +110,7 @@ fn job_with(id: usize, items: &[&str]) -> Job {
         user_agent: None,
         forwarded_for: None,
         envelope: Bytes::from(envelope),
+        encoded: None,
         received_at: SystemTime::now(),
         destination: Destination::Envelope,
     }

@@ -175,6 +175,7 @@ pub(crate) fn job(state: &AppState, parts: &Parts, identity: Identity, body: Byt
             .then(|| parts.extensions.get::<ClientAddr>().map(|a| a.0))
             .flatten(),
         envelope: body,
+        encoded: None,
         received_at: SystemTime::now(),
         destination,
     }
