@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 use super::walk::{AttributeRule, Field, attribute_value_scope, is_scalar_typed, removed_without_pii};
-use super::{Scope, Scrubber, Seg, Tally, merge_meta};
+use super::{Scope, Scrubber, Seg, Tally, merge_meta, meta};
 use crate::filter;
 
 /// Why the streaming walk gave up on a text.
@@ -462,12 +462,21 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
 
     /// Writes the root's `_meta`: the SDK's own, merged with the remarks of this walk.
     fn write_meta(&mut self, sdk_meta: Option<&'a str>, first: &mut bool) -> Result<(), Bail> {
-        let entries = std::mem::take(&mut self.scrubber.meta);
+        let mut entries = std::mem::take(&mut self.scrubber.meta);
         if entries.is_empty() {
             if let Some(raw) = sdk_meta {
                 self.write_key("_meta", first);
                 self.out.extend_from_slice(raw.as_bytes());
             }
+            return Ok(());
+        }
+        if sdk_meta.is_none() && meta::writable(&entries) {
+            // Nothing to merge with: written straight from the entries, without a `Value` tree.
+            self.write_key("_meta", first);
+            meta::write_meta(&entries, &mut self.out);
+            // Keep the allocation for the next item.
+            entries.clear();
+            self.scrubber.meta = entries;
             return Ok(());
         }
         let mut root = Map::new();
