@@ -565,6 +565,11 @@ impl Delivery {
         &self.shared.rate_limits
     }
 
+    /// Envelopes waiting in memory (or in flight) for the upstream.
+    pub fn memory_envelopes(&self) -> usize {
+        self.shared.lock().memory_envelopes
+    }
+
     /// True when a new envelope would be refused: the memory queue is at a cap and the spool (if any) is full.
     /// Readiness reports not-ready while this holds.
     pub fn is_full(&self) -> bool {
