@@ -18,7 +18,8 @@
 //! 4. **Decode** ([`ingest`], [`decode`]). The body is read under the wire cap and decompressed (gzip, deflate,
 //!    br, zstd) under the decompressed cap, so a compression bomb stops at the cap. [`envelope::Envelope::parse`]
 //!    splits it into items (payloads are zero-copy slices); a legacy `store` event is wrapped into an envelope.
-//! 5. **Scrub** ([`pipeline::process`], pure and synchronous, run on a blocking thread). Per item: [`filter`] drops
+//! 5. **Scrub** ([`pipeline::process`], pure and synchronous; run inline on the runtime thread for envelopes up to
+//!    16 KiB while the delivery queue is short, on a blocking thread otherwise). Per item: [`filter`] drops
 //!    health-check and static-file transactions and segment spans; [`scrub`] streams over each item's JSON once
 //!    (a `serde_json::Value` tree only for the few subtrees and shapes that need one) and applies key rules, header
 //!    rules, value detectors and the `send_default_pii` removals, writing Sentry `_meta` remarks; [`truncate`] cuts
