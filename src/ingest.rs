@@ -20,13 +20,13 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::auth::{self, AuthSource, Identity, RequestAuth};
+use crate::config::UpstreamEncoding;
 use crate::decode::{self, ContentEncoding, DecodeError};
 use crate::delivery::{Job, RateLimited, Rejected};
 use crate::envelope::{Envelope, Item, ItemType};
 use crate::error::RelayError;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, ProcessOptions, Report};
-use crate::config::UpstreamEncoding;
 use crate::rules::CompiledRules;
 use crate::server::{AppState, ClientAddr};
 use crate::upstream::Encoded;
@@ -105,7 +105,9 @@ pub async fn handle(
             tokio::task::spawn_blocking(move || {
                 let _slot = slot;
                 let decoded = decode_body(input.encoding, &input.wire, input.max_decompressed)?;
-                prepare(input, decoded, |identity| authorize(&blocking_state, endpoint, identity))
+                prepare(input, decoded, |identity| {
+                    authorize(&blocking_state, endpoint, identity)
+                })
             })
             .await
             .map_err(|_| RelayError::Internal)??
@@ -656,16 +658,28 @@ mod tests {
         let decoded = decode_inline(&input(ContentEncoding::Gzip, gzip(&small), 1 << 20)).unwrap();
         assert_eq!(decoded.as_deref(), Some(&small[..]));
         let at_budget = vec![b' '; INLINE_MAX_BYTES];
-        assert!(decode_inline(&input(ContentEncoding::Identity, at_budget.clone(), 1 << 20)).unwrap().is_some());
+        assert!(
+            decode_inline(&input(ContentEncoding::Identity, at_budget.clone(), 1 << 20))
+                .unwrap()
+                .is_some()
+        );
 
         // Small on the wire, over the inline budget once decompressed: decoded again off the runtime, in full.
         let big = vec![b' '; INLINE_MAX_BYTES + 1];
         let wire = gzip(&big);
         assert!(wire.len() < INLINE_MAX_BYTES);
-        assert!(decode_inline(&input(ContentEncoding::Gzip, wire.clone(), 1 << 20)).unwrap().is_none());
+        assert!(
+            decode_inline(&input(ContentEncoding::Gzip, wire.clone(), 1 << 20))
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(decode_body(ContentEncoding::Gzip, &wire, 1 << 20).unwrap(), big);
         let over_budget = vec![b' '; INLINE_MAX_BYTES + 1];
-        assert!(decode_inline(&input(ContentEncoding::Identity, over_budget, 1 << 20)).unwrap().is_none());
+        assert!(
+            decode_inline(&input(ContentEncoding::Identity, over_budget, 1 << 20))
+                .unwrap()
+                .is_none()
+        );
 
         // Over the real cap while under the budget: refused at once, as the blocking path would.
         assert!(matches!(

@@ -140,7 +140,9 @@ impl Upstream {
         let uncompressed = request.envelope.len();
         let body = match request.encoded {
             Some(encoded) if encoded.encoding == encoding => encoded.body,
-            _ if uncompressed <= INLINE_COMPRESS_LIMIT => Bytes::from(compress(encoding, &request.envelope).map_err(UpstreamError::Compress)?),
+            _ if uncompressed <= INLINE_COMPRESS_LIMIT => {
+                Bytes::from(compress(encoding, &request.envelope).map_err(UpstreamError::Compress)?)
+            }
             _ => {
                 let envelope = request.envelope.clone();
                 let compressed = tokio::task::spawn_blocking(move || compress(encoding, &envelope))
@@ -294,10 +296,8 @@ pub fn compress(encoding: UpstreamEncoding, data: &[u8]) -> std::io::Result<Vec<
             // Level 1 (zlib-rs' "quick" strategy): on the SDK captures it costs 2.3x less CPU than level 6 for 29 %
             // more bytes (31.5 % of the input instead of 24.4 %). At level 6 compression was a fifth of the relay's
             // CPU; the relay is CPU-bound long before a link to Sentry is full (benches/LOAD.md, issue #11).
-            let mut encoder = flate2::write::GzEncoder::new(
-                Vec::with_capacity(data.len() / 3),
-                flate2::Compression::new(GZIP_LEVEL),
-            );
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 3), flate2::Compression::new(GZIP_LEVEL));
             encoder.write_all(data)?;
             encoder.finish()
         }

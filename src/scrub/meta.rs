@@ -268,9 +268,15 @@ pub fn write_meta(entries: &[MetaEntry], out: &mut Vec<u8>) {
         }
         out.push(b'}');
     }
-    fn entries_from<'e>(entries: &'e [MetaEntry], next_entry: &'e [u32], first: u32) -> impl Iterator<Item = &'e MetaEntry> {
-        std::iter::successors(Some(first), move |&at| Some(next_entry[at as usize]).filter(|&next| next != NONE))
-            .map(move |at| &entries[at as usize])
+    fn entries_from<'e>(
+        entries: &'e [MetaEntry],
+        next_entry: &'e [u32],
+        first: u32,
+    ) -> impl Iterator<Item = &'e MetaEntry> {
+        std::iter::successors(Some(first), move |&at| {
+            Some(next_entry[at as usize]).filter(|&next| next != NONE)
+        })
+        .map(move |at| &entries[at as usize])
     }
     object(&nodes, entries, &next_entry, 0, out);
 }
@@ -340,7 +346,10 @@ mod tests {
 
         // A wide node (children found through the map), revisited out of order.
         let indices: Vec<String> = (0..40).map(|n| n.to_string()).collect();
-        let mut wide: Vec<MetaEntry> = indices.iter().map(|n| entry(&["list", n, "email"], &["@email"], Some(9))).collect();
+        let mut wide: Vec<MetaEntry> = indices
+            .iter()
+            .map(|n| entry(&["list", n, "email"], &["@email"], Some(9)))
+            .collect();
         wide.push(entry(&["list", "3", "email"], &["@card"], None));
         wide.push(entry(&["list", "39", "phone"], &["@phone"], Some(2)));
         wide.push(entry(&["list", "7"], &["@x"], None));
@@ -357,7 +366,9 @@ mod tests {
             let count = rng.usize(1..12);
             let entries: Vec<MetaEntry> = (0..count)
                 .map(|_| {
-                    let path: Vec<&str> = (0..rng.usize(1..5)).map(|_| segments[rng.usize(..segments.len())]).collect();
+                    let path: Vec<&str> = (0..rng.usize(1..5))
+                        .map(|_| segments[rng.usize(..segments.len())])
+                        .collect();
                     let remarks: Vec<&str> = (0..rng.usize(0..3)).map(|_| rules[rng.usize(..rules.len())]).collect();
                     entry(&path, &remarks, rng.bool().then(|| rng.usize(..1000)))
                 })
