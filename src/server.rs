@@ -63,10 +63,14 @@ pub struct AppState {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot build the upstream HTTP client: {0}")]
+    #[error("cannot build the upstream HTTP client: {}", crate::upstream::describe_build_error(.0))]
     Client(#[from] reqwest::Error),
-    #[error("cannot open the spool directory: {0}")]
-    Spool(#[source] std::io::Error),
+    #[error("cannot use the spool directory {path}: {source}")]
+    Spool {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AppState {
@@ -75,8 +79,9 @@ impl AppState {
     pub fn new(config: Config, rules: CompiledRules, metrics: Arc<Metrics>) -> Result<Arc<AppState>, StartError> {
         config.validate()?;
         let upstream = Upstream::new(&config, metrics.clone())?;
+        let spool = config.spool_dir.as_ref().map(|dir| dir.display().to_string()).unwrap_or_default();
         let delivery = Delivery::start(DeliveryConfig::from(&config), Arc::new(upstream.clone()), metrics.clone())
-            .map_err(StartError::Spool)?;
+            .map_err(|source| StartError::Spool { path: spool, source })?;
         let readiness = Readiness::new(metrics.clone());
         let tunnel_hosts = config.effective_tunnel_hosts();
         Ok(Arc::new(AppState {

@@ -339,6 +339,32 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     })
 }
 
+/// Why the HTTP client could not be built, for the one start-up error line. reqwest's own text is only "builder
+/// error"; the cause is in its source chain. The usual cause in a container is an image without CA certificates
+/// (the TLS verifier loads the system's roots when the client is built, whatever the upstream's scheme), so that
+/// case names the bundle and where it was looked for.
+pub fn describe_build_error(error: &reqwest::Error) -> String {
+    let mut causes = vec![error.to_string()];
+    let mut source = std::error::Error::source(error);
+    let mut no_roots = false;
+    while let Some(cause) = source {
+        if let Some(rustls::Error::General(message)) = cause.downcast_ref::<rustls::Error>() {
+            no_roots |= message.contains("CA certificates");
+        }
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    let chain = causes.join(": ");
+    if no_roots {
+        format!(
+            "no CA certificate bundle found (the system's, or SSL_CERT_FILE / SSL_CERT_DIR when set); install one \
+             (Debian: ca-certificates) or point SSL_CERT_FILE at a PEM file ({chain})"
+        )
+    } else {
+        chain
+    }
+}
+
 /// rustls needs one process-wide crypto provider; we build with ring (see Cargo.toml). Installing twice is harmless.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

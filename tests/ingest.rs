@@ -1102,3 +1102,53 @@ fn bad_startup_configuration_is_one_line_and_exit_64() {
         );
     }
 }
+
+#[test]
+fn unusable_files_at_startup_are_named_in_the_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir_path = dir.path().to_str().unwrap();
+    let not_a_dir = dir.path().join("plain-file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let spool = not_a_dir.join("spool");
+    let no_bundle = dir.path().join("no-such-bundle.pem");
+    let cases: [(&[&str], &[(&str, &str)], &[&str]); 3] = [
+        // A rules path that cannot be read (a directory here: the test runs as root, which reads any file).
+        (
+            &["run", "--rules", dir_path, "--listen", "127.0.0.1:0"],
+            &[],
+            &["cannot read rules file", dir_path],
+        ),
+        // A spool directory that cannot be created or written.
+        (
+            &["run", "--spool-dir", spool.to_str().unwrap(), "--listen", "127.0.0.1:0"],
+            &[],
+            &["spool directory", spool.to_str().unwrap()],
+        ),
+        // No CA certificates: an image without a bundle, made here by pointing the TLS roots at nothing.
+        (
+            &["run", "--listen", "127.0.0.1:0"],
+            &[
+                ("SSL_CERT_FILE", no_bundle.to_str().unwrap()),
+                ("SSL_CERT_DIR", dir_path),
+            ],
+            &["CA certificate bundle", "SSL_CERT_FILE"],
+        ),
+    ];
+    for (args, env, named) in cases {
+        let output = relay_binary().args(args).envs(env.iter().copied()).output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {stderr}");
+        // One error line, last. The TLS verifier may log a warning first (which file it could not read): that is a
+        // log record, not a second error.
+        let (errors, others): (Vec<&str>, Vec<&str>) = stderr
+            .trim_end()
+            .lines()
+            .partition(|line| line.starts_with("scrub-relay: "));
+        assert_eq!(errors.len(), 1, "{args:?}: one error line, got {stderr}");
+        assert!(stderr.trim_end().ends_with(errors[0]), "{stderr}");
+        assert!(others.iter().all(|line| line.contains(" WARN ")), "{stderr}");
+        for name in named {
+            assert!(errors[0].contains(name), "{args:?}: {name:?} is not named in {stderr}");
+        }
+    }
+}

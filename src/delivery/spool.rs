@@ -148,6 +148,16 @@ pub struct OpenReport {
     pub moved_aside: usize,
 }
 
+/// Fails unless a file can be created in `dir`. An existing directory the relay cannot write in (a read-only mount,
+/// another owner) would otherwise only show when the upstream is down and the first envelope has to be spooled.
+fn check_writable(dir: &Path) -> io::Result<()> {
+    // A `.tmp` name: if the process dies between the two calls, the next `open` removes the leftover.
+    let probe = dir.join(format!("write-check.{TMP_EXTENSION}"));
+    fs::File::create(&probe)
+        .and_then(|_| fs::remove_file(&probe))
+        .map_err(|error| io::Error::new(error.kind(), format!("cannot create a file in it ({error})")))
+}
+
 /// The spool directory and an in-memory index of its entries. All methods do blocking file I/O; async callers run
 /// them on the blocking pool.
 pub struct Spool {
@@ -161,6 +171,7 @@ impl Spool {
     /// with unexpected names aside, and indexes the entries. Entry contents are checked when they are read.
     pub fn open(config: SpoolConfig, metrics: SpoolMetrics) -> io::Result<(Spool, OpenReport)> {
         fs::create_dir_all(&config.dir)?;
+        check_writable(&config.dir)?;
         let mut index = Index::default();
         let mut report = OpenReport::default();
         for dirent in fs::read_dir(&config.dir)? {
