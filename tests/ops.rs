@@ -313,7 +313,7 @@ fn compose_runs_an_app_the_relay_and_prometheus_on_the_documented_ports() {
     let services = compose["services"].as_object().expect("services");
     assert_eq!(
         services.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-        BTreeSet::from(["app", "prometheus", "scrub-relay"])
+        BTreeSet::from(["app", "grafana", "prometheus", "scrub-relay"])
     );
 
     let relay = &compose["services"]["scrub-relay"];
@@ -441,12 +441,13 @@ fn kubernetes_manifests_probe_real_routes_on_declared_ports() {
     for file in [
         "docker/kubernetes/shared-service.yaml",
         "docker/kubernetes/sidecar.yaml",
+        "docker/kubernetes/statefulset.yaml",
     ] {
         let documents = yaml_documents(file);
         let deployment = documents
             .iter()
-            .find(|d| d["kind"] == "Deployment")
-            .expect("a Deployment");
+            .find(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet")
+            .expect("a Deployment or StatefulSet");
         let pod = &deployment["spec"]["template"]["spec"];
         let relay = containers(pod)
             .into_iter()
@@ -542,13 +543,25 @@ fn kubernetes_manifests_probe_real_routes_on_declared_ports() {
 
         // The relay's own caps fit the pod's: a full spool answers 503, a full emptyDir gets the pod evicted; the
         // memory queue must leave room under the memory limit for requests being decoded.
+        // An emptyDir with a sizeLimit, or a StatefulSet's claim with its storage request.
         let spool_volume = pod["volumes"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|v| v["name"] == spool_mount["name"])
-            .unwrap();
-        let size_limit = kubernetes_bytes(spool_volume["emptyDir"]["sizeLimit"].as_str().expect("spool sizeLimit"));
+            .chain(
+                deployment["spec"]["volumeClaimTemplates"]
+                    .as_array()
+                    .into_iter()
+                    .flatten(),
+            )
+            .find(|v| v["name"] == spool_mount["name"] || v["metadata"]["name"] == spool_mount["name"])
+            .unwrap_or_else(|| panic!("{file}: no volume for the spool"));
+        let size_limit = kubernetes_bytes(
+            spool_volume["emptyDir"]["sizeLimit"]
+                .as_str()
+                .or(spool_volume["spec"]["resources"]["requests"]["storage"].as_str())
+                .expect("spool sizeLimit or storage request"),
+        );
         let spool_max = env_value(relay, "SCRUB_RELAY_SPOOL_MAX_BYTES").expect("spool cap set for the volume");
         let spool_max = scrub_relay::config::parse_size(spool_max).expect("a size") as u64;
         assert!(
@@ -566,9 +579,34 @@ fn kubernetes_manifests_probe_real_routes_on_declared_ports() {
 
     let shared = yaml_documents("docker/kubernetes/shared-service.yaml");
     let deployment = shared.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    // The autoscaler owns the replica count, keeps several, and a node drain can always evict one of them.
+    let autoscaler = shared
+        .iter()
+        .find(|d| d["kind"] == "HorizontalPodAutoscaler")
+        .expect("a HorizontalPodAutoscaler");
+    assert_eq!(autoscaler["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert_eq!(
+        autoscaler["spec"]["scaleTargetRef"]["name"],
+        deployment["metadata"]["name"]
+    );
     assert!(
-        deployment["spec"]["replicas"].as_u64().unwrap() >= 2,
-        "a shared service runs several replicas"
+        deployment["spec"].get("replicas").is_none(),
+        "the autoscaler owns the replica count"
+    );
+    let min_replicas = autoscaler["spec"]["minReplicas"].as_u64().expect("minReplicas");
+    let budget = shared
+        .iter()
+        .find(|d| d["kind"] == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert!(
+        min_replicas >= 2 && budget["spec"]["minAvailable"].as_u64().expect("minAvailable") < min_replicas,
+        "a shared service runs several replicas and can lose one to a drain"
+    );
+    let resource = &autoscaler["spec"]["metrics"][0]["resource"];
+    assert_eq!(resource["name"], "cpu");
+    assert!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"].is_string(),
+        "CPU utilization is relative to the container's CPU request"
     );
     let service = shared.iter().find(|d| d["kind"] == "Service").expect("a Service");
     assert_eq!(
@@ -1538,12 +1576,14 @@ fn every_variable_the_shipped_files_set_is_one_the_relay_reads() {
     }
     // Named by rules.yaml (`hashing.key_env`), read by the rules engine rather than the CLI.
     known.insert("SCRUB_RELAY_HMAC_KEY".to_owned());
-    // Read by the test suite (tests/real_sdks.rs), which the README documents too.
+    // Read by the test suite (tests/real_sdks.rs, prometheus.rs, container.rs), which the README documents too.
     known.extend(
         [
             "SCRUB_RELAY_TEST_PYTHON",
             "SCRUB_RELAY_TEST_NODE_DIR",
             "SCRUB_RELAY_TEST_NODE10_DIR",
+            "SCRUB_RELAY_TEST_PROMETHEUS",
+            "SCRUB_RELAY_TEST_DOCKER_HOST",
         ]
         .map(str::to_owned),
     );
@@ -1553,6 +1593,7 @@ fn every_variable_the_shipped_files_set_is_one_the_relay_reads() {
         "docker/compose.yaml",
         "docker/kubernetes/shared-service.yaml",
         "docker/kubernetes/sidecar.yaml",
+        "docker/kubernetes/statefulset.yaml",
         "README.md",
     ] {
         for found in pattern.find_iter(&read_repo_file(file)) {
