@@ -8,6 +8,8 @@
 //!   the streaming walk replaced; both give the same JSON, see `src/scrub/stream/tests.rs`).
 //! - `detectors/*`: one string through the detector set; strings without `@`, trigger words or enough digits must
 //!   not run a regex, so `innocent_*` should cost a prefilter pass only.
+//! - `breadth/*`: the mix with the default rules, without each detector added for breadth (issue #12), and without
+//!   all of them: what each costs on real traffic.
 //!
 //! Setup (reading and decompressing fixtures, compiling rules) happens outside the timed loops.
 //! Run: `cargo bench --bench scrub -- --warm-up-time 1 --measurement-time 3` (see benches/README.md).
@@ -163,6 +165,45 @@ fn bench_pipeline<M: Measurement>(c: &mut Criterion<M>) {
     group.finish();
 }
 
+/// The detectors added for breadth (issue #12), by `rules.yaml` name.
+const BREADTH: &[&str] = &["user_path", "ipv6", "phone_intl", "itin", "labelled_tax_id", "provider_secret"];
+
+/// The default rules with the named detectors switched off.
+fn rules_without(names: &[&str]) -> CompiledRules {
+    let mut yaml = scrub_relay::rules::DEFAULT_RULES_YAML.to_string();
+    for name in names {
+        let at = yaml.find(&format!("\n  {name}:\n")).expect("detector in rules.yaml");
+        let enabled = at + yaml[at..].find("enabled: true").expect("detector has enabled: true");
+        yaml.replace_range(enabled..enabled + "enabled: true".len(), "enabled: false");
+    }
+    CompiledRules::from_yaml(&yaml).expect("default rules with detectors off compile")
+}
+
+/// What each breadth detector costs on the traffic mix: the defaults against the defaults without it, and without
+/// all of them. Same binary, same inputs, interleaved by criterion's sampling.
+fn bench_breadth<M: Measurement>(c: &mut Criterion<M>) {
+    let rules = CompiledRules::defaults();
+    let mut variants = vec![("defaults".to_string(), CompiledRules::defaults())];
+    variants.push(("without_breadth".to_string(), rules_without(BREADTH)));
+    for name in BREADTH {
+        variants.push((format!("without_{name}"), rules_without(&[name])));
+    }
+    let mut group = c.benchmark_group("breadth");
+    for (workload, inputs) in workloads(&rules) {
+        group.throughput(Throughput::Bytes(total_len(&inputs)));
+        for (variant, rules) in &variants {
+            group.bench_with_input(BenchmarkId::new(variant.as_str(), workload), &inputs, |b, inputs| {
+                b.iter(|| {
+                    for input in inputs {
+                        black_box(run_pipeline(rules, black_box(input)));
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn bench_detectors<M: Measurement>(c: &mut Criterion<M>) {
     let rules = CompiledRules::defaults();
     let engine = rules.engine(None);
@@ -182,6 +223,14 @@ fn bench_detectors<M: Measurement>(c: &mut Criterion<M>) {
         ("card", "card 4111 1111 1111 1111 was declined"),
         ("ssn", "SSN 123-45-6789 on file"),
         ("bearer", "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.cGF5bG9hZA.c2ln"),
+        ("phone_intl", "Rückruf unter +49 30 12345678 (Büro)"),
+        ("ipv6", "client 2a00:1450:4001:82b::200e connected at 22:26:34"),
+        ("user_path", "File \"/home/jane/app/venv/lib/python3.11/site.py\", line 3"),
+        ("labelled_ssn", "Customer SSN 219099999 on file"),
+        (
+            "provider_secret",
+            "Brevo rejected 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",
+        ),
         (
             "everything",
             "Jane jane.doe@example.com (555) 123-4567 123-45-6789 4111 1111 1111 1111 Bearer abc.def",
@@ -246,10 +295,10 @@ impl Measurement for ThreadCpuTime {
 criterion_group! {
     name = cpu_time;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = bench_pipeline, bench_detectors
+    targets = bench_pipeline, bench_detectors, bench_breadth
 }
 
-criterion_group!(wall_time, bench_pipeline, bench_detectors);
+criterion_group!(wall_time, bench_pipeline, bench_detectors, bench_breadth);
 
 fn main() {
     if std::env::var_os("SCRUB_BENCH_WALL_TIME").is_some() {
