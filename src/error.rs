@@ -66,6 +66,10 @@ pub enum RelayError {
     InvalidEnvelope(#[from] EnvelopeError),
     #[error("invalid event: {0}")]
     InvalidEvent(&'static str),
+    #[error(transparent)]
+    Crashpad(#[from] crate::crashpad::CrashpadError),
+    #[error("unreal crash reports cannot be scrubbed by this relay")]
+    UnrealUnsupported,
     #[error("upstream rate limit in effect")]
     RateLimited,
     #[error("upstream request failed")]
@@ -96,6 +100,8 @@ impl RelayError {
             KeyNotAllowed | ProjectNotAllowed | TunnelHostNotAllowed => StatusCode::FORBIDDEN,
             BodyTooLarge { .. } | DecompressedTooLarge { .. } | ItemTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedEncoding | UnsupportedContentType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            // The relay cannot open an Unreal container to scrub it, and will not forward it raw.
+            UnrealUnsupported => StatusCode::NOT_IMPLEMENTED,
             InvalidCompression(_)
             | BodyRead
             | EmptyBody
@@ -103,7 +109,8 @@ impl RelayError {
             | InvalidEvent(_)
             | InvalidOtlp(_)
             | InvalidReport(_)
-            | InvalidCheckIn(_) => {
+            | InvalidCheckIn(_)
+            | Crashpad(_) => {
                 StatusCode::BAD_REQUEST
             }
             BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -145,6 +152,8 @@ impl RelayError {
             EmptyBody => "empty_body",
             InvalidEnvelope(_) => "invalid_envelope",
             InvalidEvent(_) => "invalid_event",
+            Crashpad(error) => error.kind(),
+            UnrealUnsupported => "unreal_unsupported",
             RateLimited => "rate_limited",
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",

@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::auth::{self, AuthSource, Identity, RequestAuth};
 use crate::config::UpstreamEncoding;
+use crate::crashpad;
 use crate::decode::{self, ContentEncoding, DecodeError};
 use crate::delivery::{Job, RateLimited, Rejected};
 use crate::envelope::{Envelope, Item, ItemType};
@@ -37,6 +38,10 @@ pub enum Endpoint {
     Envelope,
     Store,
     Tunnel,
+    /// Crashpad's `/api/<id>/minidump/` upload (see [`crate::crashpad`]).
+    Minidump,
+    /// `/api/<id>/unreal/<key>/`: refused, see [`handle`].
+    Unreal,
 }
 
 impl Endpoint {
@@ -46,6 +51,8 @@ impl Endpoint {
             Endpoint::Envelope => "envelope",
             Endpoint::Store => "store",
             Endpoint::Tunnel => "tunnel",
+            Endpoint::Minidump => "minidump",
+            Endpoint::Unreal => "unreal",
         }
     }
 }
@@ -57,6 +64,11 @@ pub async fn handle(
     endpoint: Endpoint,
     path_project: Option<u64>,
 ) -> Result<Response<Full<Bytes>>, RelayError> {
+    if endpoint == Endpoint::Unreal {
+        // An Unreal crash container holds the user name, account ids, logs and a minidump, and this relay cannot open
+        // and re-encode it: refused before its body is read, never forwarded raw.
+        return Err(RelayError::UnrealUnsupported);
+    }
     let (parts, body) = request.into_parts();
     let request_auth = auth::from_request(&parts.headers, parts.uri.query())?;
     let encoding = content_encoding(&parts.headers)?;
@@ -71,8 +83,14 @@ pub async fn handle(
         .with_label_values(&["wire"])
         .inc_by(wire.len() as u64);
 
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
     let input = Prepare {
         endpoint,
+        content_type,
         path_project,
         request_auth,
         encoding,
@@ -123,7 +141,7 @@ pub async fn handle(
             .envelopes_dropped
             .with_label_values(&["empty_after_filter"])
             .inc();
-        return Ok(accepted(event_id.as_deref(), None));
+        return Ok(accepted(endpoint, event_id.as_deref(), None));
     };
     let project_id = prepared.identity.project_id;
     let job = Job {
@@ -152,7 +170,7 @@ pub async fn handle(
                     .delivery
                     .rate_limits()
                     .active_header(project_id, tokio::time::Instant::now());
-                Ok(accepted(event_id.as_deref(), limits.as_deref()))
+                Ok(accepted(endpoint, event_id.as_deref(), limits.as_deref()))
             }
             Err(rejected) => {
                 tracing::debug!(
@@ -163,6 +181,15 @@ pub async fn handle(
                 Ok(overloaded(state, rejected))
             }
         },
+        Delivery::RateLimited(_) if endpoint == Endpoint::Minidump => {
+            // Like Relay: never 429 on the crashpad route, because crash handlers retry these uploads.
+            state
+                .metrics
+                .envelopes_dropped
+                .with_label_values(&["rate_limited"])
+                .inc();
+            Ok(accepted(endpoint, event_id.as_deref(), None))
+        }
         Delivery::RateLimited(limited) => {
             tracing::debug!(
                 project_id,
@@ -221,8 +248,17 @@ pub fn deliver(state: &AppState, mut job: Job) -> Result<Delivery, RelayError> {
     Ok(Delivery::Queued(job))
 }
 
-/// 200 `{"id": ...}`, telling the SDK about any rate limits in force for its project, as Sentry does.
-fn accepted(event_id: Option<&str>, rate_limits: Option<&str>) -> Response<Full<Bytes>> {
+/// 200 `{"id": ...}`, telling the SDK about any rate limits in force for its project, as Sentry does. The crashpad
+/// route answers `text/plain` with the hyphenated event id instead, which is what crash handlers read.
+fn accepted(endpoint: Endpoint, event_id: Option<&str>, rate_limits: Option<&str>) -> Response<Full<Bytes>> {
+    if endpoint == Endpoint::Minidump {
+        let body = event_id.map(crashpad::hyphenated).unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return response;
+    }
     let body = match event_id {
         Some(id) => serde_json::json!({ "id": id }),
         None => serde_json::json!({}),
@@ -296,6 +332,8 @@ pub(crate) async fn read_body(body: Incoming, max: usize, timeout: std::time::Du
 /// Everything the blocking half of a request needs.
 struct Prepare {
     endpoint: Endpoint,
+    /// The request's `Content-Type` (the crashpad route reads it).
+    content_type: Option<String>,
     path_project: Option<u64>,
     request_auth: Option<RequestAuth>,
     encoding: ContentEncoding,
@@ -363,6 +401,7 @@ fn prepare(
 ) -> Result<Prepared, RelayError> {
     let Prepare {
         endpoint,
+        content_type,
         path_project,
         request_auth,
         encoding,
@@ -386,6 +425,11 @@ fn prepare(
             let original = Bytes::from(decoded);
             (Envelope::parse(original.clone())?, Some(original))
         }
+        Endpoint::Minidump => (
+            crashpad::envelope(Bytes::from(decoded), content_type.as_deref(), new_event_id)?,
+            None,
+        ),
+        Endpoint::Unreal => return Err(RelayError::UnrealUnsupported),
     };
     if endpoint == Endpoint::Tunnel && envelope.dsn().is_none() {
         // The tunnel has no other way to say who is sending.
@@ -486,6 +530,9 @@ pub(crate) fn record_report(metrics: &Metrics, report: &Report) {
     }
     metrics.spans_dropped.inc_by(report.dropped_spans);
     metrics.items_tree_walked.inc_by(report.tree_walked_items);
+    for (outcome, count) in &report.minidumps {
+        metrics.minidumps.with_label_values(&[outcome]).inc_by(*count);
+    }
 }
 
 /// Sentry's per-item limits: `(limit, refuse_whole_envelope)`. Types without a limit are bounded by the envelope cap.
@@ -640,6 +687,7 @@ mod tests {
     fn input(encoding: ContentEncoding, wire: Vec<u8>, max_decompressed: usize) -> Prepare {
         Prepare {
             endpoint: Endpoint::Envelope,
+            content_type: None,
             path_project: Some(1),
             request_auth: None,
             encoding,

@@ -17,7 +17,8 @@
 //!    refusals (auth, unknown `Content-Encoding`, oversized `Content-Length`) happen before the body is read.
 //! 4. **Decode** ([`ingest`], [`decode`]). The body is read under the wire cap and decompressed (gzip, deflate,
 //!    br, zstd) under the decompressed cap, so a compression bomb stops at the cap. [`envelope::Envelope::parse`]
-//!    splits it into items (payloads are zero-copy slices); a legacy `store` event is wrapped into an envelope.
+//!    splits it into items (payloads are zero-copy slices); a legacy `store` event is wrapped into an envelope, and a
+//!    crashpad upload (`/api/<id>/minidump/`) becomes one the way Sentry builds it ([`crashpad`]).
 //! 5. **Scrub** ([`pipeline::process`], pure and synchronous; run inline on the runtime thread for envelopes up to
 //!    16 KiB while the delivery queue is short, on a blocking thread otherwise). Per item: [`filter`] drops
 //!    health-check and static-file transactions and segment spans; [`scrub`] streams over each item's JSON once
@@ -49,7 +50,7 @@
 //! # Where things live
 //!
 //! - Pure core, no sockets: [`envelope`], [`rules`], [`scrub`], [`payload`] (one module per payload format),
-//!   [`filter`], [`truncate`], [`pipeline`], [`otlp`].
+//!   [`filter`], [`truncate`], [`pipeline`], [`otlp`], [`crashpad`].
 //! - Edges: [`server`], [`ingest`], [`routes`] (CSP/NEL reports, OTLP, cron check-ins: the same steps, ending in the
 //!   same delivery), [`auth`], [`dsn`], [`decode`], [`error`], [`upstream`], [`delivery`], [`admin`].
 //! - Process: [`cli`], [`config`], [`logging`], [`metrics`], [`reload`], [`shutdown`], [`healthcheck`].
@@ -60,6 +61,7 @@ pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod crashpad;
 pub mod decode;
 pub mod delivery;
 pub mod dsn;

@@ -49,6 +49,7 @@ pub struct Metrics {
     pub spans_dropped: IntCounter,
     /// JSON items the streaming walk left to the (slower) tree walk.
     pub items_tree_walked: IntCounter,
+    pub minidumps: IntCounterVec,
     /// Time spent parsing, filtering, scrubbing and re-serializing one envelope.
     pub scrub_duration: Histogram,
     /// Upstream requests, by outcome (`2xx`, `429`, `4xx`, `5xx`, `network_error`, `timeout`).
@@ -145,6 +146,7 @@ impl Metrics {
             truncations: counter_vec(&r, "truncations_total", "Values truncated, by field name.", &["field"]),
             spans_dropped: counter(&r, "spans_dropped_total", "Spans removed by drop rules from span containers that were kept."),
             items_tree_walked: counter(&r, "items_tree_walked_total", "JSON items the streaming walk left to the slower tree walk."),
+            minidumps: counter_vec(&r, "minidumps_total", "Minidumps seen (attachments and crashpad uploads), by outcome.", &["outcome"]),
             scrub_duration: histogram(&r, "scrub_duration_seconds", "Time to parse, filter, scrub and re-serialize one envelope.", SCRUB_BUCKETS),
             upstream_requests: counter_vec(&r, "upstream_requests_total", "Requests to the upstream, by outcome.", &["outcome"]),
             upstream_duration: histogram(&r, "upstream_duration_seconds", "Latency of requests to the upstream.", LATENCY_BUCKETS),

@@ -59,6 +59,9 @@ pub struct Report {
     /// `scrub-relay scrub` prints: it says how, not what.
     #[serde(skip)]
     pub tree_walked_items: u64,
+    /// Minidumps by outcome (`scrubbed`, `unchanged`, `malformed`, ...; see `payload::minidump::OUTCOMES`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub minidumps: BTreeMap<&'static str, u64>,
     /// Only filled when `ProcessOptions::explain` is set.
     pub changes: Vec<Change>,
     pub dry_run: bool,

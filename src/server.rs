@@ -325,6 +325,8 @@ fn api_route(path: &str) -> Option<Route> {
     let endpoint = match endpoint.trim_end_matches('/') {
         "envelope" => Endpoint::Envelope,
         "store" => Endpoint::Store,
+        "minidump" => Endpoint::Minidump,
+        rest if rest.strip_prefix("unreal/").is_some_and(|key| !key.is_empty() && !key.contains('/')) => Endpoint::Unreal,
         _ => return crate::routes::Kind::from_path(endpoint).map(|kind| Route::Other(kind, project_id)),
     };
     Some(Route::Ingest(endpoint, Some(project_id)))

@@ -1,5 +1,5 @@
 //! `attachment` items: the file name gets the value detectors; JSON attachments (view hierarchies, `.json` files)
-//! are walked like data, other UTF-8 text (logs, Apple crash reports) gets the value detectors, and binary content
+//! are walked like data, minidumps are scrubbed in place ([`super::minidump`]), other UTF-8 text (logs, Apple crash reports) gets the value detectors, and binary content
 //! follows the rules' policy.
 
 use serde_json::Value;
@@ -14,6 +14,9 @@ pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
     // File names are chosen by apps (`invoice-jane.doe@example.com.pdf`): detectors only, no key rules.
     if let Some(Value::String(name)) = item.headers_mut().get_mut("filename") {
         cx.scrubber.scrub_text(name, TextMode::Source, &[Seg::Key("filename")]);
+    }
+    if item.headers().get("attachment_type").and_then(Value::as_str) == Some("event.minidump") {
+        return super::minidump::process(item, cx);
     }
     let json_like = item.content_type().is_some_and(|c| c.contains("json"))
         || item.filename().is_some_and(|f| f.ends_with(".json"));

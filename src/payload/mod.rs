@@ -6,9 +6,11 @@
 //! - [`text`]: UTF-8 text gets the value detectors; anything else follows the binary policy.
 //! - [`attachment`]: picks JSON, text or the attachment policy for an `attachment` item.
 //! - [`security`]: browser reports (`raw_security`, `nel`): URLs, referrers, samples and policies.
+//! - [`minidump`]: native crash dumps (`event.minidump` attachments), scrubbed in place.
 
 pub mod attachment;
 pub mod json;
+pub mod minidump;
 pub mod security;
 pub mod text;
 

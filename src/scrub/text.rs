@@ -96,6 +96,32 @@ impl Scrubber<'_> {
         Some(self.apply_spans(text, &spans, path))
     }
 
+    /// For formats that must keep every length (minidumps overwrite in place): the byte ranges [`TextMode::Plain`]
+    /// would replace (value detectors, sensitive `name=value` pairs), appended to `out` and each counted as a change,
+    /// without building a rewritten string.
+    pub(crate) fn redaction_spans(&mut self, text: &str, path: &[Seg<'_>], out: &mut Vec<(usize, usize)>) {
+        let mut spans: Vec<Span> = Vec::new();
+        self.embedded_pair_spans(text, &mut spans);
+        let mut hits = std::mem::take(&mut self.hits);
+        self.engine.detectors.find(text, &mut hits);
+        spans.extend(hits.iter().map(|h| Span {
+            start: h.start,
+            end: h.end,
+            rule: RuleRef::Detector(h.detector),
+        }));
+        self.hits = hits;
+        drop_overlaps(&mut spans);
+        let engine = self.engine;
+        for span in spans {
+            let (rule, action) = match span.rule {
+                RuleRef::Key => ("sensitive_key", ChangeAction::Replaced),
+                RuleRef::Detector(index) => (engine.detectors.detectors[index].id.as_str(), ChangeAction::Masked),
+            };
+            self.record(path, None, rule, action, Vec::new(), None);
+            out.push((span.start, span.end));
+        }
+    }
+
     /// Returns `text` with every span replaced, recording one change per span and one `_meta` entry.
     fn apply_spans(&mut self, text: &str, spans: &[Span], path: &[Seg<'_>]) -> String {
         let original_chars = text.chars().count();
