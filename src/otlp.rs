@@ -779,6 +779,29 @@ mod tests {
     }
 
     #[test]
+    fn dry_run_forwards_the_original_and_reports_what_would_change() {
+        let shipped = include_str!("../rules.yaml").replace("dry_run: false", "dry_run: true");
+        let rules = CompiledRules::from_yaml(&shipped).unwrap();
+        let body = traces(vec![
+            span(1, None, SpanKind::Server, "GET /healthz", vec![]),
+            span(
+                2,
+                None,
+                SpanKind::Server,
+                "GET /a",
+                vec![string("user.email", "jane.doe@example.com")],
+            ),
+        ]);
+        let processed = process(Signal::Traces, Encoding::Protobuf, body.clone(), &rules, 1).unwrap();
+        assert_eq!(processed.body, Some(body));
+        assert!(processed.report.dry_run);
+        assert_eq!(processed.report.redactions["email"], 1);
+        assert_eq!(processed.report.would_drop.len(), 1);
+        assert!(processed.report.dropped.is_empty());
+        assert_eq!(processed.forwarded, 2);
+    }
+
+    #[test]
     fn content_types() {
         assert_eq!(
             Encoding::from_content_type("application/x-protobuf"),

@@ -1040,3 +1040,64 @@ fn json_traces_protobuf() -> Vec<u8> {
     }
     .encode_to_vec()
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Delivery: the same queue, spool and retries as envelopes
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_and_nel_bodies_wait_in_the_spool_through_an_outage_and_a_restart() {
+    let spool = tempfile::tempdir().expect("spool dir");
+    let down = MiniSentry::start().await;
+    down.answer_always(Answer::status(503));
+    let config = |upstream: &MiniSentry| {
+        let mut config = common::relay_config(upstream);
+        config.spool_dir = Some(spool.path().to_path_buf());
+        config.retry_initial_backoff = Duration::from_millis(10);
+        config.retry_max_backoff = Duration::from_millis(100);
+        config
+    };
+    let relay = common::start_relay(config(&down)).await;
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        &format!("/api/{PROJECT}/integration/otlp/v1/traces"),
+        &otlp_post_headers("application/x-protobuf"),
+        &json_traces_protobuf(),
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 202);
+    let nel = json!([{"type": "network-error", "age": 1, "url": "https://a.example/?token=t0k3nT0k3nT0k3n99",
+                      "user_agent": "x", "body": {"phase": "dns", "type": "dns.unreachable"}}]);
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        &format!("/api/{PROJECT}/nel/?sentry_key={KEY}"),
+        &headers(&[("Content-Type", "application/reports+json")]),
+        nel.to_string().as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let spooled = relay.state.metrics.spool_envelopes.clone();
+    common::wait_until("both bodies are in the spool", || spooled.get() == 2).await;
+    relay.shutdown().await;
+
+    let up = MiniSentry::start().await;
+    let relay = common::start_relay(config(&up)).await;
+    let mut received = up.next_n(2).await;
+    received.sort_by(|a, b| a.path.cmp(&b.path));
+    let (otlp, nel) = (&received[0], &received[1]);
+    assert_eq!(otlp.path, format!("/api/{PROJECT}/integration/otlp/v1/traces"));
+    assert_eq!(otlp.header("content-type"), Some("application/x-protobuf"));
+    assert_eq!(otlp.auth_key().as_deref(), Some(KEY));
+    let request = ExportTraceServiceRequest::decode(&otlp.body[..]).expect("protobuf traces after the restart");
+    let span = &request.resource_spans[0].scope_spans[0].spans[0];
+    assert_eq!(span.name, "GET /users/***@example.com");
+    assert_eq!(string_attribute(&span.attributes, "user.email"), "***@example.com");
+    assert_eq!(nel.path, format!("/api/{PROJECT}/nel/"));
+    assert_eq!(nel.header("content-type"), Some("application/reports+json"));
+    assert_no_secrets("spooled NEL", &recorded_text(nel), &["t0k3nT0k3nT0k3n99"]);
+    assert_eq!(relay.state.metrics.spool_corrupt.get(), 0);
+    relay.shutdown().await;
+}

@@ -58,7 +58,7 @@ impl Kind {
 
     /// Check-ins come from curl and cron jobs as `GET` too; everything else is `POST`.
     pub fn allows(self, method: &Method) -> bool {
-        method == Method::POST || (self == Kind::Cron && (method == Method::GET || method == Method::HEAD))
+        method == Method::POST || (self == Kind::Cron && method == Method::GET)
     }
 
     /// What follows `/api/<project_id>/`, trailing slash optional.

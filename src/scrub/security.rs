@@ -264,6 +264,31 @@ mod tests {
     }
 
     #[test]
+    fn urls_keep_their_origin_and_lose_their_secrets() {
+        let rules = crate::rules::CompiledRules::defaults();
+        let mut scrubber = Scrubber::new(rules.engine(None), false);
+        let mut url = "https://bob:hunter2@a.example:8443/u/jane@example.com/reset/9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c\
+                       ?next=/home&code=Zx81kQ2mP0aLw9vB77#access_token=abc"
+            .to_string();
+        scrubber.scrub_url(&mut url, &[]);
+        for secret in ["hunter2", "jane@", "9f8a7b6c", "Zx81kQ2mP0aLw9vB77", "abc"] {
+            assert!(!url.contains(secret), "{secret} in {url}");
+        }
+        assert!(
+            url.contains("a.example:8443/u/***@example.com/reset/[FILTERED]?next=/home&code=[FILTERED]#"),
+            "{url}"
+        );
+        assert!(url.ends_with("#access_token=[FILTERED]"), "{url}");
+
+        let mut keyword = "inline".to_string();
+        scrubber.scrub_url(&mut keyword, &[]);
+        assert_eq!(keyword, "inline");
+        let mut policy = "script-src 'nonce-abc123XYZ' 'self'".to_string();
+        scrubber.scrub_policy(&mut policy, &[]);
+        assert_eq!(policy, "script-src 'nonce-[FILTERED]' 'self'");
+    }
+
+    #[test]
     fn origins() {
         assert_eq!(
             split_origin("https://a.example:8443/x?y#z"),
