@@ -121,6 +121,32 @@ pub struct RunArgs {
     /// Bytes held in memory for delivery (e.g. 256MiB).
     #[arg(long, env = "SCRUB_RELAY_QUEUE_MAX_BYTES", default_value = "256MiB", value_parser = parse_size)]
     pub queue_max_bytes: usize,
+    /// Time a client has to send its whole request body.
+    #[arg(long, env = "SCRUB_RELAY_BODY_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Time a client has to send its request headers (also the idle time of a keep-alive connection).
+    #[arg(long, env = "SCRUB_RELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Slowest average body upload accepted after the first 5 s, per second (e.g. 4KiB); 0 turns it off.
+    #[arg(long, env = "SCRUB_RELAY_MIN_BODY_RATE", default_value = "4KiB", value_parser = parse_size)]
+    pub min_body_rate: usize,
+    /// Memory the relay may use (e.g. 1GiB); half of it is the budget for requests in flight. Default: the
+    /// container's cgroup memory limit, else 1GiB.
+    #[arg(long, env = "SCRUB_RELAY_MEMORY_LIMIT", value_parser = parse_size)]
+    pub memory_limit: Option<usize>,
+    /// Longest a request waits for memory budget before it gets 503 with Retry-After.
+    #[arg(long, env = "SCRUB_RELAY_MEMORY_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub memory_wait: Duration,
+    /// Most memory budget one client address may hold at once (e.g. 64MiB). Default: half the budget.
+    #[arg(long, env = "SCRUB_RELAY_MAX_CLIENT_BYTES", value_parser = parse_size)]
+    pub max_client_bytes: Option<usize>,
+    /// Most open connections from one client address (0: no cap).
+    #[arg(long, env = "SCRUB_RELAY_MAX_CLIENT_CONNECTIONS", default_value = "256")]
+    pub max_client_connections: usize,
+    /// Header a trusted load balancer sets to the client address (e.g. X-Forwarded-For: its last entry is used).
+    /// Default: none, the TCP peer address. Only set it when every request comes through that balancer.
+    #[arg(long, env = "SCRUB_RELAY_CLIENT_IP_HEADER")]
+    pub client_ip_header: Option<http::HeaderName>,
     /// Upstream requests in flight at once.
     #[arg(long, env = "SCRUB_RELAY_UPSTREAM_CONCURRENCY", default_value = "8")]
     pub upstream_concurrency: usize,
@@ -172,6 +198,14 @@ impl RunArgs {
             upstream_concurrency: self.upstream_concurrency,
             retry_initial_backoff: self.retry_initial_backoff,
             retry_max_backoff: self.retry_max_backoff,
+            body_timeout: self.body_timeout,
+            header_timeout: self.header_timeout,
+            min_body_rate: self.min_body_rate,
+            memory_limit: self.memory_limit,
+            memory_wait: self.memory_wait,
+            max_client_bytes: self.max_client_bytes,
+            max_client_connections: self.max_client_connections,
+            client_ip_header: self.client_ip_header.clone(),
             ..Config::default()
         };
         config.validate()?;

@@ -54,6 +54,28 @@ pub struct Config {
     pub max_connections: usize,
     /// Time a client has to send its whole request body. Default 60 s.
     pub body_timeout: Duration,
+    /// Time a client has to send its request headers; also how long an idle HTTP/1 keep-alive connection is kept.
+    /// Default 10 s.
+    pub header_timeout: Duration,
+    /// Slowest average body rate accepted, in bytes per second, once the first `min_rate_grace` has passed: a
+    /// client trickling its body is cut instead of holding a connection and memory for the whole body timeout.
+    /// Default 4 KiB/s; 0 turns it off.
+    pub min_body_rate: usize,
+    /// How long a body may take before `min_body_rate` applies. Default [`MIN_RATE_GRACE`]; not a flag (tests
+    /// shorten it).
+    pub min_rate_grace: Duration,
+    /// Memory the relay may use, in bytes; half of it is the budget for requests in flight (see
+    /// [`Config::memory_budget`]). `None`: the container's cgroup limit, else 1 GiB.
+    pub memory_limit: Option<usize>,
+    /// Longest a request waits for memory budget before it is refused with 503. Default 2 s.
+    pub memory_wait: Duration,
+    /// Most budget bytes one client address may hold at once. `None`: half the budget.
+    pub max_client_bytes: Option<usize>,
+    /// Most connections one client address may hold open at once (0: no cap). Default 256.
+    pub max_client_connections: usize,
+    /// Request header a trusted load balancer puts the client address in (e.g. `X-Forwarded-For`, whose last entry
+    /// is used: the one the balancer appended). `None` (the default): the TCP peer's address.
+    pub client_ip_header: Option<http::HeaderName>,
     /// Directory of the disk spool (see `docs/delivery.md`). `None` (the default): undelivered envelopes wait in
     /// memory only, and are lost if the process dies while the upstream is down.
     pub spool_dir: Option<PathBuf>,
@@ -76,6 +98,12 @@ pub struct Config {
 
 pub const MIB: usize = 1024 * 1024;
 
+/// How long a body may take before `min_body_rate` applies: covers connection warm-up and a slow first chunk.
+pub const MIN_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// The memory limit when neither `--memory-limit` nor a cgroup says otherwise.
+pub const DEFAULT_MEMORY_LIMIT: usize = 1024 * MIB;
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -94,6 +122,14 @@ impl Default for Config {
             upstream_encoding: UpstreamEncoding::Gzip,
             max_connections: 1024,
             body_timeout: Duration::from_secs(60),
+            header_timeout: Duration::from_secs(10),
+            min_body_rate: 4 * 1024,
+            min_rate_grace: MIN_RATE_GRACE,
+            memory_limit: None,
+            memory_wait: Duration::from_secs(2),
+            max_client_bytes: None,
+            max_client_connections: 256,
+            client_ip_header: None,
             spool_dir: None,
             spool_max_bytes: 1024 * MIB as u64,
             spool_max_age: Duration::from_secs(24 * 60 * 60),
@@ -142,6 +178,8 @@ impl Config {
             ("queue-max-bytes", self.queue_max_bytes),
             ("upstream-concurrency", self.upstream_concurrency),
             ("spool-max-bytes", usize::try_from(self.spool_max_bytes).unwrap_or(usize::MAX)),
+            ("memory-limit", self.memory_limit.unwrap_or(1)),
+            ("max-client-bytes", self.max_client_bytes.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -152,6 +190,8 @@ impl Config {
             ("shutdown-timeout", self.shutdown_timeout),
             ("spool-max-age", self.spool_max_age),
             ("retry-initial-backoff", self.retry_initial_backoff),
+            ("body-timeout", self.body_timeout),
+            ("header-timeout", self.header_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Zero(name));
@@ -167,6 +207,25 @@ impl Config {
             return Err(ConfigError::AllowedKey(key.clone()));
         }
         Ok(())
+    }
+
+    /// The memory limit in force: the flag, else the container's cgroup limit, else [`DEFAULT_MEMORY_LIMIT`].
+    pub fn memory_limit(&self) -> usize {
+        self.memory_limit
+            .or_else(crate::budget::cgroup_memory_limit)
+            .unwrap_or(DEFAULT_MEMORY_LIMIT)
+    }
+
+    /// The budget for requests in flight: half the memory limit. The other half is for the delivery queue
+    /// (`queue_max_bytes`), the allocator's slack and the process itself.
+    pub fn memory_budget(&self) -> usize {
+        self.memory_limit() / 2
+    }
+
+    /// Most budget one client address may hold: the flag, else half the budget. One client can then still send an
+    /// envelope of about a quarter of the budget (its decoded body plus the scrubbed copy), and cannot take it all.
+    pub fn client_budget(&self) -> usize {
+        self.max_client_bytes.unwrap_or(self.memory_budget() / 2)
     }
 
     /// The hosts tunnel DSNs may name: the configured list, or the upstream's host and its subdomains.

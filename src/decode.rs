@@ -2,7 +2,9 @@
 //!
 //! Lenient about names (case, whitespace, the empty and `UTF-8` values old Ruby and Android SDKs send), strict about
 //! sizes: every decoder reads through `Read::take(cap + 1)`, so a compression bomb costs at most `cap + 1` bytes of
-//! memory before it is refused. Synchronous on purpose: callers run it on a blocking thread.
+//! memory before it is refused. The output buffer grows in steps (64 KiB, then doubling), never straight to the cap,
+//! and each step is charged first (to the relay's memory budget, see `crate::budget`), so a bomb is also stopped
+//! when memory is short. Synchronous on purpose: callers run it on a blocking thread.
 
 use std::io::{self, Read};
 
@@ -28,7 +30,13 @@ pub enum DecodeError {
     TooLarge { limit: usize },
     #[error("invalid compressed data")]
     Invalid(#[source] io::Error),
+    /// The charge for the next growth step was refused (the memory budget is exhausted).
+    #[error("no memory budget left to decode the body")]
+    OverBudget,
 }
+
+/// The first output buffer; later steps double it, up to the cap.
+pub const FIRST_STEP: usize = 64 * 1024;
 
 /// The header named an encoding we do not decode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -87,30 +95,71 @@ fn is_zlib_header(cmf: u8, flg: u8) -> bool {
 
 /// Decodes `body`, refusing output larger than `cap` bytes. Identity bodies are checked against the cap too.
 pub fn decode(encoding: ContentEncoding, body: &[u8], cap: usize) -> Result<Vec<u8>, DecodeError> {
+    decode_charged(encoding, body, cap, &mut |_| true)
+}
+
+/// [`decode`], asking `charge(additional)` before the output buffer grows by `additional` bytes; `false` stops the
+/// decoder with [`DecodeError::OverBudget`]. The buffer's capacity never exceeds what was charged.
+pub fn decode_charged(
+    encoding: ContentEncoding,
+    body: &[u8],
+    cap: usize,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DecodeError> {
     match encoding {
         ContentEncoding::Identity => {
             if body.len() > cap {
                 return Err(DecodeError::TooLarge { limit: cap });
             }
+            if !charge(body.len()) {
+                return Err(DecodeError::OverBudget);
+            }
             Ok(body.to_vec())
         }
-        ContentEncoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(body), cap),
+        ContentEncoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(body), cap, charge),
         ContentEncoding::Deflate => match body {
-            [cmf, flg, ..] if is_zlib_header(*cmf, *flg) => read_capped(flate2::read::ZlibDecoder::new(body), cap),
-            _ => read_capped(flate2::read::DeflateDecoder::new(body), cap),
+            [cmf, flg, ..] if is_zlib_header(*cmf, *flg) => {
+                read_capped(flate2::read::ZlibDecoder::new(body), cap, charge)
+            }
+            _ => read_capped(flate2::read::DeflateDecoder::new(body), cap, charge),
         },
-        ContentEncoding::Brotli => read_capped(brotli::Decompressor::new(body, 64 * 1024), cap),
+        ContentEncoding::Brotli => read_capped(brotli::Decompressor::new(body, 64 * 1024), cap, charge),
         ContentEncoding::Zstd => {
             let decoder = zstd::stream::read::Decoder::new(body).map_err(DecodeError::Invalid)?;
-            read_capped(decoder, cap)
+            read_capped(decoder, cap, charge)
         }
     }
 }
 
-fn read_capped(reader: impl Read, cap: usize) -> Result<Vec<u8>, DecodeError> {
+/// Reads at most `cap + 1` bytes, growing the buffer in charged steps: reading through `take(spare)` never lets
+/// `read_to_end` grow it behind our back.
+fn read_capped(
+    mut reader: impl Read,
+    cap: usize,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DecodeError> {
+    let limit = cap.saturating_add(1);
     let mut out = Vec::new();
-    let limit = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1);
-    reader.take(limit).read_to_end(&mut out).map_err(DecodeError::Invalid)?;
+    loop {
+        if out.len() == out.capacity() {
+            if out.len() >= limit {
+                break;
+            }
+            let target = out.capacity().saturating_mul(2).max(FIRST_STEP).min(limit);
+            if !charge(target - out.capacity()) {
+                return Err(DecodeError::OverBudget);
+            }
+            out.reserve_exact(target - out.len());
+        }
+        let spare = (out.capacity() - out.len()).min(limit - out.len());
+        let read = (&mut reader)
+            .take(spare as u64)
+            .read_to_end(&mut out)
+            .map_err(DecodeError::Invalid)?;
+        if read < spare {
+            break;
+        }
+    }
     if out.len() > cap {
         return Err(DecodeError::TooLarge { limit: cap });
     }
@@ -205,6 +254,31 @@ mod tests {
             10,
             "exactly the cap is fine"
         );
+    }
+
+    #[test]
+    fn decoders_grow_in_charged_steps_and_stop_when_refused() {
+        let body = gzip(&vec![b'a'; 1024 * 1024]);
+        let mut steps = Vec::new();
+        let out = decode_charged(ContentEncoding::Gzip, &body, 8 * 1024 * 1024, &mut |n| {
+            steps.push(n);
+            true
+        })
+        .unwrap();
+        assert_eq!(out.len(), 1024 * 1024);
+        assert_eq!(steps[0], FIRST_STEP, "the first step is small, not the cap");
+        assert!(steps.len() > 3, "grown in steps: {steps:?}");
+        assert!(out.capacity() <= steps.iter().sum(), "never more than charged");
+
+        // A 64 MiB bomb under a 4 MiB budget: stopped after the charges that fit, whatever the cap says.
+        let bomb = gzip(&vec![0u8; 64 * 1024 * 1024]);
+        let mut charged = 0;
+        let result = decode_charged(ContentEncoding::Gzip, &bomb, 200 * 1024 * 1024, &mut |n| {
+            charged += n;
+            charged <= 4 * 1024 * 1024
+        });
+        assert!(matches!(result, Err(DecodeError::OverBudget)));
+        assert!(charged <= 8 * 1024 * 1024);
     }
 
     #[test]

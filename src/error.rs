@@ -78,6 +78,12 @@ pub enum RelayError {
     UpstreamTimeout,
     #[error("the relay is at capacity")]
     Overloaded,
+    #[error("the relay's memory budget is exhausted; retry later")]
+    MemoryBudget,
+    #[error("this client holds its share of the relay's memory; retry later")]
+    ClientBudget,
+    #[error("timed out reading the request body: below the minimum data rate")]
+    BodyTooSlow,
     #[error("the relay is shutting down")]
     ShuttingDown,
     #[error("internal error")]
@@ -113,13 +119,13 @@ impl RelayError {
             | Crashpad(_) => {
                 StatusCode::BAD_REQUEST
             }
-            BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            BodyTimeout | BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             // SDKs back off on 503; both mean "try again later".
-            Overloaded | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Overloaded | ShuttingDown | MemoryBudget | ClientBudget => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -158,6 +164,9 @@ impl RelayError {
             UpstreamUnavailable => "upstream_unavailable",
             UpstreamTimeout => "upstream_timeout",
             Overloaded => "overloaded",
+            MemoryBudget => "memory_budget",
+            ClientBudget => "client_budget",
+            BodyTooSlow => "body_too_slow",
             ShuttingDown => "shutting_down",
             Internal => "internal",
         }
@@ -173,7 +182,24 @@ impl RelayError {
         } else {
             tracing::debug!(status = status.as_u16(), kind = self.kind(), error = %detail, "request refused");
         }
-        json_error(status, &detail)
+        let mut response = json_error(status, &detail);
+        if matches!(self, RelayError::MemoryBudget | RelayError::ClientBudget) {
+            // Memory frees up as requests in flight finish: a second is a fair wait, and SDKs honour it.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<crate::budget::Exhausted> for RelayError {
+    fn from(exhausted: crate::budget::Exhausted) -> RelayError {
+        use crate::budget::Exhausted;
+        match exhausted {
+            Exhausted::Relay => RelayError::MemoryBudget,
+            Exhausted::Client => RelayError::ClientBudget,
+            // Waiting cannot help: the request is larger than the memory the relay (or one client) may use.
+            Exhausted::TooLarge { limit } => RelayError::BodyTooLarge { limit },
+        }
     }
 }
 

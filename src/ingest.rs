@@ -5,22 +5,28 @@
 //! envelope), resolve who sent it, apply the allowlists and per-item size limits, and run the scrubbing pipeline.
 //! What survives goes to [`deliver`], the single hand-off to the upstream, and the SDK gets the answer.
 //!
-//! Per-item size limits (Sentry's): an `event`/`transaction` (or other event-like item) over 1 MiB refuses the whole
-//! envelope with 413, as Sentry does, because the SDK's main payload cannot be delivered. Any other item over its
-//! limit (log 2 MiB, span 10 MiB, check-in 100 KiB, attachment 100 MiB, ...) is dropped alone and counted in
-//! `items_dropped_total{reason="too_large"}`, so one oversized attachment does not cost the error it belongs to.
+//! Per-item size limits (Sentry Relay's defaults): an `event`/`transaction` (or other event-like item) over 1 MiB
+//! refuses the whole envelope with 413, as Sentry does, because the SDK's main payload cannot be delivered. Any other
+//! item over its limit (log 2 MiB, span 10 MiB, check-in 100 KiB, attachment 200 MiB, unknown types 10 MiB, ...) is
+//! dropped alone and counted in `items_dropped_total{reason="too_large"}`, so one oversized attachment does not cost
+//! the error it belongs to.
+//!
+//! Memory: the body is read into a buffer that grows in steps charged to the relay's memory budget
+//! (`crate::budget`), under a minimum data rate; decoding and processing charge the same budget. A request that
+//! cannot get budget within `--memory-wait` gets 503 with `Retry-After`.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::auth::{self, AuthSource, Identity, RequestAuth};
 use crate::config::UpstreamEncoding;
+use crate::budget::{Charge, Exhausted};
 use crate::crashpad;
 use crate::decode::{self, ContentEncoding, DecodeError};
 use crate::delivery::{Job, RateLimited, Rejected};
@@ -72,16 +78,8 @@ pub async fn handle(
     let (parts, body) = request.into_parts();
     let request_auth = auth::from_request(&parts.headers, parts.uri.query())?;
     let encoding = content_encoding(&parts.headers)?;
-    let max_body = state.config.max_body_bytes;
-    if content_length(&parts.headers).is_some_and(|length| length > max_body as u64) {
-        return Err(RelayError::BodyTooLarge { limit: max_body });
-    }
-    let wire = read_body(body, max_body, state.config.body_timeout).await?;
-    state
-        .metrics
-        .received_bytes
-        .with_label_values(&["wire"])
-        .inc_by(wire.len() as u64);
+    let client = parts.extensions.get::<ClientAddr>().map(|addr| addr.0);
+    let (wire, charge) = read_body(state, &parts.headers, body, client, state.config.max_body_bytes).await?;
 
     let content_type = parts
         .headers
@@ -95,15 +93,16 @@ pub async fn handle(
         request_auth,
         encoding,
         wire,
+        charge,
+        runtime: tokio::runtime::Handle::current(),
         max_decompressed: state.config.max_decompressed_bytes,
         upstream_encoding: state.config.upstream_encoding,
         rules: state.rules(),
         metrics: state.metrics.clone(),
     };
 
-    // The semaphore is never closed, so acquiring only waits.
-    let slot = state
-        .processing
+    // The semaphores are never closed, so acquiring only waits.
+    let slot = lane(state, input.wire.len())
         .clone()
         .acquire_owned()
         .await
@@ -116,13 +115,16 @@ pub async fn handle(
     let prepared = match decoded {
         Some(decoded) => {
             let _slot = slot;
-            prepare(input, decoded, |identity| authorize(state, endpoint, identity))?
+            prepare(input, Bytes::from(decoded), |identity| authorize(state, endpoint, identity))?
         }
         None => {
             let blocking_state = state.clone();
             tokio::task::spawn_blocking(move || {
                 let _slot = slot;
-                let decoded = decode_body(input.encoding, &input.wire, input.max_decompressed)?;
+                let mut input = input;
+                let wire = std::mem::take(&mut input.wire);
+                let decoded =
+                    decode_body(input.encoding, wire, input.max_decompressed, &mut input.charge, &input.runtime)?;
                 prepare(input, decoded, |identity| {
                     authorize(&blocking_state, endpoint, identity)
                 })
@@ -132,6 +134,8 @@ pub async fn handle(
         }
     };
 
+    // The request's memory stays charged until the envelope is queued (the queue has its own byte cap).
+    let _memory = prepared.charge;
     state.metrics.envelopes_received.inc();
     let event_id = prepared.event_id;
     let Some(envelope) = prepared.envelope else {
@@ -315,17 +319,153 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Collects the body, refusing more than `max` bytes as they stream in (chunked bodies have no length to check).
-pub(crate) async fn read_body(body: Incoming, max: usize, timeout: std::time::Duration) -> Result<Bytes, RelayError> {
-    let collected = tokio::time::timeout(timeout, Limited::new(body, max).collect())
-        .await
-        .map_err(|_| RelayError::BodyTimeout)?;
-    match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
-            Err(RelayError::BodyTooLarge { limit: max })
+/// Bodies up to this size (as received) take the small-body processing lane.
+pub const SMALL_BODY: usize = 256 * 1024;
+
+/// Reads a request body under the wire cap (`Content-Length` first, then as it streams in, since chunked bodies have
+/// no length), the body timeout and the minimum data rate, charging the memory budget as its buffer grows. Every
+/// ingest route reads its body here, under `max` (the wire cap, or a route's own smaller limit); the returned
+/// [`Charge`] holds the body's memory until it is dropped.
+pub async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Incoming,
+    client: Option<std::net::IpAddr>,
+    max: usize,
+) -> Result<(Bytes, Charge), RelayError> {
+    let declared = content_length(headers);
+    if declared.is_some_and(|length| length > max as u64) {
+        return Err(RelayError::BodyTooLarge { limit: max });
+    }
+    let mut charge = state.budget.charge(client);
+    let limits = BodyLimits {
+        max,
+        declared: declared.and_then(|length| usize::try_from(length).ok()),
+        timeout: state.config.body_timeout,
+        min_rate: state.config.min_body_rate,
+        grace: state.config.min_rate_grace,
+    };
+    let wire = match collect_body(body, &limits, &mut charge).await {
+        Ok(wire) => wire,
+        Err(error) => {
+            if matches!(error, RelayError::BodyTooSlow) {
+                state
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&["slow_body"])
+                    .inc();
+            }
+            return Err(error);
         }
-        Err(_) => Err(RelayError::BodyRead),
+    };
+    state
+        .metrics
+        .received_bytes
+        .with_label_values(&["wire"])
+        .inc_by(wire.len() as u64);
+    Ok((wire, charge))
+}
+
+/// What [`collect_body`] enforces.
+struct BodyLimits {
+    max: usize,
+    declared: Option<usize>,
+    timeout: std::time::Duration,
+    /// Bytes per second after `grace`; 0: no minimum.
+    min_rate: usize,
+    grace: std::time::Duration,
+}
+
+/// The first body buffer (bodies with a smaller `Content-Length` get exactly that); later steps double it.
+const FIRST_BODY_STEP: usize = 16 * 1024;
+
+async fn collect_body(mut body: Incoming, limits: &BodyLimits, charge: &mut Charge) -> Result<Bytes, RelayError> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + limits.timeout;
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        // The next frame must come before the body timeout and before the average rate drops under the minimum.
+        let mut next = deadline;
+        if limits.min_rate > 0 {
+            let allowed = limits.grace.as_secs_f64() + (buffer.len() + 1) as f64 / limits.min_rate as f64;
+            next = next.min(started + std::time::Duration::from_secs_f64(allowed.min(1e9)));
+        }
+        let frame = match tokio::time::timeout_at(next, body.frame()).await {
+            Err(_) if next < deadline => return Err(RelayError::BodyTooSlow),
+            Err(_) => return Err(RelayError::BodyTimeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(RelayError::BodyRead),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers carry nothing we use
+        };
+        let needed = buffer.len() + data.len();
+        if needed > limits.max {
+            return Err(RelayError::BodyTooLarge { limit: limits.max });
+        }
+        if needed > buffer.capacity() {
+            // Grow in steps charged to the budget: a declared length is trusted only as far as bytes arrive.
+            let mut target = needed.max(buffer.capacity() * 2).max(FIRST_BODY_STEP).min(limits.max);
+            if let Some(declared) = limits.declared.filter(|&declared| declared >= needed) {
+                target = target.min(declared);
+            }
+            charge.grow(target - buffer.capacity()).await?;
+            buffer.reserve_exact(target - buffer.len());
+        }
+        buffer.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buffer))
+}
+
+/// Decodes a body under `max` bytes on a blocking thread, the output growing in steps charged to `charge` (waiting
+/// for budget through `runtime`); the wire bytes' charge is given back once they are freed. Identity bodies are the
+/// result as they are, with no second copy.
+pub(crate) fn decode_body(
+    encoding: ContentEncoding,
+    wire: Bytes,
+    max: usize,
+    charge: &mut Charge,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Bytes, RelayError> {
+    match encoding {
+        ContentEncoding::Identity if wire.len() > max => Err(RelayError::DecompressedTooLarge { limit: max }),
+        ContentEncoding::Identity => Ok(wire),
+        _ => {
+            let mut refusal = None;
+            let decoded = decode::decode_charged(encoding, &wire, max, &mut |bytes| {
+                charge
+                    .grow_blocking(bytes, runtime)
+                    .map_err(|exhausted| refusal = Some(exhausted))
+                    .is_ok()
+            });
+            let decoded = match decoded {
+                Ok(decoded) => decoded,
+                Err(DecodeError::TooLarge { limit }) => return Err(RelayError::DecompressedTooLarge { limit }),
+                Err(DecodeError::Invalid(source)) => return Err(RelayError::InvalidCompression(source)),
+                Err(DecodeError::OverBudget) => {
+                    return Err(match refusal {
+                        Some(Exhausted::TooLarge { limit }) => RelayError::DecompressedTooLarge { limit },
+                        Some(exhausted) => exhausted.into(),
+                        None => RelayError::MemoryBudget,
+                    });
+                }
+            };
+            let wire_bytes = wire.len();
+            drop(wire);
+            charge.shrink(wire_bytes);
+            Ok(Bytes::from(decoded))
+        }
+    }
+}
+
+/// The processing lane for a body of `wire_len` bytes: small bodies have their own, so a few huge ones cannot keep
+/// every slot busy while small envelopes wait.
+pub(crate) fn lane(state: &AppState, wire_len: usize) -> &Arc<tokio::sync::Semaphore> {
+    if wire_len <= SMALL_BODY {
+        &state.processing
+    } else {
+        &state.processing_large
     }
 }
 
@@ -338,6 +478,10 @@ struct Prepare {
     request_auth: Option<RequestAuth>,
     encoding: ContentEncoding,
     wire: Bytes,
+    /// The memory budget held for this request: the body now, the decoded buffer and the scrubbed copy later.
+    charge: Charge,
+    /// To wait for budget from the blocking thread.
+    runtime: tokio::runtime::Handle,
     max_decompressed: usize,
     upstream_encoding: UpstreamEncoding,
     rules: Arc<CompiledRules>,
@@ -353,6 +497,8 @@ struct Prepared {
     event_id: Option<String>,
     /// The project's rules allow sending the client IP upstream.
     send_client_ip: bool,
+    /// Held until the envelope is queued (the queue has its own byte cap).
+    charge: Charge,
 }
 
 /// Envelopes up to this size (decompressed) are decoded and scrubbed on the runtime thread that read them. A typical
@@ -380,8 +526,8 @@ fn decode_inline(input: &Prepare) -> Result<Option<Vec<u8>>, RelayError> {
     }
 }
 
-/// Decodes the body under the decompressed cap.
-fn decode_body(encoding: ContentEncoding, wire: &[u8], max_decompressed: usize) -> Result<Vec<u8>, RelayError> {
+/// Decodes a small body under the decompressed cap, uncharged (the legacy store body's base64 payload).
+fn decode_plain(encoding: ContentEncoding, wire: &[u8], max_decompressed: usize) -> Result<Vec<u8>, RelayError> {
     decode::decode(encoding, wire, max_decompressed).map_err(decode_error)
 }
 
@@ -389,6 +535,7 @@ fn decode_error(error: DecodeError) -> RelayError {
     match error {
         DecodeError::TooLarge { limit } => RelayError::DecompressedTooLarge { limit },
         DecodeError::Invalid(source) => RelayError::InvalidCompression(source),
+        DecodeError::OverBudget => RelayError::MemoryBudget,
     }
 }
 
@@ -396,7 +543,7 @@ fn decode_error(error: DecodeError) -> RelayError {
 /// ([`INLINE_MAX_BYTES`]) and on a blocking thread for the rest.
 fn prepare(
     input: Prepare,
-    decoded: Vec<u8>,
+    decoded: Bytes,
     authorize: impl FnOnce(&Identity) -> Result<(), RelayError>,
 ) -> Result<Prepared, RelayError> {
     let Prepare {
@@ -405,7 +552,9 @@ fn prepare(
         path_project,
         request_auth,
         encoding,
-        wire,
+        wire: _,
+        mut charge,
+        runtime,
         max_decompressed,
         upstream_encoding,
         rules,
@@ -422,7 +571,7 @@ fn prepare(
     let (mut envelope, original) = match endpoint {
         Endpoint::Store => (store_envelope(decoded, max_decompressed)?, None),
         Endpoint::Envelope | Endpoint::Tunnel => {
-            let original = Bytes::from(decoded);
+            let original = decoded;
             (Envelope::parse(original.clone())?, Some(original))
         }
         Endpoint::Minidump => (
@@ -448,6 +597,10 @@ fn prepare(
     }
     enforce_item_limits(&mut envelope, &metrics)?;
 
+    // The scrubbed copy the pipeline writes is at most about the size of what it reads.
+    let processing_bytes: usize = envelope.items.iter().map(|item| item.payload().len()).sum();
+    charge.grow_blocking(processing_bytes, &runtime)?;
+
     let started = Instant::now();
     let options = ProcessOptions {
         project_id: Some(identity.project_id),
@@ -472,6 +625,7 @@ fn prepare(
         encoded,
         event_id,
         send_client_ip,
+        charge,
     })
 }
 
@@ -535,22 +689,27 @@ pub(crate) fn record_report(metrics: &Metrics, report: &Report) {
     }
 }
 
-/// Sentry's per-item limits: `(limit, refuse_whole_envelope)`. Types without a limit are bounded by the envelope cap.
+/// Per-item limits, Sentry Relay's defaults (`Limits::default`): `(limit, refuse_whole_envelope)`. Relay refuses
+/// the whole envelope for any violation; here only the SDK's main payload does, and any other oversized item is
+/// dropped alone so it does not cost the error it came with. Unknown types get the span container's 10 MiB: enough
+/// for a type Sentry adds later, and no unbounded item.
 fn item_limit(ty: ItemType) -> Option<(usize, bool)> {
     const KIB: usize = 1024;
     const MIB: usize = 1024 * 1024;
-    match ty {
-        ItemType::Event | ItemType::Transaction | ItemType::Feedback | ItemType::UserReport => Some((MIB, true)),
-        ItemType::Log => Some((2 * MIB, false)),
-        ItemType::Span | ItemType::ReplayEvent | ItemType::ReplayRecording => Some((10 * MIB, false)),
-        ItemType::CheckIn => Some((100 * KIB, false)),
-        ItemType::Session | ItemType::Sessions | ItemType::ClientReport | ItemType::TraceMetric => Some((MIB, false)),
-        ItemType::Attachment | ItemType::ReplayVideo => Some((100 * MIB, false)),
-        ItemType::Profile | ItemType::ProfileChunk => Some((50 * MIB, false)),
+    let limit = match ty {
+        ItemType::Event | ItemType::Transaction | ItemType::Feedback | ItemType::UserReport => (MIB, true),
+        ItemType::Log => (2 * MIB, false),
+        ItemType::ReplayEvent | ItemType::TraceMetric | ItemType::Statsd => (MIB, false),
+        ItemType::Span | ItemType::ReplayRecording | ItemType::ReplayVideo => (10 * MIB, false),
+        ItemType::Session | ItemType::Sessions => (10 * MIB, false),
+        ItemType::CheckIn | ItemType::ClientReport => (100 * KIB, false),
+        ItemType::Attachment => (200 * MIB, false),
+        ItemType::Profile | ItemType::ProfileChunk => (50 * MIB, false),
         // Relay's limit for security reports.
-        ItemType::RawSecurity | ItemType::Nel => Some((MIB, false)),
-        ItemType::Statsd | ItemType::Other => None,
-    }
+        ItemType::RawSecurity | ItemType::Nel => (MIB, false),
+        ItemType::Other => (10 * MIB, false),
+    };
+    Some(limit)
 }
 
 pub(crate) fn enforce_item_limits(envelope: &mut Envelope, metrics: &Metrics) -> Result<(), RelayError> {
@@ -580,7 +739,7 @@ pub(crate) fn enforce_item_limits(envelope: &mut Envelope, metrics: &Metrics) ->
 
 /// Wraps a legacy store body (JSON, or base64 of zlib-compressed JSON as old SDKs send it) into an envelope with one
 /// `event` (or `transaction`) item.
-fn store_envelope(body: Vec<u8>, max_decompressed: usize) -> Result<Envelope, RelayError> {
+fn store_envelope(body: Bytes, max_decompressed: usize) -> Result<Envelope, RelayError> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(0);
     let json = if body[start..].starts_with(b"{") {
         body
@@ -591,8 +750,17 @@ fn store_envelope(body: Vec<u8>, max_decompressed: usize) -> Result<Envelope, Re
             ContentEncoding::Identity => ContentEncoding::Identity,
             _ => ContentEncoding::Deflate,
         };
-        decode_body(encoding, &compressed, max_decompressed)?
+        Bytes::from(decode_plain(encoding, &compressed, max_decompressed)?)
     };
+    // Checked before parsing: a store body becomes a whole `Value` tree, the costliest shape there is.
+    let (limit, _) = item_limit(ItemType::Event).unwrap_or((json.len(), true));
+    if json.len() > limit {
+        return Err(RelayError::ItemTooLarge {
+            item_type: ItemType::Event.as_str(),
+            size: json.len(),
+            limit,
+        });
+    }
     let event: Map<String, Value> = match serde_json::from_slice(&json) {
         Ok(Value::Object(event)) => event,
         Ok(_) => return Err(RelayError::InvalidEvent("not a JSON object")),
@@ -611,7 +779,7 @@ fn store_envelope(body: Vec<u8>, max_decompressed: usize) -> Result<Envelope, Re
     let mut headers = Map::new();
     headers.insert("event_id".into(), Value::String(event_id));
     let mut envelope = Envelope::new(headers);
-    let mut item = Item::new(ty, Bytes::from(json));
+    let mut item = Item::new(ty, json);
     item.headers_mut()
         .insert("content_type".into(), Value::String("application/json".into()));
     envelope.items.push(item);
@@ -659,7 +827,7 @@ mod tests {
     #[test]
     fn store_bodies_become_one_event_item() {
         let envelope = store_envelope(
-            br#"{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","message":"x"}"#.to_vec(),
+            Bytes::from_static(br#"{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc","message":"x"}"#),
             1 << 20,
         )
         .unwrap();
@@ -669,17 +837,17 @@ mod tests {
 
         let json = br#"{"type":"transaction","spans":[]}"#;
         let encoded = base64::engine::general_purpose::STANDARD.encode(&decode::zlib(json));
-        let envelope = store_envelope(encoded.into_bytes(), 1 << 20).unwrap();
+        let envelope = store_envelope(Bytes::from(encoded.into_bytes()), 1 << 20).unwrap();
         assert_eq!(envelope.items[0].ty(), ItemType::Transaction);
         assert_eq!(&envelope.items[0].payload()[..], json);
         assert!(envelope.event_id().is_some(), "a missing event_id is generated");
 
         assert!(matches!(
-            store_envelope(b"[1,2]".to_vec(), 1 << 20),
+            store_envelope(Bytes::from_static(b"[1,2]"), 1 << 20),
             Err(RelayError::InvalidEvent(_))
         ));
         assert!(matches!(
-            store_envelope(b"{\"a\":".to_vec(), 1 << 20),
+            store_envelope(Bytes::from_static(b"{\"a\":"), 1 << 20),
             Err(RelayError::InvalidEvent(_))
         ));
     }

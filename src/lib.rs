@@ -59,6 +59,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod crashpad;

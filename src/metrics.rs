@@ -76,6 +76,13 @@ pub struct Metrics {
     pub rules_last_reload_ok: IntGauge,
     /// 1 while the relay is ready to accept traffic.
     pub ready: IntGauge,
+    /// The memory budget for requests in flight, in bytes (see `crate::budget`).
+    pub memory_budget_bytes: IntGauge,
+    /// Bytes of the memory budget held by requests in flight.
+    pub memory_budget_used_bytes: IntGauge,
+    /// Client connections and requests cut by the relay's defences, by reason (`client_connections`, `saturated`,
+    /// `slow_body`).
+    pub connections_refused: IntCounterVec,
     /// Always 1; the `version` label carries the relay's version.
     pub build_info: IntGaugeVec,
 }
@@ -160,6 +167,9 @@ impl Metrics {
             rules_version: gauge(&r, "rules_version", "Version of the rules in force: 1 at start, +1 per successful reload."),
             rules_last_reload_ok: gauge(&r, "rules_last_reload_ok", "1 when the last reload succeeded or none was tried, 0 when it failed."),
             ready: gauge(&r, "ready", "1 while the relay accepts traffic."),
+            memory_budget_bytes: gauge(&r, "memory_budget_bytes", "Memory budget for requests in flight, in bytes."),
+            memory_budget_used_bytes: gauge(&r, "memory_budget_used_bytes", "Bytes of the memory budget held by requests in flight."),
+            connections_refused: counter_vec(&r, "connections_refused_total", "Client connections closed by the relay's defences, by reason.", &["reason"]),
             build_info,
             registry: r,
         };

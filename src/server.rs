@@ -7,6 +7,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -31,9 +32,9 @@ use crate::rules::CompiledRules;
 use crate::shutdown::Readiness;
 use crate::upstream::Upstream;
 
-/// Time a client has to send its request headers (slow-loris protection). hyper also runs it while a keep-alive
-/// connection waits for its next request, so idle HTTP/1 connections give their slot back after this long.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections accepted beyond `max_connections` while the relay is saturated. They are served health, readiness and
+/// metrics (so probes and Prometheus still get through) and a 503 for ingest, then closed.
+const OVERFLOW_CONNECTIONS: usize = 64;
 
 /// The TCP peer of a request, put in its extensions by the accept loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +56,15 @@ pub struct AppState {
     /// Bounds how many bodies are decoded and scrubbed at once. The work is CPU-bound, so more jobs than cores add
     /// no throughput, and each may hold up to `max_decompressed_bytes`: without this bound a burst of large bodies
     /// could claim one blocking thread and one decompressed buffer each. Requests over the bound wait their turn.
+    /// This is the lane of small bodies (`ingest::SMALL_BODY`); larger ones take `processing_large`, so a few huge
+    /// bodies never hold every slot while small envelopes wait.
     pub processing: Arc<Semaphore>,
+    /// The processing lane of bodies larger than `ingest::SMALL_BODY`.
+    pub processing_large: Arc<Semaphore>,
+    /// The memory budget every request's buffers are charged to.
+    pub budget: Arc<crate::budget::Budget>,
+    /// Open connections per client address, for `max_client_connections`.
+    pub client_connections: ClientConnections,
 }
 
 /// The relay could not be set up.
@@ -84,6 +93,12 @@ impl AppState {
             .map_err(|source| StartError::Spool { path: spool, source })?;
         let readiness = Readiness::new(metrics.clone());
         let tunnel_hosts = config.effective_tunnel_hosts();
+        let budget = crate::budget::Budget::new(
+            config.memory_budget(),
+            config.client_budget(),
+            config.memory_wait,
+            Some(metrics.clone()),
+        );
         Ok(Arc::new(AppState {
             config,
             rules: RwLock::new(Arc::new(rules)),
@@ -93,6 +108,9 @@ impl AppState {
             readiness,
             tunnel_hosts,
             processing: Arc::new(Semaphore::new(processing_slots())),
+            processing_large: Arc::new(Semaphore::new(processing_slots() / 2)),
+            budget,
+            client_connections: ClientConnections::default(),
         }))
     }
 
@@ -123,17 +141,93 @@ fn processing_slots() -> usize {
         .max(2)
 }
 
+/// Open connections per client (TCP peer) address.
+#[derive(Default)]
+pub struct ClientConnections(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One open connection of a client; counted down when dropped.
+pub struct ClientConnection {
+    state: Arc<AppState>,
+    ip: IpAddr,
+}
+
+impl ClientConnections {
+    /// Connections open from `ip` right now.
+    pub fn count(&self, ip: IpAddr) -> usize {
+        let open = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.get(&ip).copied().unwrap_or(0)
+    }
+
+    /// Counts a new connection from `ip`, or `None` when that address already has `cap` open (0: no cap).
+    fn open(state: &Arc<AppState>, ip: IpAddr) -> Option<ClientConnection> {
+        let cap = state.config.max_client_connections;
+        let mut open = state.client_connections.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if cap != 0 && *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientConnection {
+            state: state.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientConnection {
+    fn drop(&mut self) {
+        let mut open = self
+            .state
+            .client_connections
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The client address of a request: the trusted load balancer's header when one is configured (the last
+/// `X-Forwarded-For` entry, the one the balancer appended; earlier entries are whatever the client sent), else the
+/// TCP peer.
+fn client_addr(config: &Config, headers: &http::HeaderMap, peer: IpAddr) -> IpAddr {
+    let Some(name) = &config.client_ip_header else {
+        return peer;
+    };
+    headers
+        .get_all(name)
+        .iter()
+        .next_back()
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.rsplit(',').next())
+        .and_then(|last| parse_ip(last.trim()))
+        .unwrap_or(peer)
+}
+
+/// An address as proxies write it: bare, `[v6]`, or with a port.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    text.parse()
+        .ok()
+        .or_else(|| text.parse::<std::net::SocketAddr>().ok().map(|addr| addr.ip()))
+        .or_else(|| text.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
 /// Serves `listener` until `shutdown` completes, then stops accepting, lets in-flight requests finish within
 /// `config.shutdown_timeout`, and returns.
 pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
     let connections_limit = Arc::new(Semaphore::new(state.config.max_connections));
+    let overflow_limit = Arc::new(Semaphore::new(OVERFLOW_CONNECTIONS));
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(state.config.header_timeout)
         .keep_alive(true);
     // HTTP/2 has no header-read timeout that closes idle connections; pings find dead peers instead.
     builder
@@ -150,12 +244,17 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
     state.readiness.set(true);
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
+        // A free connection slot, else (while saturated) an overflow slot that serves only the operator routes.
+        let (permit, overflow) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             permit = connections_limit.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break, // the semaphore is never closed
+                Ok(permit) => (permit, false),
+                Err(_) => break, // the semaphores are never closed
+            },
+            permit = overflow_limit.clone().acquire_owned() => match permit {
+                Ok(permit) => (permit, true),
+                Err(_) => break,
             },
         };
         let (stream, peer) = tokio::select! {
@@ -171,6 +270,17 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
                 }
             },
         };
+        let Some(client_connection) = ClientConnections::open(&state, peer.ip()) else {
+            // Closing at once costs the client a reconnect and us nothing; the address is not logged (it is the
+            // client's), the metric says it happened.
+            state
+                .metrics
+                .connections_refused
+                .with_label_values(&["client_connections"])
+                .inc();
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         while connections.try_join_next().is_some() {}
         let state = state.clone();
@@ -178,10 +288,18 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         let mut drain = drain_rx.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _client_connection = client_connection;
             let service = service_fn(move |mut request: Request<Incoming>| {
-                request.extensions_mut().insert(ClientAddr(peer.ip()));
+                let client = client_addr(&state.config, request.headers(), peer.ip());
+                request.extensions_mut().insert(ClientAddr(client));
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, request).await) }
+                async move {
+                    if overflow {
+                        Ok::<_, Infallible>(handle_overflow(&state, request).await)
+                    } else {
+                        Ok::<_, Infallible>(handle(&state, request).await)
+                    }
+                }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(connection);
@@ -261,6 +379,32 @@ pub async fn handle(state: &Arc<AppState>, request: Request<Incoming>) -> Respon
         .request_duration
         .with_label_values(&[endpoint])
         .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// A request on an overflow connection (accepted while every connection slot was taken): operator routes are
+/// served as usual; anything else gets 503 with `Retry-After` and the connection is closed after the answer.
+async fn handle_overflow(state: &Arc<AppState>, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if AdminRoute::from_path(request.uri().path()).is_some() {
+        return handle(state, request).await;
+    }
+    let route = Route::of(state, request.method(), request.uri().path());
+    state
+        .metrics
+        .connections_refused
+        .with_label_values(&["saturated"])
+        .inc();
+    let mut response = reject(state, RelayError::Overloaded);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if route.wants_cors() {
+        add_cors(response.headers_mut());
+    }
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.endpoint_label(), response.status().as_str()])
+        .inc();
     response
 }
 

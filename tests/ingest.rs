@@ -695,7 +695,12 @@ async fn refusals_name_their_cause() {
 #[tokio::test]
 async fn oversized_bodies_are_refused_before_and_after_decompression() {
     let mini = MiniSentry::start().await;
-    let relay = start_relay(relay_config(&mini)).await;
+    // Memory enough for a client to reach the 200 MiB decompressed cap (the default budget stops a bomb earlier).
+    let relay = start_relay(scrub_relay::config::Config {
+        memory_limit: Some(2 << 30),
+        ..relay_config(&mini)
+    })
+    .await;
     let auth = format!("Sentry sentry_key={KEY}, sentry_version=7");
 
     // A Content-Length over the cap is refused before a byte of body is read.

@@ -26,7 +26,7 @@ pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
         if cx.stream && json::streamed(&mut item, Scope::Data, DropCheck::None, cx) {
             return Some(item);
         }
-        if let Ok(value) = serde_json::from_slice::<Value>(item.payload()) {
+        if let Some(value) = super::json::parse_tree(item.payload()) {
             return json::walk_and_store(item, value, Scope::Data, cx.scrubber);
         }
     }

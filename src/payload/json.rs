@@ -34,6 +34,50 @@ pub fn scope(item: &Item, ty: ItemType) -> Option<Scope> {
     }
 }
 
+/// The tree walk's budget: a `Value` costs about 80 bytes per node, so a payload of small values (an 8M-element
+/// array) would expand dozens of times over. Payloads with more nodes than this follow the unparseable policy
+/// (dropped, or scrubbed as text) instead of being parsed into a tree: about 40 MB at most per item in processing.
+pub const TREE_WALK_MAX_NODES: usize = 500_000;
+
+/// Parses a payload for the tree walk, within [`TREE_WALK_MAX_NODES`] (serde_json bounds the depth at 128). `None`
+/// when it is not JSON or too big a tree.
+pub(crate) fn parse_tree(json: &[u8]) -> Option<Value> {
+    if json_nodes_exceed(json, TREE_WALK_MAX_NODES) {
+        return None;
+    }
+    serde_json::from_slice::<Value>(json).ok()
+}
+
+/// Whether `json` has more than `max` values, counted from its structure (`[`, `{`, `,` outside strings) without
+/// building anything. Stops counting at `max`, so the cost is one pass over at most the whole payload.
+pub fn json_nodes_exceed(json: &[u8], max: usize) -> bool {
+    let mut nodes = 1usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' | b',' => {
+                nodes += 1;
+                if nodes > max {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// An item of a type this relay does not know is walked as JSON when it says it is JSON or starts like it.
 fn looks_like_json(item: &Item) -> bool {
     item.content_type().is_some_and(|c| c.contains("json"))
@@ -59,7 +103,7 @@ pub fn process(mut item: Item, ty: ItemType, scope: Scope, cx: &mut Ctx<'_, '_>)
             return Some(item);
         }
     }
-    let Ok(mut value) = serde_json::from_slice::<Value>(item.payload()) else {
+    let Some(mut value) = parse_tree(item.payload()) else {
         return unparseable(item, ty, cx);
     };
     match ty {
@@ -139,4 +183,40 @@ pub(crate) fn walk_and_store(mut item: Item, mut value: Value, scope: Scope, scr
         item.set_payload(Bytes::from(bytes));
     }
     Some(item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Envelope;
+    use crate::pipeline::{ProcessOptions, process};
+    use crate::rules::CompiledRules;
+
+    #[test]
+    fn node_counting_skips_strings_and_stops_at_the_budget() {
+        assert!(!json_nodes_exceed(br#"{"a":[1,2,3]}"#, 5));
+        assert!(json_nodes_exceed(br#"{"a":[1,2,3],"b":4}"#, 5));
+        assert!(!json_nodes_exceed(br#"{"a":"[,,,,,,{{{{\",,,,"}"#, 2), "brackets in strings are text");
+    }
+
+    /// A payload the stream leaves to the tree walk (an escaped key) with more nodes than the tree may hold is never
+    /// built into a tree: it follows the unparseable policy (dropped by default), and a smaller one is walked.
+    #[test]
+    fn the_tree_walk_refuses_a_payload_over_its_node_budget() {
+        let rules = CompiledRules::defaults();
+        let payload = |elements: usize| format!("{{\"k\\u0065y\":[{}0]}}", "0,".repeat(elements));
+        let run = |json: String| {
+            let mut envelope = Envelope::new(serde_json::Map::new());
+            envelope.items.push(Item::new("event", Bytes::from(json)));
+            process(envelope, &rules, &ProcessOptions::default())
+        };
+        let bomb = run(payload(TREE_WALK_MAX_NODES));
+        assert!(bomb.envelope.items.is_empty());
+        assert_eq!(bomb.report.dropped, vec![(ItemType::Event, DropReason::UnparseableJson)]);
+        assert_eq!(bomb.report.tree_walked_items, 1, "the stream gave up on the escaped key");
+
+        let fine = run(payload(1000));
+        assert_eq!(fine.envelope.items.len(), 1);
+        assert_eq!(fine.report.tree_walked_items, 1);
+    }
 }

@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::envelope::{Item, ItemType};
 
 pub fn process(mut item: Item, ty: ItemType, cx: &mut Ctx<'_, '_>) -> Option<Item> {
-    let Ok(Value::Object(mut report)) = serde_json::from_slice::<Value>(item.payload()) else {
+    let Some(Value::Object(mut report)) = super::json::parse_tree(item.payload()) else {
         return super::json::unparseable(item, ty, cx);
     };
     cx.scrubber.security_report(&mut report);

@@ -23,7 +23,6 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::auth::{self, Identity, RequestAuth};
-use crate::decode::{self, DecodeError};
 use crate::delivery::{Destination, Job};
 use crate::error::RelayError;
 use crate::ingest::{self, Delivery, Endpoint};
@@ -124,36 +123,28 @@ pub(crate) async fn with_body<T: Send + 'static>(
 ) -> Result<T, RelayError> {
     let encoding = ingest::content_encoding(&parts.headers)?;
     let max_body = state.config.max_body_bytes.min(limit);
-    if ingest::content_length(&parts.headers).is_some_and(|length| length > max_body as u64) {
-        return Err(RelayError::BodyTooLarge { limit: max_body });
-    }
-    let wire = ingest::read_body(body, max_body, state.config.body_timeout).await?;
-    state
-        .metrics
-        .received_bytes
-        .with_label_values(&["wire"])
-        .inc_by(wire.len() as u64);
+    let client = parts.extensions.get::<ClientAddr>().map(|addr| addr.0);
+    let (wire, mut charge) = ingest::read_body(state, &parts.headers, body, client, max_body).await?;
     let max_decoded = state.config.max_decompressed_bytes.min(limit);
     let metrics = state.metrics.clone();
-    // The semaphore is never closed, so acquiring only waits.
-    let slot = state
-        .processing
+    let runtime = tokio::runtime::Handle::current();
+    // The semaphores are never closed, so acquiring only waits.
+    let slot = ingest::lane(state, wire.len())
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| RelayError::Internal)?;
     tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let decoded = decode::decode(encoding, &wire, max_decoded).map_err(|error| match error {
-            DecodeError::TooLarge { limit } => RelayError::DecompressedTooLarge { limit },
-            DecodeError::Invalid(source) => RelayError::InvalidCompression(source),
-        })?;
-        drop(wire);
+        let decoded = ingest::decode_body(encoding, wire, max_decoded, &mut charge, &runtime)?;
         metrics
             .received_bytes
             .with_label_values(&["decompressed"])
             .inc_by(decoded.len() as u64);
-        work(Bytes::from(decoded))
+        // The decoded body stays charged while `work` turns it into what is queued.
+        let result = work(decoded);
+        drop(charge);
+        result
     })
     .await
     .map_err(|_| RelayError::Internal)?

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Memory after a burst: starts a release `scrub-relay` binary against a sink on loopback, sends bursts of large
+gzip envelopes (and compression bombs) at once, and reports the relay's RSS at idle, its peak, and after it has been
+quiet for a few seconds. Used to choose the allocator (benches/LOAD.md, "Memory after a burst").
+
+    python3 benches/burst.py --binary target/release/scrub-relay [--bodies 200] [--size-mib 4] [--rounds 3]
+        [--env NAME=VALUE ...] [--relay-arg=--flag=value ...]
+
+Stdlib only. Everything runs on 127.0.0.1.
+"""
+import argparse, gzip, http.server, json, os, socket, subprocess, sys, threading, time
+
+
+class Sink(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        length = int(self.headers.get("content-length", 0))
+        self.rfile.read(length)
+        body = b'{"id":"00000000000000000000000000000000"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+def envelope(size):
+    # An event and a text attachment of `size` bytes of log-like lines (compresses about 10:1, like real logs).
+    line = b'2026-11-30T00:00:00Z INFO request handled path=/api/orders/1234 status=200 duration_ms=12\n'
+    text = (line * (size // len(line) + 1))[:size]
+    head = b'{"event_id":"9ec79c33ec9942ab8353589fcb2e04dc"}\n'
+    event = b'{"message":"burst","level":"info"}'
+    return (head + b'{"type":"event","length":%d}\n' % len(event) + event + b"\n"
+            + b'{"type":"attachment","length":%d,"filename":"log.txt","content_type":"text/plain"}\n' % len(text)
+            + text + b"\n")
+
+
+def post(port, body, encoding, results):
+    request = (b"POST /api/42/envelope/ HTTP/1.1\r\nHost: relay\r\n"
+               b"X-Sentry-Auth: Sentry sentry_key=publickey123, sentry_version=7\r\n"
+               b"Content-Encoding: " + encoding.encode() + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+            s.sendall(request + body)
+            answer = b""
+            while b"\r\n" not in answer:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            results.append(int(answer.split(b" ")[1]) if answer else 0)
+    except OSError:
+        results.append(0)
+
+
+def burst(port, bodies, body, encoding):
+    results = []
+    threads = [threading.Thread(target=post, args=(port, body, encoding, results)) for _ in range(bodies)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--binary", required=True)
+    parser.add_argument("--bodies", type=int, default=200)
+    parser.add_argument("--size-mib", type=float, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quiet-seconds", type=float, default=5)
+    parser.add_argument("--env", action="append", default=[])
+    parser.add_argument("--relay-arg", action="append", default=[])
+    args = parser.parse_args()
+
+    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    port = free_port()
+    env = dict(os.environ)
+    env.update(kv.split("=", 1) for kv in args.env)
+    relay = subprocess.Popen([args.binary, "run", "--listen", f"127.0.0.1:{port}", "--upstream",
+                              f"http://127.0.0.1:{sink.server_address[1]}", *args.relay_arg],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        idle = rss_kib(relay.pid)
+        big = gzip.compress(envelope(int(args.size_mib * 1024 * 1024)), 6)
+        bomb = gzip.compress(b"\0" * (150 * 1024 * 1024), 9)
+        report = {"idle_mib": round(idle / 1024, 1), "rounds": []}
+        for _ in range(args.rounds):
+            started = time.monotonic()
+            statuses = burst(port, args.bodies, big, "gzip")
+            statuses += burst(port, max(args.bodies // 10, 1), bomb, "gzip")
+            elapsed = time.monotonic() - started
+            time.sleep(args.quiet_seconds)
+            report["rounds"].append({
+                "seconds": round(elapsed, 1),
+                "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+                "after_quiet_mib": round(rss_kib(relay.pid) / 1024, 1),
+            })
+        report["peak_mib"] = round(hwm_kib(relay.pid) / 1024, 1)
+        print(json.dumps(report))
+    finally:
+        relay.terminate()
+        relay.wait()
+        sink.shutdown()
+
+
+if __name__ == "__main__":
+    main()
