@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Memory after a burst: starts a release `scrub-relay` binary against a sink on loopback, sends bursts of large
 gzip envelopes (and compression bombs) at once, and reports the relay's RSS at idle, its peak, and after it has been
-quiet for a few seconds. Used to choose the allocator (benches/LOAD.md, "Memory after a burst").
+quiet for a few seconds: the measurement for choosing the allocator (issue #14; not run yet, the
+allocator is still the system one).
 
     python3 benches/burst.py --binary target/release/scrub-relay [--bodies 200] [--size-mib 4] [--rounds 3]
         [--env NAME=VALUE ...] [--relay-arg=--flag=value ...]
