@@ -683,6 +683,12 @@ pub(crate) fn record_report(metrics: &Metrics, report: &Report) {
             .with_label_values(&[item_type.as_str(), reason.as_str()])
             .inc();
     }
+    for ((format, outcome), count) in &report.payloads {
+        metrics
+            .payloads
+            .with_label_values(&[format.as_str(), outcome.as_str()])
+            .inc_by(*count);
+    }
     metrics.spans_dropped.inc_by(report.dropped_spans);
     metrics.items_tree_walked.inc_by(report.tree_walked_items);
     for (outcome, count) in &report.minidumps {

@@ -24,8 +24,9 @@
 //!    health-check and static-file transactions and segment spans; [`scrub`] streams over each item's JSON once
 //!    (a `serde_json::Value` tree only for the few subtrees and shapes that need one) and applies key rules, header
 //!    rules, value detectors and the `send_default_pii` removals, writing Sentry `_meta` remarks; [`truncate`] cuts
-//!    oversized gen_ai fields. Binary items and unparseable JSON follow the rules' policy: never forwarded raw
-//!    unless the operator said so. Items nothing changed stay byte-identical. `scrub-relay scrub` runs exactly this.
+//!    oversized gen_ai fields. Each item type has its payload format in [`payload`]: Session Replay recordings
+//!    and videos are decoded, scrubbed and re-encoded (an undecodable one drops its whole replay); binary attachments
+//!    and unparseable JSON follow the rules' policy: never forwarded raw unless the operator said so. Items nothing changed stay byte-identical. `scrub-relay scrub` runs exactly this.
 //! 6. **Queue** ([`delivery`]). Rate limits the upstream announced are applied first (limited items dropped, 429 when
 //!    nothing is left). The scrubbed envelope is queued in memory, or written to the disk spool when the upstream is
 //!    failing or memory is full, and only then does the SDK get `200 {"id": ...}`. When memory and spool are both

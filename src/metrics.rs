@@ -37,8 +37,10 @@ pub struct Metrics {
     pub items_received: IntCounterVec,
     /// Items forwarded (kept after filtering and scrubbing), by item type.
     pub items_forwarded: IntCounterVec,
-    /// Items dropped, by item type and reason (`filtered_route`, `rate_limited`, `invalid`, `too_large`, `policy`).
+    /// Items dropped, by item type and reason (`filtered_route`, `rate_limited`, `invalid_replay`, `too_large`, ...).
     pub items_dropped: IntCounterVec,
+    /// Payloads that are not plain JSON items (replays, attachments), by format and outcome.
+    pub payloads: IntCounterVec,
     /// Values redacted, by rule id.
     pub redactions: IntCounterVec,
     /// Values that would have been redacted in dry-run mode, by rule id.
@@ -148,6 +150,7 @@ impl Metrics {
             items_received: counter_vec(&r, "items_received_total", "Envelope items received, by item type.", &["item_type"]),
             items_forwarded: counter_vec(&r, "items_forwarded_total", "Envelope items kept for forwarding, by item type.", &["item_type"]),
             items_dropped: counter_vec(&r, "items_dropped_total", "Envelope items dropped, by item type and reason.", &["item_type", "reason"]),
+            payloads: counter_vec(&r, "payloads_total", "Replay and attachment payloads, by format and outcome.", &["format", "outcome"]),
             redactions: counter_vec(&r, "redactions_total", "Values redacted, by rule id.", &["rule"]),
             dry_run_redactions: counter_vec(&r, "dry_run_redactions_total", "Values that would have been redacted (dry run), by rule id.", &["rule"]),
             truncations: counter_vec(&r, "truncations_total", "Values truncated, by field name.", &["field"]),

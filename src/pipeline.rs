@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::envelope::{Envelope, Item, ItemType};
-use crate::payload::{self, Ctx};
+use crate::payload::{self, Ctx, Format, Outcome};
 use crate::rules::{CompiledRules, Engine};
 use crate::scrub::{Change, Scope, Scrubber};
 
@@ -65,12 +65,29 @@ pub struct Report {
     /// Only filled when `ProcessOptions::explain` is set.
     pub changes: Vec<Change>,
     pub dry_run: bool,
+    /// Outcomes of the payload formats that are not plain JSON (replays, attachments), for the metrics.
+    #[serde(skip)]
+    pub payloads: BTreeMap<(Format, Outcome), u64>,
+    /// Set when a replay item was removed: the rest of its replay goes too, for this reason.
+    #[serde(skip)]
+    pub(crate) replay_dropped: Option<DropReason>,
 }
 
 impl Report {
     /// Total number of redactions over all rules.
     pub fn total_redactions(&self) -> u64 {
         self.redactions.values().sum()
+    }
+
+    /// Counts one payload's outcome.
+    pub(crate) fn count(&mut self, format: Format, outcome: Outcome) {
+        *self.payloads.entry((format, outcome)).or_default() += 1;
+    }
+
+    /// Records a removed replay item; the pipeline then removes the rest of the replay with the same reason.
+    pub(crate) fn drop_replay(&mut self, ty: ItemType, reason: DropReason) {
+        self.dropped.push((ty, reason));
+        self.replay_dropped.get_or_insert(reason);
     }
 }
 
@@ -92,6 +109,10 @@ pub enum DropReason {
     BinaryAttachment,
     /// A JSON item that did not parse, with `unparseable_json: drop` (or not text at all).
     UnparseableJson,
+    /// A replay recording or video that could not be decoded, and the rest of its replay.
+    InvalidReplay,
+    /// A replay removed by `drop.replay_video: drop`.
+    ReplayPolicy,
 }
 
 impl DropReason {
@@ -100,13 +121,17 @@ impl DropReason {
             DropReason::FilteredRoute => "filtered_route",
             DropReason::BinaryAttachment => "binary_attachment",
             DropReason::UnparseableJson => "unparseable_json",
+            DropReason::InvalidReplay => "invalid_replay",
+            DropReason::ReplayPolicy => "replay_policy",
         }
     }
 
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 5] = [
         DropReason::FilteredRoute,
         DropReason::BinaryAttachment,
         DropReason::UnparseableJson,
+        DropReason::InvalidReplay,
+        DropReason::ReplayPolicy,
     ];
 }
 
@@ -154,6 +179,18 @@ fn process_with(envelope: Envelope, engine: &Engine, options: &ProcessOptions) -
         }
     }
 
+    // A replay is all or nothing: Sentry cannot play a recording without its event, nor use an event without one.
+    if let Some(reason) = report.replay_dropped {
+        kept.retain(|item| {
+            let ty = item.ty();
+            let replay = matches!(ty, ItemType::ReplayEvent | ItemType::ReplayRecording | ItemType::ReplayVideo);
+            if replay {
+                report.dropped.push((ty, reason));
+            }
+            !replay
+        });
+    }
+
     let tally = scrubber.into_tally();
     report.redactions = tally.redactions;
     report.truncations = tally.truncations;
@@ -187,9 +224,11 @@ fn process_item(
         ItemType::ClientReport => Some(item),
         ItemType::Attachment => payload::attachment::process(item, cx),
         ItemType::RawSecurity | ItemType::Nel => payload::security::process(item, ty, cx),
+        ItemType::ReplayRecording => payload::replay_recording::process(item, cx),
+        ItemType::ReplayVideo => payload::replay_video::process(item, cx),
         _ => match payload::json::scope(&item, ty) {
             Some(scope) => payload::json::process(item, ty, scope, cx),
-            // Replay recordings and videos, statsd lines, and unknown items that are not JSON.
+            // Statsd lines and unknown items that are not JSON.
             None => payload::text::process(item, cx),
         },
     }

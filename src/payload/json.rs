@@ -147,6 +147,22 @@ pub(crate) fn streamed(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut
     }
 }
 
+/// Scrubs JSON bytes that are part of a larger payload (a `replay_video`'s event): `Ok(None)` when nothing changed,
+/// `Err(())` when they are not JSON.
+pub(crate) fn scrub_bytes(bytes: &[u8], scope: Scope, cx: &mut Ctx<'_, '_>) -> Result<Option<Vec<u8>>, ()> {
+    let mut item = Item::new("json", Bytes::copy_from_slice(bytes));
+    if cx.stream && streamed(&mut item, scope, DropCheck::None, cx) {
+        return Ok((item.payload().as_ref() != bytes).then(|| item.payload().to_vec()));
+    }
+    let value = serde_json::from_slice::<Value>(bytes).map_err(|_| ())?;
+    let changed_before = cx.scrubber.changed;
+    cx.scrubber.changed = false;
+    let item = walk_and_store(item, value, scope, cx.scrubber).ok_or(())?;
+    let changed = cx.scrubber.changed;
+    cx.scrubber.changed |= changed_before;
+    Ok(changed.then(|| item.payload().to_vec()))
+}
+
 /// A JSON item that did not parse: never forwarded raw.
 pub(crate) fn unparseable(mut item: Item, ty: ItemType, cx: &mut Ctx<'_, '_>) -> Option<Item> {
     match cx.scrubber.engine.policy.unparseable_json {

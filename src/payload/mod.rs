@@ -7,10 +7,17 @@
 //! - [`attachment`]: picks JSON, text or the attachment policy for an `attachment` item.
 //! - [`security`]: browser reports (`raw_security`, `nel`): URLs, referrers, samples and policies.
 //! - [`minidump`]: native crash dumps (`event.minidump` attachments), scrubbed in place.
+//! - [`replay_recording`]: Session Replay recordings (header line + zlib or plain rrweb JSON).
+//! - [`replay_video`]: mobile and native replays (msgpack: replay event, recording, mp4).
+//!
+//! A replay is all or nothing: when a recording or video cannot be kept, [`crate::pipeline::Report::drop_replay`]
+//! makes the pipeline remove the rest of the replay too, because Sentry cannot use half of one.
 
 pub mod attachment;
 pub mod json;
 pub mod minidump;
+pub mod replay_recording;
+pub mod replay_video;
 pub mod security;
 pub mod text;
 
@@ -24,3 +31,59 @@ pub struct Ctx<'s, 'e> {
     /// Stream over JSON (the relay's way) rather than build a tree (`ProcessOptions::tree_walk_only`).
     pub stream: bool,
 }
+
+/// A payload format whose outcomes are counted (`scrub_relay_payloads_total{format}`): the ones that are not plain
+/// JSON or text, where "scrubbed", "forwarded unscrubbed" and "dropped" are each a decision worth watching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Format {
+    ReplayRecording,
+    ReplayVideo,
+    /// An `attachment` item: scrubbed as JSON or text, or passed or dropped by the attachment policy.
+    Attachment,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::ReplayRecording => "replay_recording",
+            Format::ReplayVideo => "replay_video",
+            Format::Attachment => "attachment",
+        }
+    }
+
+    pub const ALL: [Format; 3] = [Format::ReplayRecording, Format::ReplayVideo, Format::Attachment];
+}
+
+/// What happened to one payload of a counted [`Format`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// Decoded, scrubbed (or found clean) and forwarded.
+    Scrubbed,
+    /// Forwarded without scrubbing because the rules say so (a binary attachment under a `forward` policy).
+    ForwardedUnscrubbed,
+    /// Dropped because the rules say so.
+    DroppedPolicy,
+    /// Dropped because it could not be decoded (and so could not be scrubbed).
+    DroppedInvalid,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Scrubbed => "scrubbed",
+            Outcome::ForwardedUnscrubbed => "forwarded_unscrubbed",
+            Outcome::DroppedPolicy => "dropped_policy",
+            Outcome::DroppedInvalid => "dropped_invalid",
+        }
+    }
+
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Scrubbed,
+        Outcome::ForwardedUnscrubbed,
+        Outcome::DroppedPolicy,
+        Outcome::DroppedInvalid,
+    ];
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use super::detectors::{Detector, DetectorSet, Kind, phone};
 use super::keys::{HeaderMatcher, KeyMatcher, header_name_eq, normalize_header};
 use super::{
-    Action, BinaryPolicy, DEFAULT_RULES_YAML, DetectorConfig, ProjectOverride, RulesError, RulesFile, UnparseablePolicy,
+    Action, AttachmentRule, BinaryPolicy, DEFAULT_RULES_YAML, DetectorConfig, ProjectOverride, RulesError, RulesFile,
+    UnparseablePolicy,
 };
 use crate::filter::RouteMatcher;
 use crate::truncate::TruncationRules;
@@ -41,10 +42,61 @@ pub struct Engine {
 }
 
 /// What to do with content the engine cannot scrub.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Policy {
     pub binary_items: BinaryPolicy,
     pub unparseable_json: UnparseablePolicy,
+    pub replay_video: BinaryPolicy,
+    /// `drop.attachments`, validated, content types lowercased.
+    pub attachments: Vec<AttachmentRule>,
+}
+
+impl Policy {
+    /// The policy for a binary attachment: the first `drop.attachments` entry that matches, else `binary_items`.
+    pub fn attachment(&self, attachment_type: Option<&str>, content_type: Option<&str>) -> BinaryPolicy {
+        let attachment_type = attachment_type.unwrap_or("event.attachment");
+        // `image/PNG; name=x` is `image/png`.
+        let content_type = content_type
+            .map(|c| c.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        self.attachments
+            .iter()
+            .find(|rule| {
+                rule.attachment_type.as_deref().is_none_or(|t| t == attachment_type)
+                    && rule.content_type.as_deref().is_none_or(|pattern| match pattern.strip_suffix('*') {
+                        Some(prefix) => content_type.starts_with(prefix),
+                        None => content_type == pattern,
+                    })
+            })
+            .map_or(self.binary_items, |rule| rule.action)
+    }
+}
+
+/// Checks and normalizes `drop.attachments`: each entry selects something, and `*` only ends a content type.
+fn attachment_rules(rules: &[AttachmentRule]) -> Result<Vec<AttachmentRule>, RulesError> {
+    rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let invalid = |message: &str| RulesError::Invalid {
+                id: format!("drop.attachments[{i}]"),
+                message: message.into(),
+            };
+            if rule.attachment_type.is_none() && rule.content_type.is_none() {
+                return Err(invalid("needs `attachment_type`, `content_type`, or both"));
+            }
+            let content_type = rule.content_type.as_deref().map(str::to_ascii_lowercase);
+            if let Some(pattern) = &content_type
+                && (pattern.is_empty() || pattern.trim_end_matches('*').contains('*') || pattern.contains(';'))
+            {
+                return Err(invalid("`content_type` is a type (`image/png`) or a prefix ending in `*` (`image/*`)"));
+            }
+            Ok(AttachmentRule {
+                content_type,
+                ..rule.clone()
+            })
+        })
+        .collect()
 }
 
 /// The compiled rules file: a base engine plus one engine per project override.
@@ -345,6 +397,8 @@ impl Engine {
             policy: Policy {
                 binary_items: file.drop.binary_items,
                 unparseable_json: file.drop.unparseable_json,
+                replay_video: file.drop.replay_video,
+                attachments: attachment_rules(&file.drop.attachments)?,
             },
             hmac_key,
         })

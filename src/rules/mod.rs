@@ -263,7 +263,7 @@ pub enum UnparseablePolicy {
     ScrubAsText,
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DropRules {
     /// Routes whose transactions (and segment spans with their children) are dropped. Exact paths (a trailing `/`
@@ -273,6 +273,38 @@ pub struct DropRules {
     pub binary_items: BinaryPolicy,
     /// JSON items that fail to parse.
     pub unparseable_json: UnparseablePolicy,
+    /// `replay_video` items: the event and recording are scrubbed, the mp4 cannot be. `forward` (default, since
+    /// SDKs mask the screen on the device) keeps the replay; `drop` removes the whole replay.
+    pub replay_video: BinaryPolicy,
+    /// Pass-or-drop for binary (not UTF-8) attachments by `attachment_type` and content type. First match wins;
+    /// no match follows `binary_items`.
+    pub attachments: Vec<AttachmentRule>,
+}
+
+impl Default for DropRules {
+    fn default() -> Self {
+        DropRules {
+            routes: Vec::new(),
+            binary_items: BinaryPolicy::Drop,
+            unparseable_json: UnparseablePolicy::Drop,
+            replay_video: BinaryPolicy::Forward,
+            attachments: Vec::new(),
+        }
+    }
+}
+
+/// One attachment policy entry: matches when every selector given matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentRule {
+    /// The item's `attachment_type` (`event.attachment` when absent), compared exactly.
+    #[serde(default)]
+    pub attachment_type: Option<String>,
+    /// The item's `content_type`: exact (`image/png`) or a prefix ending in `*` (`image/*`), case-insensitive,
+    /// parameters (`; charset=...`) ignored.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    pub action: BinaryPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
