@@ -12,7 +12,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -39,20 +38,6 @@ const PUBLIC_KEY: &str = "publickey123";
 /// Chromium start, page load, typing and flush take a few seconds; a hang is a failure, not a stuck CI.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// The `tests/browser` package dir with its node_modules, or `None` (reason printed) when the test should skip.
-fn browser_dir() -> Option<PathBuf> {
-    const VARIABLE: &str = "SCRUB_RELAY_TEST_BROWSER_DIR";
-    match std::env::var_os(VARIABLE) {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{VARIABLE} is not set and CI=true: run the tests through .ci/run, which installs Chromium and tests/browser")
-        }
-        _ => {
-            eprintln!("skipping: {VARIABLE} is not set (`.ci/run` installs Chromium and tests/browser and sets it)");
-            None
-        }
-    }
-}
 
 /// One item's payload, decoded: a recording's events, or any other payload as text.
 struct Decoded {
@@ -155,7 +140,7 @@ fn has_replay(received: &[Recorded], sent: &[Envelope]) -> bool {
 }
 
 async fn browser_replay(mode: &str) {
-    let Some(dir) = browser_dir() else { return };
+    let Some(dir) = common::tool("SCRUB_RELAY_TEST_BROWSER_DIR", "Chromium and tests/browser") else { return };
     let upstream = MiniSentry::start().await;
     let relay = common::start_relay(common::relay_config(&upstream)).await;
     let dsn = format!("http://{PUBLIC_KEY}@{}/{PROJECT}", relay.addr);

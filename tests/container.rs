@@ -48,19 +48,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A tool's location from `variable`, or `None` (with the reason printed) when the test should skip.
-fn tool(variable: &str, what: &str) -> Option<PathBuf> {
-    match std::env::var_os(variable) {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{variable} ({what}) is not set and CI=true: run the tests through .ci/run")
-        }
-        _ => {
-            eprintln!("skipping: {variable} ({what}) is not set; `.ci/run` prepares it");
-            None
-        }
-    }
-}
 
 fn show(output: &Output) -> String {
     format!(
@@ -76,7 +63,7 @@ fn show(output: &Output) -> String {
 
 #[test]
 fn kubernetes_manifests_pass_strict_validation() {
-    let Some(python) = tool("SCRUB_RELAY_TEST_PYTHON", "the Python venv with kubernetes-validate") else {
+    let Some(python) = common::tool("SCRUB_RELAY_TEST_PYTHON", "the Python venv with kubernetes-validate") else {
         return;
     };
     let validate = python.with_file_name("kubernetes-validate");
@@ -123,7 +110,7 @@ fn the_compose_file_validates() {
     let compose = repo().join("docker/compose.yaml");
     // The Compose Specification's schema, which current Docker Compose validates against (check-jsonschema ships
     // a copy of it).
-    if let Some(python) = tool("SCRUB_RELAY_TEST_PYTHON", "the Python venv with check-jsonschema") {
+    if let Some(python) = common::tool("SCRUB_RELAY_TEST_PYTHON", "the Python venv with check-jsonschema") {
         let checker = python.with_file_name("check-jsonschema");
         let output = Command::new(&checker)
             .args(["--builtin-schema", "vendor.compose-spec"])
@@ -134,7 +121,7 @@ fn the_compose_file_validates() {
     }
     // Debian's docker-compose (1.29) resolves the whole file: interpolation, paths, service references. It predates
     // the top-level `name`, so that one key is given to it as the project name instead.
-    if let Some(docker_compose) = tool("SCRUB_RELAY_TEST_DOCKER_COMPOSE", "Debian's docker-compose") {
+    if let Some(docker_compose) = common::tool("SCRUB_RELAY_TEST_DOCKER_COMPOSE", "Debian's docker-compose") {
         let text = std::fs::read_to_string(&compose).expect("compose.yaml");
         let name_line = text
             .lines()
@@ -348,10 +335,10 @@ async fn until_event(upstream: &MiniSentry, event_id: &str) -> Vec<Recorded> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn image_builds_runs_unprivileged_scrubs_a_real_sdk_and_drains_on_stop() {
-    let Some(host) = tool("SCRUB_RELAY_TEST_DOCKER_HOST", "a Docker daemon with the base images") else {
+    let Some(host) = common::tool("SCRUB_RELAY_TEST_DOCKER_HOST", "a Docker daemon with the base images") else {
         return;
     };
-    let Some(python) = tool("SCRUB_RELAY_TEST_PYTHON", "the real sentry-python SDK") else {
+    let Some(python) = common::tool("SCRUB_RELAY_TEST_PYTHON", "the real sentry-python SDK") else {
         return;
     };
     let host = host.to_str().expect("UTF-8 DOCKER_HOST").to_owned();

@@ -135,19 +135,6 @@ fn the_dashboard_is_provisioned_by_compose_and_covers_the_promised_views() {
     );
 }
 
-/// The Prometheus binary, or `None` (with the reason printed) when the test should skip.
-fn prometheus_binary() -> Option<PathBuf> {
-    match std::env::var_os("SCRUB_RELAY_TEST_PROMETHEUS") {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("SCRUB_RELAY_TEST_PROMETHEUS is not set and CI=true: run the tests through .ci/run")
-        }
-        _ => {
-            eprintln!("skipping: SCRUB_RELAY_TEST_PROMETHEUS is not set (`.ci/run` installs Prometheus and sets it)");
-            None
-        }
-    }
-}
 
 /// A free loopback port for Prometheus, which cannot report the port it bound when given port 0.
 fn free_port() -> u16 {
@@ -278,7 +265,7 @@ async fn send_traffic(relay: &RelayHandle, upstream: &MiniSentry) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_relay_and_every_alert_and_dashboard_query_evaluates() {
-    let Some(binary) = prometheus_binary() else {
+    let Some(binary) = common::tool("SCRUB_RELAY_TEST_PROMETHEUS", "Prometheus") else {
         return;
     };
 

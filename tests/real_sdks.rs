@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -41,19 +41,6 @@ struct Sent {
     prompt_len: usize,
 }
 
-/// Where an SDK's toolchain is, or `None` (with the reason printed) when the test should skip.
-fn toolchain(variable: &str) -> Option<PathBuf> {
-    match std::env::var_os(variable) {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{variable} is not set and CI=true: run the tests through .ci/run, which installs the real SDKs")
-        }
-        _ => {
-            eprintln!("skipping: {variable} is not set (`.ci/run` installs the real SDKs and sets it)");
-            None
-        }
-    }
-}
 
 fn dsn(relay: std::net::SocketAddr) -> String {
     format!("http://{PUBLIC_KEY}@{relay}/{PROJECT}")
@@ -319,7 +306,7 @@ async fn collect_until(upstream: &MiniSentry, sdk: &str, done: impl Fn(&[Recorde
 }
 
 async fn python_sdk(compression: &str) {
-    let Some(python) = toolchain("SCRUB_RELAY_TEST_PYTHON") else {
+    let Some(python) = common::tool("SCRUB_RELAY_TEST_PYTHON", "the sentry-python SDK") else {
         return;
     };
     let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/python");
@@ -344,7 +331,7 @@ async fn python_sdk_brotli() {
 /// The control: straight to MiniSentry, the driver's PII arrives raw, so the relay really is what removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_really_sends_raw_pii() {
-    let Some(python) = toolchain("SCRUB_RELAY_TEST_PYTHON") else {
+    let Some(python) = common::tool("SCRUB_RELAY_TEST_PYTHON", "the sentry-python SDK") else {
         return;
     };
     let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/python");
@@ -368,7 +355,7 @@ async fn python_sdk_really_sends_raw_pii() {
 }
 
 async fn node_sdk(variable: &str, sdk: &str, tunnel: bool) {
-    let Some(dir) = toolchain(variable) else { return };
+    let Some(dir) = common::tool(variable, "the @sentry/node SDK") else { return };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node/send.js");
     let (upstream, relay) = relay_and_upstream().await;
     let dsn = dsn(relay.addr);

@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -38,19 +38,6 @@ async fn relay_and_upstream() -> (MiniSentry, RelayHandle) {
     (upstream, relay)
 }
 
-/// Where a toolchain is, or `None` (with the reason printed) when the test should skip.
-fn toolchain(variable: &str) -> Option<PathBuf> {
-    match std::env::var_os(variable) {
-        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
-        _ if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{variable} is not set and CI=true: run the tests through .ci/run, which installs it")
-        }
-        _ => {
-            eprintln!("skipping: {variable} is not set (`.ci/run` installs it and sets the variable)");
-            None
-        }
-    }
-}
 
 fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
     for secret in secrets {
@@ -155,7 +142,7 @@ fn security_items(received: &[Recorded]) -> Vec<(serde_json::Map<String, Value>,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csp_reports_from_a_real_browser_arrive_scrubbed_with_their_directives() {
-    let Some(dir) = toolchain("SCRUB_RELAY_TEST_BROWSER_DIR") else {
+    let Some(dir) = common::tool("SCRUB_RELAY_TEST_BROWSER_DIR", "Chromium and tests/browser") else {
         return;
     };
     let (upstream, relay) = relay_and_upstream().await;
@@ -454,7 +441,7 @@ fn otlp_post_headers(content_type: &str) -> Vec<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_opentelemetry_python_sdk_exports_traces_and_logs_through_the_relay() {
-    let Some(python) = toolchain("SCRUB_RELAY_TEST_OTEL_PYTHON") else {
+    let Some(python) = common::tool("SCRUB_RELAY_TEST_OTEL_PYTHON", "the OpenTelemetry Python SDK") else {
         return;
     };
     let (upstream, relay) = relay_and_upstream().await;

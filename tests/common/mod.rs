@@ -34,6 +34,22 @@ use scrub_relay::server::{self, AppState};
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Where an external tool the test drives is (an SDK, a browser, Prometheus, a Docker daemon), from the variable
+/// `.ci/run` sets after installing it; `None`, with the reason printed, when the test should skip. Under `CI=true`
+/// a missing tool is a failure, so a broken install step cannot pass as a skipped test.
+pub fn tool(variable: &str, what: &str) -> Option<PathBuf> {
+    match std::env::var_os(variable) {
+        Some(path) if !path.is_empty() => Some(PathBuf::from(path)),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{variable} ({what}) is not set and CI=true: run the tests through .ci/run, which installs it")
+        }
+        _ => {
+            eprintln!("skipping: {variable} ({what}) is not set; `.ci/run` installs it and sets the variable");
+            None
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // MiniSentry: the recording upstream
 
