@@ -148,14 +148,25 @@ pub fn decompress(payload: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, Option<
 pub fn scrub(payload: &[u8], scrubber: &mut Scrubber<'_>) -> Result<Scrubbed, MinidumpError> {
     let (data, compression) = decompress(payload)?;
     let protected = protected_ranges(&data)?;
-    let mut data = data.into_owned();
-    let mut redactions = 0;
+    let mut free = Vec::new();
     let mut start = 0;
     for &(p_start, p_end) in protected.iter().chain(std::iter::once(&(data.len(), data.len()))) {
         if p_start > start {
-            redactions += scrub_region(&mut data[start..p_start], scrubber);
+            free.push(start..p_start);
         }
         start = start.max(p_end);
+    }
+    let user_path_rule = user_path_rule(scrubber);
+    let names = if user_path_rule.is_some() { learned_user_names(&data) } else { Vec::new() };
+    let mut data = data.into_owned();
+    let mut redactions = 0;
+    for range in &free {
+        redactions += scrub_region(&mut data[range.clone()], scrubber);
+    }
+    if let Some(rule) = user_path_rule {
+        for range in &free {
+            redactions += mask_learned_names(&mut data[range.clone()], &names, rule, scrubber);
+        }
     }
     let bytes = (redactions > 0 || compression.is_some()).then_some(data);
     Ok(Scrubbed {
@@ -475,8 +486,7 @@ fn text_spans(text: &str, scrubber: &mut Scrubber<'_>, out: &mut Vec<(usize, usi
     // The `user_path` detector (run above when enabled) only takes paths that start a token. A dump's paths are also
     // nested (`/var/lib/docker/.../home/<user>/` in `maps`, an app unpacked under another root), so when the rules
     // enable it, nested home directories are found here too, under the same rule id.
-    let engine = scrubber.engine;
-    let Some(user_path) = engine.detectors.detectors.iter().find(|d| d.kind == Kind::UserPath) else {
+    let Some(rule) = user_path_rule(scrubber) else {
         return;
     };
     let found = out.len();
@@ -487,10 +497,67 @@ fn text_spans(text: &str, scrubber: &mut Scrubber<'_>, out: &mut Vec<(usize, usi
         if out[before..found].iter().any(|&(s, e)| s < end && start < e) {
             out.swap_remove(index);
         } else {
-            scrubber.record(&path, None, &user_path.id, ChangeAction::Masked, Vec::new(), None);
+            scrubber.record(&path, None, rule, ChangeAction::Masked, Vec::new(), None);
             index += 1;
         }
     }
+}
+
+/// The `user_path` detector's rule id, when the rules enable it.
+fn user_path_rule<'e>(scrubber: &Scrubber<'e>) -> Option<&'e str> {
+    let engine = scrubber.engine;
+    engine.detectors.detectors.iter().find(|d| d.kind == Kind::UserPath).map(|d| d.id.as_str())
+}
+
+/// Learned names shorter than this are not masked elsewhere: a two-letter name would hit innocent bytes everywhere.
+const MIN_LEARNED_NAME: usize = 3;
+
+/// The user names the dump's own home-directory paths reveal (ASCII, and UTF-16 at both alignments). Memory also
+/// holds the bare name (`USER=`, `LOGNAME=`, a shell prompt) and fragments of paths whose start a reused buffer
+/// overwrote (`ome/<user>/`): no path pattern finds those, so every occurrence of a learned name is masked too.
+fn learned_user_names(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut spans = Vec::new();
+    let mut collect = |view: &[u8]| {
+        for run in view.split(|b| !is_text_byte(*b)).filter(|run| run.len() >= MIN_RUN) {
+            let Ok(text) = std::str::from_utf8(run) else { continue };
+            spans.clear();
+            user_name_spans(text, &mut spans);
+            for &(s, e) in &spans {
+                let name = &run[s..e];
+                if name.len() >= MIN_LEARNED_NAME && name.is_ascii() && !name.contains(&FILL) {
+                    names.insert(name.to_vec());
+                }
+            }
+        }
+    };
+    collect(data);
+    for parity in 0..2 {
+        // The low bytes of UTF-16 units whose high byte is zero; anything else breaks the run.
+        let units = data.get(parity..).unwrap_or_default().chunks_exact(2);
+        let low: Vec<u8> = units.map(|unit| if unit[1] == 0 { unit[0] } else { 0 }).collect();
+        collect(&low);
+    }
+    names.into_iter().collect()
+}
+
+/// Overwrites every ASCII and UTF-16LE occurrence of the learned user names in `region`. Returns how many.
+fn mask_learned_names(region: &mut [u8], names: &[Vec<u8>], rule: &str, scrubber: &mut Scrubber<'_>) -> u64 {
+    let mut count = 0;
+    for name in names {
+        let wide: Vec<u8> = name.iter().flat_map(|&b| [b, 0]).collect();
+        for (needle, fill) in [(name.as_slice(), &[FILL][..]), (wide.as_slice(), &[FILL, 0][..])] {
+            let hits: Vec<usize> = memchr::memmem::find_iter(region, needle).collect();
+            for at in hits {
+                for (byte, fill) in region[at..at + needle.len()].iter_mut().zip(fill.iter().cycle()) {
+                    *byte = *fill;
+                }
+                scrubber.record(&[Seg::Key("minidump")], None, rule, ChangeAction::Masked, Vec::new(), None);
+                count += 1;
+            }
+        }
+    }
+    count
 }
 
 /// A run cut out of binary data may start with a stray byte (or UTF-16 unit) that happens to be printable, glued to
@@ -630,6 +697,8 @@ mod tests {
         let mut memory = b"\x01\x02password=hunter22\0\0\x07".to_vec();
         memory.extend_from_slice(&utf16("token=wideSecret1"));
         memory.extend_from_slice(b"\0\0 mail jane.roe@example.org \xff");
+        // The bare user name, and a path fragment whose start a reused buffer overwrote: no path pattern finds them.
+        memory.extend_from_slice(b"\0LOGNAME=jane\0ome/jane/.cache\0");
 
         let mut out = Vec::new();
         let stream_count = 3u32;
@@ -715,6 +784,8 @@ mod tests {
         }
         assert!(contains(&scrubbed, b"LANG=C.UTF-8\0"), "innocent variables stay");
         assert!(contains(&scrubbed, b"API_TOKEN="), "names stay, values go");
+        assert!(!contains(&scrubbed, b"jane"), "the user name learned from a home path is gone everywhere");
+        assert!(contains(&scrubbed, b"LOGNAME=****\0ome/****/.cache"), "only the name is masked");
 
         let dump = Minidump::read(&scrubbed[..]).unwrap();
         let modules = dump.get_stream::<MinidumpModuleList>().unwrap();
