@@ -15,10 +15,13 @@
 //! 3. **Authenticate** ([`auth`], [`dsn`]). The project key comes from `X-Sentry-Auth`, `Authorization: Sentry`,
 //!    the `sentry_key` query parameter, or a tunnel envelope's `dsn`, with Sentry's rules for conflicts. Cheap
 //!    refusals (auth, unknown `Content-Encoding`, oversized `Content-Length`) happen before the body is read.
-//! 4. **Decode** ([`ingest`], [`decode`]). The body is read under the wire cap and decompressed (gzip, deflate,
-//!    br, zstd) under the decompressed cap, so a compression bomb stops at the cap. [`envelope::Envelope::parse`]
-//!    splits it into items (payloads are zero-copy slices); a legacy `store` event is wrapped into an envelope, and a
-//!    crashpad upload (`/api/<id>/minidump/`) becomes one the way Sentry builds it ([`crashpad`]).
+//! 4. **Decode** ([`ingest`], [`decode`], [`budget`]). The body is read under the wire cap and decompressed (gzip,
+//!    deflate, br, zstd) under the decompressed cap, so a compression bomb stops at the cap; every buffer grows in
+//!    steps charged to one memory budget, and a request that cannot get memory in time is told 503 with
+//!    `Retry-After`. Slow clients are cut by minimum data rates and per-address caps ([`server`]).
+//!    [`envelope::Envelope::parse`] splits it into items (payloads are zero-copy slices); a legacy `store` event is
+//!    wrapped into an envelope, and a crashpad upload (`/api/<id>/minidump/`) becomes one the way Sentry builds it
+//!    ([`crashpad`]).
 //! 5. **Scrub** ([`pipeline::process`], pure and synchronous; run inline on the runtime thread for envelopes up to
 //!    16 KiB while the delivery queue is short, on a blocking thread otherwise). Per item: [`filter`] drops
 //!    health-check and static-file transactions and segment spans; [`scrub`] streams over each item's JSON once
@@ -53,7 +56,7 @@
 //! - Pure core, no sockets: [`envelope`], [`rules`], [`scrub`], [`payload`] (one module per payload format),
 //!   [`filter`], [`truncate`], [`pipeline`], [`otlp`], [`crashpad`].
 //! - Edges: [`server`], [`ingest`], [`routes`] (CSP/NEL reports, OTLP, cron check-ins: the same steps, ending in the
-//!   same delivery), [`auth`], [`dsn`], [`decode`], [`error`], [`upstream`], [`delivery`], [`admin`].
+//!   same delivery), [`auth`], [`dsn`], [`decode`], [`budget`], [`error`], [`upstream`], [`delivery`], [`admin`].
 //! - Process: [`cli`], [`config`], [`logging`], [`metrics`], [`reload`], [`shutdown`], [`healthcheck`].
 
 #![forbid(unsafe_code)]
