@@ -1576,10 +1576,13 @@ fn every_variable_the_shipped_files_set_is_one_the_relay_reads() {
     }
     // Named by rules.yaml (`hashing.key_env`), read by the rules engine rather than the CLI.
     known.insert("SCRUB_RELAY_HMAC_KEY".to_owned());
-    // Read by the test suite (tests/real_sdks.rs, prometheus.rs, container.rs), which the README documents too.
+    // Read by the test suite (tests/real_sdks.rs, routes.rs, browser_replay.rs, prometheus.rs, container.rs), which
+    // the README documents too.
     known.extend(
         [
             "SCRUB_RELAY_TEST_PYTHON",
+            "SCRUB_RELAY_TEST_OTEL_PYTHON",
+            "SCRUB_RELAY_TEST_BROWSER_DIR",
             "SCRUB_RELAY_TEST_NODE_DIR",
             "SCRUB_RELAY_TEST_NODE10_DIR",
             "SCRUB_RELAY_TEST_PROMETHEUS",
