@@ -29,6 +29,21 @@ async fn start_upload(relay: &RelayHandle, length: usize, extra: &str) -> TcpStr
     stream
 }
 
+/// `count` keep-alive connections to the relay, each of which has been answered (so the relay holds it open).
+async fn open_answered_connections(relay: &RelayHandle, count: usize) -> Vec<TcpStream> {
+    let mut open = Vec::new();
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(read_response(&mut stream).await.status, 200);
+        open.push(stream);
+    }
+    open
+}
+
 fn refused(relay: &RelayHandle, reason: &str) -> u64 {
     relay.metrics().connections_refused.with_label_values(&[reason]).get()
 }
@@ -263,16 +278,7 @@ async fn one_address_cannot_hold_every_connection() {
         ..relay_config(&mini)
     })
     .await;
-    let mut open = Vec::new();
-    for _ in 0..2 {
-        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_response(&mut stream).await.status, 200);
-        open.push(stream);
-    }
+    let mut open = open_answered_connections(&relay, 2).await;
     let mut third = TcpStream::connect(relay.addr).await.unwrap();
     let _ = third.write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n").await;
     assert!(
@@ -297,16 +303,8 @@ async fn health_and_metrics_answer_while_every_connection_slot_is_taken() {
         ..relay_config(&mini)
     })
     .await;
-    let mut open = Vec::new();
-    for _ in 0..2 {
-        let mut stream = TcpStream::connect(relay.addr).await.unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: relay\r\n\r\n")
-            .await
-            .unwrap();
-        assert_eq!(read_response(&mut stream).await.status, 200);
-        open.push(stream);
-    }
+    // Held open to the end: every connection slot stays taken.
+    let _open = open_answered_connections(&relay, 2).await;
     for path in ["/healthz", "/readyz", "/metrics"] {
         let response = send_raw(relay.addr, "GET", path, &[], b"", false).await;
         assert_eq!(response.status, 200, "{path}");
