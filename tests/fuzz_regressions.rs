@@ -47,3 +47,28 @@ fn stream_vs_tree_inputs() {
 fn rules_load_inputs() {
     run_kept_inputs("rules_load", checks::rules_load);
 }
+
+#[test]
+fn replay_inputs() {
+    run_kept_inputs("replay", checks::replay);
+}
+
+#[test]
+fn minidump_inputs() {
+    run_kept_inputs("minidump", checks::minidump);
+}
+
+#[test]
+fn crashpad_inputs() {
+    run_kept_inputs("crashpad", checks::crashpad);
+}
+
+#[test]
+fn otlp_inputs() {
+    run_kept_inputs("otlp", checks::otlp);
+}
+
+#[test]
+fn security_report_inputs() {
+    run_kept_inputs("security_report", checks::security_report);
+}

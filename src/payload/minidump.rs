@@ -302,7 +302,8 @@ fn protected_ranges(data: &[u8]) -> Result<Vec<(usize, usize)>, MinidumpError> {
 }
 
 /// Streams that are binary structure (ids, addresses, sizes, contexts): never read as text. Everything else is.
-fn is_structural(stream_type: u32) -> bool {
+/// Public for the fuzz target `minidump`, which checks that these streams come out byte for byte.
+pub fn is_structural(stream_type: u32) -> bool {
     const STRUCTURAL: [St; 18] = [
         St::ThreadListStream,
         St::ModuleListStream,

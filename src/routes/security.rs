@@ -105,17 +105,16 @@ fn query_tags(query: Option<&str>) -> Vec<(&'static str, String)> {
     tags
 }
 
-/// One envelope of `ty` items, one per report, scrubbed by the pipeline. `None` when nothing is left.
-fn scrubbed_envelope(
+/// One envelope of `ty` items, one per report, as the pipeline takes it (pure: the fuzz target `security_report`
+/// builds it the same way).
+pub fn reports_envelope(
     reports: Vec<Map<String, Value>>,
     ty: ItemType,
     tags: &[(&'static str, String)],
-    rules: &crate::rules::CompiledRules,
-    metrics: &Metrics,
-    project_id: u64,
+    event_id: String,
 ) -> Envelope {
     let mut headers = Map::new();
-    headers.insert("event_id".into(), Value::String(ingest::new_event_id()));
+    headers.insert("event_id".into(), Value::String(event_id));
     let mut envelope = Envelope::new(headers);
     for report in reports {
         // Serializing a `Value` built from parsed JSON cannot fail.
@@ -127,7 +126,25 @@ fn scrubbed_envelope(
             item.headers_mut().insert((*name).into(), Value::String(value.clone()));
         }
         envelope.items.push(item);
-        metrics.items_received.with_label_values(&[ty.as_str()]).inc();
+    }
+    envelope
+}
+
+/// One envelope of `ty` items, one per report, scrubbed by the pipeline. `None` when nothing is left.
+fn scrubbed_envelope(
+    reports: Vec<Map<String, Value>>,
+    ty: ItemType,
+    tags: &[(&'static str, String)],
+    rules: &crate::rules::CompiledRules,
+    metrics: &Metrics,
+    project_id: u64,
+) -> Envelope {
+    let envelope = reports_envelope(reports, ty, tags, ingest::new_event_id());
+    if !envelope.items.is_empty() {
+        metrics
+            .items_received
+            .with_label_values(&[ty.as_str()])
+            .inc_by(envelope.items.len() as u64);
     }
     let options = ProcessOptions {
         project_id: Some(project_id),

@@ -1,0 +1,7 @@
+//! libFuzzer entry for `checks::otlp` (see `fuzz/checks.rs` for what it asserts and how the input is read).
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::otlp(data));

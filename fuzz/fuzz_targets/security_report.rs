@@ -1,0 +1,7 @@
+//! libFuzzer entry for `checks::security_report` (see `fuzz/checks.rs` for what it asserts and how the input is read).
+#![no_main]
+
+#[path = "../checks.rs"]
+mod checks;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| checks::security_report(data));
