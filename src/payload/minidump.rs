@@ -495,7 +495,10 @@ fn text_spans(text: &str, scrubber: &mut Scrubber<'_>, out: &mut Vec<(usize, usi
     let mut index = found;
     while index < out.len() {
         let (start, end) = out[index];
-        if out[before..found].iter().any(|&(s, e)| s < end && start < e) {
+        if let Some(span) = out[before..found].iter_mut().find(|(s, e)| *s < end && start < *e) {
+            // Already counted by the detector, which may end the name elsewhere (`/home/jane]x` stops it at `]`):
+            // the union is masked, so no byte of the name survives to be found on a second look.
+            *span = (span.0.min(start), span.1.max(end));
             out.swap_remove(index);
         } else {
             scrubber.record(&path, None, rule, ChangeAction::Masked, Vec::new(), None);
@@ -881,6 +884,17 @@ mod tests {
             let (result, _) = scrub_defaults(&data);
             assert!(result.is_err());
         }
+    }
+
+    #[test]
+    fn a_user_name_the_detector_ends_early_is_masked_whole() {
+        // Found by the `minidump` fuzz target: the `user_path` detector ends the name at `]`, the nested-path scan at
+        // `=`; the scan's span overlapped the detector's and was dropped, so `]` stayed for a second pass to mask.
+        let rules = CompiledRules::from_yaml(include_str!("../../rules.yaml")).unwrap();
+        let mut scrubber = Scrubber::new(rules.engine(None), false);
+        let mut region = b"\0HOME=/home/janportI_TOKEN]=abc\0".to_vec();
+        scrub_region(&mut region, &mut scrubber);
+        assert_eq!(&region[..], b"\0HOME=/home/***************=abc\0");
     }
 
     #[test]
