@@ -88,8 +88,9 @@ impl Scrubber<'_> {
             let had_key_spans = !spans.is_empty();
             spans.extend(detector_spans);
             if had_key_spans {
-                // Key hits come first at equal starts (stable sort), so they win overlaps.
-                drop_overlaps(&mut spans);
+                // Key hits come first at equal starts (stable sort), so they name the rule; an overlapping hit
+                // widens the span rather than being dropped, or what only it covered would be forwarded.
+                merge_overlaps(&mut spans);
             }
         }
         self.hits = hits;
@@ -110,7 +111,7 @@ impl Scrubber<'_> {
             rule: RuleRef::Detector(h.detector),
         }));
         self.hits = hits;
-        drop_overlaps(&mut spans);
+        merge_overlaps(&mut spans);
         let engine = self.engine;
         for span in spans {
             let (rule, action) = match span.rule {
@@ -475,6 +476,22 @@ fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Sorts spans by start (stably, so earlier entries win ties) and drops every span that overlaps one kept before it.
+/// Sorts spans by start and joins overlapping ones into the first (whose rule names the change). Detector hits
+/// never overlap each other (the detectors drop the later one), so a key span and a hit are what meet here: a
+/// `credential_in_text` hit can run from a sensitive `token=` value far past its end, over an address it took from
+/// the email detector, and dropping either one would forward the part only it covered.
+fn merge_overlaps(spans: &mut Vec<Span>) {
+    spans.sort_by_key(|s| s.start);
+    let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
+    for span in spans.drain(..) {
+        match merged.last_mut() {
+            Some(last) if span.start < last.end => last.end = last.end.max(span.end),
+            _ => merged.push(span),
+        }
+    }
+    *spans = merged;
+}
+
 fn drop_overlaps(spans: &mut Vec<Span>) {
     if spans.len() < 2 {
         return;
@@ -489,3 +506,4 @@ fn drop_overlaps(spans: &mut Vec<Span>) {
         keep
     });
 }
+
