@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Memory after a burst: starts a release `scrub-relay` binary against a sink on loopback, sends bursts of large
 gzip envelopes (and compression bombs) at once, and reports the relay's RSS at idle, its peak, and after it has been
-quiet for a few seconds: the measurement for choosing the allocator (issue #14; not run yet, the
-allocator is still the system one).
+quiet: the measurement behind the choice of allocator (issue #14). Results and the comparison of allocators are in
+benches/LOAD.md ("Allocator"); `--kind` runs only the large bodies or only the bombs, so each gets its own peak.
 
     python3 benches/burst.py --binary target/release/scrub-relay [--bodies 200] [--size-mib 4] [--rounds 3]
-        [--env NAME=VALUE ...] [--relay-arg=--flag=value ...]
+        [--kind both|bodies|bombs] [--quiet-seconds 10] [--env NAME=VALUE ...] [--relay-arg=--flag=value ...]
 
 Stdlib only. Everything runs on 127.0.0.1.
 """
@@ -96,7 +96,8 @@ def main():
     parser.add_argument("--bodies", type=int, default=200)
     parser.add_argument("--size-mib", type=float, default=4)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quiet-seconds", type=float, default=5)
+    parser.add_argument("--quiet-seconds", type=float, default=10)
+    parser.add_argument("--kind", choices=["both", "bodies", "bombs"], default="both")
     parser.add_argument("--env", action="append", default=[])
     parser.add_argument("--relay-arg", action="append", default=[])
     args = parser.parse_args()
@@ -122,15 +123,22 @@ def main():
         report = {"idle_mib": round(idle / 1024, 1), "rounds": []}
         for _ in range(args.rounds):
             started = time.monotonic()
-            statuses = burst(port, args.bodies, big, "gzip")
-            statuses += burst(port, max(args.bodies // 10, 1), bomb, "gzip")
+            statuses = []
+            if args.kind != "bombs":
+                statuses += burst(port, args.bodies, big, "gzip")
+            if args.kind != "bodies":
+                statuses += burst(port, max(args.bodies // 10, 1), bomb, "gzip")
             elapsed = time.monotonic() - started
-            time.sleep(args.quiet_seconds)
+            time.sleep(1)
+            after_1s = rss_kib(relay.pid)
+            time.sleep(max(args.quiet_seconds - 1, 0))
             report["rounds"].append({
                 "seconds": round(elapsed, 1),
                 "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
+                "after_1s_mib": round(after_1s / 1024, 1),
                 "after_quiet_mib": round(rss_kib(relay.pid) / 1024, 1),
             })
+        report["kind"] = args.kind
         report["peak_mib"] = round(hwm_kib(relay.pid) / 1024, 1)
         print(json.dumps(report))
     finally:
