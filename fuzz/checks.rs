@@ -224,6 +224,49 @@ fn bounded(what: &str, output: usize, input: usize) {
     );
 }
 
+/// Whether a second pass over `first` (giving `second`) only changed text that crosses a mask the first pass wrote.
+/// Removing a value can join what was around it into a new match (`https://a?x&api_key=v?y:p@h` loses the `?` that
+/// stopped the URL-credentials pattern): that is the first pass's own rewrite, not a secret it missed. A second pass
+/// that changes text holding no mask found something the first pass left, which is what idempotence is checked for.
+/// Compared on the bytes that differ (common prefix and suffix removed), so it is exact for one changed string and
+/// looser when several changed. Verified to flag the three misses kept under `regressions/` had their fixes not
+/// been made (`tests/fuzz_regressions.rs` has a unit test of it).
+pub fn only_across_masks(first: &[u8], second: &[u8]) -> bool {
+    if first == second {
+        return true;
+    }
+    let prefix = first.iter().zip(second).take_while(|(a, b)| a == b).count();
+    let suffix = first[prefix..]
+        .iter()
+        .rev()
+        .zip(second[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let (start, end) = (prefix, first.len() - suffix);
+    // A mask overlapping the changed bytes (it may be cut by the common prefix or suffix); one merely next to them
+    // does not count: `***@e.roe@example.org` becoming `***@***@example.org` is a miss, not a rewrite's artefact.
+    masks().iter().any(|mask| {
+        first
+            .windows(mask.len())
+            .enumerate()
+            .any(|(at, w)| w == mask.as_bytes() && at < end && start < at + mask.len())
+    })
+}
+
+/// The replacement texts of the repository's rules (key rules and every detector).
+fn masks() -> &'static [String] {
+    static MASKS: OnceLock<Vec<String>> = OnceLock::new();
+    MASKS.get_or_init(|| {
+        let engine = rules().engine(Some(42));
+        let mut masks: Vec<String> = engine.detectors.detectors.iter().map(|d| d.replacement.clone()).collect();
+        masks.push(engine.key_replacement.clone());
+        masks.retain(|m| !m.is_empty());
+        masks.sort();
+        masks.dedup();
+        masks
+    })
+}
+
 /// Runs one envelope through the pipeline with the repository's rules, as the ingest route does.
 fn pipeline(envelope: Envelope) -> scrub_relay::pipeline::Processed {
     let options = ProcessOptions {
@@ -474,7 +517,9 @@ pub fn crashpad(data: &[u8]) {
 /// - what identifies a span or record stays: the forwarded spans are a subsequence of the input's by (trace id,
 ///   span id, parent, kind, start, end), log records keep their times, severities, trace and span ids, in order;
 /// - the body stays within the growth bound;
-/// - scrubbing is idempotent: the forwarded body, sent again, is forwarded as it is.
+/// - scrubbing is idempotent: the forwarded body, sent again, is forwarded as it is, or changed only across a mask
+///   the first pass wrote (see [`only_across_masks`]; for protobuf, whose length prefixes change with any string,
+///   this is weak: mostly "a second pass changes nothing where the first changed nothing").
 pub fn otlp(data: &[u8]) {
     use scrub_relay::otlp::{Encoding, Signal, process};
     let [pick, body @ ..] = data else { return };
@@ -502,7 +547,13 @@ pub fn otlp(data: &[u8]) {
     }
     bounded("otlp", out.len(), body.len());
     let again = process(signal, encoding, out.clone(), rules(), 42).expect("a forwarded body is accepted again");
-    assert_eq!(again.body.as_ref(), Some(&out), "scrubbing a scrubbed OTLP body changes it");
+    let twice = again.body.expect("a forwarded body is forwarded again");
+    assert!(
+        only_across_masks(&out, &twice),
+        "scrubbing a scrubbed OTLP body finds more:\n{}\n{}",
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&twice)
+    );
 }
 
 /// What identifies each span (or log record) of an OTLP body, in order, as text; `None` if it does not decode.
@@ -630,7 +681,8 @@ const REPORT_KEPT: &[&str] = &[
 /// - directives, dispositions, status codes, line numbers, phases and types stay as they came, at the top level and
 ///   in `csp-report` and `body`;
 /// - each report stays within the growth bound;
-/// - scrubbing is idempotent: the forwarded reports, sent again, come back the same.
+/// - scrubbing is idempotent: the forwarded reports, sent again, come back the same, or changed only across a mask
+///   the first pass wrote (see [`only_across_masks`]).
 pub fn security_report(data: &[u8]) {
     use scrub_relay::envelope::ItemType;
     use scrub_relay::routes::security::{csp_reports, nel_reports, reports_envelope};
@@ -668,6 +720,13 @@ pub fn security_report(data: &[u8]) {
     let again = pipeline(reports_envelope(forwarded.clone(), ty, &[], id)).envelope;
     for (item, first) in again.items.iter().zip(&forwarded) {
         let second: Value = serde_json::from_slice(item.payload()).expect("JSON");
-        assert_eq!(&second, &Value::Object(first.clone()), "scrubbing a scrubbed report changes it");
+        let (first, second) = (
+            serde_json::to_string(&Value::Object(first.clone())).unwrap(),
+            serde_json::to_string(&second).unwrap(),
+        );
+        assert!(
+            only_across_masks(first.as_bytes(), second.as_bytes()),
+            "scrubbing a scrubbed report finds more:\n{first}\n{second}"
+        );
     }
 }
