@@ -621,17 +621,18 @@ impl DetectorSet {
             );
         }
         if hits.len() > 1 {
-            // Stable sort keeps priority order between hits that start at the same byte.
+            // Stable sort keeps priority order between hits that start at the same byte. An overlapping hit widens
+            // the one before it rather than being dropped: an address whose local part starts inside another
+            // hit would otherwise be forwarded (found by the `security_report` fuzz target).
             hits.sort_by_key(|h| h.start);
-            let mut last_end = 0;
-            hits.retain(|h| {
-                if h.start >= last_end {
-                    last_end = h.end;
-                    true
-                } else {
-                    false
+            let mut merged: Vec<Hit> = Vec::with_capacity(hits.len());
+            for hit in hits.drain(..) {
+                match merged.last_mut() {
+                    Some(last) if hit.start < last.end => last.end = last.end.max(hit.end),
+                    _ => merged.push(hit),
                 }
-            });
+            }
+            *hits = merged;
         }
     }
 }
@@ -1287,15 +1288,16 @@ mod tests {
                 },
             );
         }
+        // As `find` does: an overlapping hit widens the one before it.
         hits.sort_by_key(|h| h.start);
-        let mut last_end = 0;
-        hits.retain(|h| {
-            let keep = h.start >= last_end;
-            if keep {
-                last_end = h.end;
+        let mut merged: Vec<Hit> = Vec::new();
+        for hit in hits {
+            match merged.last_mut() {
+                Some(last) if hit.start < last.end => last.end = last.end.max(hit.end),
+                _ => merged.push(hit),
             }
-            keep
-        });
+        }
+        let hits = merged;
         hits.iter().map(|h| (h.start, h.end, h.detector)).collect()
     }
 
