@@ -102,6 +102,7 @@ pub async fn handle(
     };
 
     // The semaphores are never closed, so acquiring only waits.
+    let small = input.wire.len() <= SMALL_BODY;
     let slot = lane(state, input.wire.len())
         .clone()
         .acquire_owned()
@@ -118,20 +119,46 @@ pub async fn handle(
             prepare(input, Bytes::from(decoded), |identity| authorize(state, endpoint, identity))?
         }
         None => {
+            // A compressed body small on the wire may be a bomb: it is decoded in the small lane only as far as
+            // `SMALL_DECODED`, so bombs cannot hold every small-lane slot while they decompress or wait for memory.
+            let probe = small && input.encoding != ContentEncoding::Identity;
             let blocking_state = state.clone();
-            tokio::task::spawn_blocking(move || {
+            let step = tokio::task::spawn_blocking(move || {
                 let _slot = slot;
                 let mut input = input;
-                // A reference to the wire bytes: `prepare` may forward them as they came when nothing changed.
-                let wire = input.wire.clone();
-                let decoded =
-                    decode_body(input.encoding, wire, input.max_decompressed, &mut input.charge, &input.runtime)?;
-                prepare(input, decoded, |identity| {
-                    authorize(&blocking_state, endpoint, identity)
-                })
+                if !probe {
+                    return decode_and_prepare(&blocking_state, input, endpoint).map(Step::Prepared);
+                }
+                match decode_small(&mut input)? {
+                    Some(decoded) => prepare(input, decoded, |identity| {
+                        authorize(&blocking_state, endpoint, identity)
+                    })
+                    .map(Step::Prepared),
+                    None => Ok(Step::Relane(input)),
+                }
             })
             .await
-            .map_err(|_| RelayError::Internal)??
+            .map_err(|_| RelayError::Internal)??;
+            match step {
+                Step::Prepared(prepared) => prepared,
+                Step::Relane(input) => {
+                    // The small-lane slot is already given back; the body is decoded for real in the large lane.
+                    state.metrics.lane_changes.inc();
+                    let slot = state
+                        .processing_large
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| RelayError::Internal)?;
+                    let blocking_state = state.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let _slot = slot;
+                        decode_and_prepare(&blocking_state, input, endpoint)
+                    })
+                    .await
+                    .map_err(|_| RelayError::Internal)??
+                }
+            }
         }
     };
 
@@ -323,6 +350,11 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// Bodies up to this size (as received) take the small-body processing lane.
 pub const SMALL_BODY: usize = 256 * 1024;
 
+/// A compressed body in the small-body lane is decoded there up to this size; a larger one (a compression bomb, or
+/// just a big envelope that compresses well) gives its slot back and is decoded in the large-body lane. Small enough
+/// that decoding this much holds a small-lane slot for milliseconds at most, large enough for any usual SDK envelope.
+pub const SMALL_DECODED: usize = 1024 * 1024;
+
 /// Reads a request body under the wire cap (`Content-Length` first, then as it streams in, since chunked bodies have
 /// no length), the body timeout and the minimum data rate, charging the memory budget as its buffer grows. Every
 /// ingest route reads its body here, under `max` (the wire cap, or a route's own smaller limit); the returned
@@ -461,7 +493,8 @@ pub(crate) fn decode_body(
 }
 
 /// The processing lane for a body of `wire_len` bytes: small bodies have their own, so a few huge ones cannot keep
-/// every slot busy while small envelopes wait.
+/// every slot busy while small envelopes wait. A compressed body in the small lane is decoded there only up to
+/// [`SMALL_DECODED`]; larger, it moves to the large lane (see [`decode_small`]).
 pub(crate) fn lane(state: &AppState, wire_len: usize) -> &Arc<tokio::sync::Semaphore> {
     if wire_len <= SMALL_BODY {
         &state.processing
@@ -520,11 +553,51 @@ fn decode_inline(input: &Prepare) -> Result<Option<Vec<u8>>, RelayError> {
         return Ok(None);
     }
     let cap = INLINE_MAX_BYTES.min(input.max_decompressed);
-    match decode::decode(input.encoding, &input.wire, cap) {
-        Ok(decoded) => Ok(Some(decoded)),
-        Err(DecodeError::TooLarge { .. }) if cap < input.max_decompressed => Ok(None),
-        Err(error) => Err(decode_error(error)),
+    first_step(
+        decode::decode(input.encoding, &input.wire, cap).map_err(decode_error),
+        cap,
+        input.max_decompressed,
+    )
+}
+
+/// Decodes a compressed small-lane body on a blocking thread, charged, under [`SMALL_DECODED`]: `Some` when it fits,
+/// `None` when it is larger (its partial output's charge given back; the caller moves it to the large lane and
+/// decodes it again with the real cap). Errors other than size are final.
+fn decode_small(input: &mut Prepare) -> Result<Option<Bytes>, RelayError> {
+    let cap = SMALL_DECODED.min(input.max_decompressed);
+    let held = input.charge.bytes();
+    let decoded = decode_body(input.encoding, input.wire.clone(), cap, &mut input.charge, &input.runtime);
+    let decoded = first_step(decoded, cap, input.max_decompressed)?;
+    if decoded.is_none() {
+        let grown = input.charge.bytes().saturating_sub(held);
+        input.charge.shrink(grown);
     }
+    Ok(decoded)
+}
+
+/// The first step of a two-step decode, under `cap`: `Some` when the body fits, `None` when it is larger than `cap`
+/// but the real cap `max` is higher (the caller decodes it again under `max`, so at most `cap` of work is repeated).
+fn first_step<T>(decoded: Result<T, RelayError>, cap: usize, max: usize) -> Result<Option<T>, RelayError> {
+    match decoded {
+        Ok(decoded) => Ok(Some(decoded)),
+        Err(RelayError::DecompressedTooLarge { limit }) if limit == cap && cap < max => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Decodes the body under the real decompressed cap and prepares it; on a blocking thread.
+fn decode_and_prepare(state: &Arc<AppState>, mut input: Prepare, endpoint: Endpoint) -> Result<Prepared, RelayError> {
+    // A reference to the wire bytes: `prepare` may forward them as they came when nothing changed.
+    let wire = input.wire.clone();
+    let decoded = decode_body(input.encoding, wire, input.max_decompressed, &mut input.charge, &input.runtime)?;
+    prepare(input, decoded, |identity| authorize(state, endpoint, identity))
+}
+
+/// What the small lane's blocking half ends with.
+enum Step {
+    Prepared(Prepared),
+    /// The body decompresses past [`SMALL_DECODED`]: to be decoded again in the large lane.
+    Relane(Prepare),
 }
 
 /// Decodes a small body under the decompressed cap, uncharged (the legacy store body's base64 payload).

@@ -1,6 +1,7 @@
 //! The relay's defences against hostile and broken clients, end to end on loopback: slow clients are cut, the memory
 //! budget refuses with 503 and recovers, one client cannot take everyone's memory or connections, a compression bomb
-//! stops at a bounded cost, small envelopes have their own lane, and health answers while connections are saturated.
+//! stops at a bounded cost, small envelopes have their own lane (which bombs small on the wire leave), and health
+//! answers while connections are saturated.
 //! Every assertion is on statuses, answers and metrics, never on how long something took.
 
 mod common;
@@ -268,6 +269,69 @@ async fn small_envelopes_have_a_lane_large_bodies_cannot_fill() {
     let held = large.acquire_many_owned(slots).await.unwrap();
     good_client_gets_through(&relay, &mini).await;
     drop(held);
+}
+
+#[tokio::test]
+async fn compression_bombs_small_on_the_wire_leave_the_small_lane() {
+    let mini = MiniSentry::start().await;
+    let limit = 4 * MIB;
+    let relay = start_relay(Config {
+        max_body_bytes: MIB,
+        max_decompressed_bytes: limit,
+        ..relay_config(&mini)
+    })
+    .await;
+    // Every large-lane slot is taken, so a body that moves there waits for the test to let go.
+    let large = relay.state.processing_large.clone();
+    let slots = u32::try_from(large.available_permits()).unwrap();
+    let held = large.acquire_many_owned(slots).await.unwrap();
+    // As many bombs as the small lane has slots: 8 MiB of zeros in about 8 KiB, over the 4 MiB decompressed cap.
+    let small_slots = relay.state.processing.available_permits();
+    let bomb = gzip(&vec![0u8; 8 * MIB]);
+    let bombs: Vec<_> = (0..small_slots)
+        .map(|_| {
+            let (addr, bomb) = (relay.addr, bomb.clone());
+            tokio::spawn(async move {
+                let headers = headers(&[("X-Sentry-Auth", AUTH), ("Content-Encoding", "gzip")]);
+                send_raw(addr, "POST", "/api/42/envelope/", &headers, &bomb, false).await
+            })
+        })
+        .collect();
+    wait_until("every bomb has left the small lane", || {
+        relay.metrics().lane_changes.get() == small_slots as u64
+    })
+    .await;
+    assert_eq!(relay.state.processing.available_permits(), small_slots);
+    // Small envelopes pass while the bombs wait: plain, and compressed past the inline size but under 1 MiB.
+    good_client_gets_through(&relay, &mini).await;
+    let padded = format!(
+        "{{\"event_id\":\"{EVENT_ID}\"}}\n{{\"type\":\"event\"}}\n{{\"event_id\":\"{EVENT_ID}\",\"message\":\"hello\",\"extra\":{{\"pad\":\"{}\"}}}}\n",
+        "ab ".repeat(20_000)
+    );
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        "/api/42/envelope/",
+        &headers(&[("X-Sentry-Auth", AUTH), ("Content-Encoding", "gzip")]),
+        &gzip(padded.as_bytes()),
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
+    assert_eq!(relay.metrics().lane_changes.get(), small_slots as u64, "the padded envelope stayed");
+
+    drop(held);
+    for bomb in bombs {
+        let response = bomb.await.unwrap();
+        assert_eq!(response.status, 413, "{}", response.detail());
+        assert_eq!(
+            response.detail(),
+            format!("decompressed body exceeds the limit of {limit} bytes")
+        );
+    }
+    assert_eq!(relay.state.budget.used(), 0);
+    assert_eq!(mini.received(), 2, "no bomb reached the upstream");
 }
 
 #[tokio::test]
