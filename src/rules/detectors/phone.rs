@@ -6,11 +6,19 @@
 //! - in the national format of the configured region when it is not `US` (the `phone_us` detector covers NANP):
 //!   written with the trunk prefix `0` and at least one separator (`020 7946 0958` for `GB`).
 //!
+//! libphonenumber's own parse and validity check cost 5 to 40 µs per candidate (its regexes sit behind one global
+//! mutex and are looked up by pattern string), so a candidate first passes [`may_be_valid`]: every type pattern of
+//! every region that shares the calling code, compiled once per code. Most look-alikes stop there.
+//!
 //! Timestamps, unix milliseconds, versions, order numbers, ISBNs, ports and durations have no `+`, no trunk `0` with
 //! separators, or fail the metadata's validity check. A run that continues a longer number (a digit, letter or
 //! `digit.` right before or after) is never a candidate.
 
+use std::sync::{LazyLock, OnceLock};
+
 use phonenumber::country::Id;
+use phonenumber::metadata::{DATABASE, Metadata};
+use regex::Regex;
 
 /// A region national numbers are read in (a CLDR id: `US`, `GB`, `DE`, ...).
 pub type Region = Id;
@@ -27,9 +35,11 @@ pub fn parse_region(text: &str) -> Option<Id> {
     text.trim().to_ascii_uppercase().parse().ok()
 }
 
-/// Loads the metadata (a few milliseconds, once), so the first event with a phone number does not pay for it.
+/// Loads the metadata and compiles the patterns of +1 (the largest code) once, so the first event with a phone
+/// number does not pay for them.
 pub fn warm() {
     let _ = phonenumber::parse(None, "+442079460958");
+    let _ = calling_code_patterns(1);
 }
 
 /// Calls `push(start, end)` for every valid phone number in `text`: international ones always, national ones when
@@ -134,13 +144,137 @@ fn longest_valid(text: &str, start: usize, groups: &[(usize, usize)], region: Op
             return None;
         }
         let candidate = &text[start..end];
-        if let Ok(number) = phonenumber::parse(region, candidate)
+        if may_be_valid(candidate, region)
+            && let Ok(number) = phonenumber::parse(region, candidate)
             && phonenumber::is_valid(&number)
         {
             return Some(end);
         }
     }
     None
+}
+
+/// A necessary condition for `phonenumber::is_valid` on what `phonenumber::parse(region, candidate)` reads: the
+/// national significant number (after the calling code, with or without a national prefix the metadata would strip)
+/// starts with a match of some type pattern (fixed line, mobile, toll free, ...) of some region of that code. That is
+/// what validity requires, minus the general pattern and the length checks, so `false` is never wrong.
+fn may_be_valid(candidate: &str, region: Option<Id>) -> bool {
+    let mut digits = [0u8; MAX_DIGITS + 1];
+    let mut len = 0;
+    for b in candidate.bytes().filter(u8::is_ascii_digit) {
+        if len == digits.len() {
+            return true; // longer than any number: let the library decide
+        }
+        digits[len] = b;
+        len += 1;
+    }
+    let digits = std::str::from_utf8(&digits[..len]).unwrap_or_default();
+    let (code, national) = match region {
+        Some(region) => match DATABASE.by_id(region.as_ref()) {
+            Some(meta) => (meta.country_code(), digits),
+            None => return true,
+        },
+        // Calling codes are prefix-free: the first 1 to 3 digits that are one.
+        None => match (1..=3.min(digits.len())).find_map(|n| {
+            let code: u16 = digits[..n].parse().ok()?;
+            DATABASE.region(&code).map(|_| (code, &digits[n..]))
+        }) {
+            Some(found) => found,
+            None => return false, // parse fails on an unknown calling code
+        },
+    };
+    match calling_code_patterns(code) {
+        Some(patterns) => patterns.may_match(national),
+        None => true,
+    }
+}
+
+/// Every type pattern of the regions of one calling code, as one regex anchored at the start, and how those regions
+/// strip a national prefix.
+struct CodePatterns {
+    types: Regex,
+    /// Each region's national prefix (`0`, `1`, `180020`, ...) and the rule that rewrites a local number it captures
+    /// (`([457]\d{6})$` -> `268$1` for Antigua).
+    national_prefixes: Vec<(Regex, Option<String>)>,
+}
+
+impl CodePatterns {
+    /// Whether `national`, or what a region's national prefix rule would make of it, may be a number of this code.
+    fn may_match(&self, national: &str) -> bool {
+        self.types.is_match(national)
+            || self.national_prefixes.iter().any(|(prefix, transform)| {
+                let Some(caps) = prefix.captures(national) else {
+                    return false;
+                };
+                let rest = &national[caps.get(0).map_or(0, |m| m.end())..];
+                if self.types.is_match(rest) {
+                    return true;
+                }
+                match transform {
+                    Some(rule) if caps.get(1).is_some() => {
+                        let mut rewritten = String::new();
+                        caps.expand(rule, &mut rewritten);
+                        rewritten.push_str(rest);
+                        self.types.is_match(&rewritten)
+                    }
+                    _ => false,
+                }
+            })
+    }
+
+    /// `None` when a pattern does not compile here: the library alone decides for that code.
+    fn build(code: u16) -> Option<CodePatterns> {
+        let regions: Vec<&Metadata> = DATABASE.by_code(&code)?;
+        let mut types = Vec::new();
+        let mut national_prefixes = Vec::new();
+        for meta in &regions {
+            let d = meta.descriptors();
+            let kinds = [
+                d.fixed_line(),
+                d.mobile(),
+                d.toll_free(),
+                d.premium_rate(),
+                d.shared_cost(),
+                d.personal_number(),
+                d.voip(),
+                d.pager(),
+                d.uan(),
+                d.voicemail(),
+            ];
+            for descriptor in kinds.into_iter().flatten() {
+                types.push(format!("(?:{})", descriptor.national_number().as_str()));
+            }
+            // Without a parsing rule, the national prefix itself is stripped (libphonenumber's default).
+            let prefix = match (meta.national_prefix_for_parsing(), meta.national_prefix()) {
+                (Some(rule), _) => Some(format!("(?x)^(?:{})", rule.as_str())),
+                (None, Some(prefix)) => Some(format!("^{}", regex::escape(prefix))),
+                (None, None) => None,
+            };
+            if let Some(prefix) = prefix {
+                let prefix = Regex::new(&prefix).ok()?;
+                national_prefixes.push((prefix, meta.national_prefix_transform_rule().map(str::to_string)));
+            }
+        }
+        if types.is_empty() {
+            return Some(CodePatterns {
+                types: Regex::new("[^\\s\\S]").ok()?,
+                national_prefixes,
+            });
+        }
+        let types = Regex::new(&format!("(?x)^(?:{})", types.join("|"))).ok()?;
+        Some(CodePatterns {
+            types,
+            national_prefixes,
+        })
+    }
+}
+
+/// The patterns of each calling code (1 to 999), compiled on first use: a few milliseconds for the largest (+1, 25
+/// regions), once per process.
+fn calling_code_patterns(code: u16) -> Option<&'static CodePatterns> {
+    static CODES: LazyLock<Vec<OnceLock<Option<CodePatterns>>>> =
+        LazyLock::new(|| (0..1000).map(|_| OnceLock::new()).collect());
+    CODES.get(usize::from(code))?.get_or_init(|| CodePatterns::build(code)).as_ref()
 }
 
 fn dotted_quad(bytes: &[u8], groups: &[(usize, usize)]) -> bool {
@@ -195,6 +329,42 @@ mod tests {
         let de = parse_region("DE");
         assert_eq!(phones("Tel. 030 12345678", de), ["030 12345678"]);
         assert_eq!(phones("Tel. (030) 12345678", de), ["(030) 12345678"]);
+    }
+
+    #[test]
+    fn the_pattern_check_never_rejects_what_the_library_accepts() {
+        // Every region's example numbers, in international form and (for a region) in national form.
+        let mut checked = 0;
+        for meta in DATABASE.iter() {
+            let Ok(region) = meta.id().parse::<Id>() else {
+                continue;
+            };
+            let d = meta.descriptors();
+            for descriptor in [d.fixed_line(), d.mobile(), d.toll_free(), d.voip(), d.uan()].into_iter().flatten() {
+                let Some(example) = descriptor.example() else {
+                    continue;
+                };
+                let international = format!("+{} {example}", meta.country_code());
+                if let Ok(number) = phonenumber::parse(None, &international)
+                    && phonenumber::is_valid(&number)
+                {
+                    assert!(may_be_valid(&international, None), "{international}");
+                    checked += 1;
+                }
+                if let Some(prefix) = meta.national_prefix() {
+                    let national = format!("{prefix}{example}");
+                    if let Ok(number) = phonenumber::parse(Some(region), &national)
+                        && phonenumber::is_valid(&number)
+                    {
+                        assert!(may_be_valid(&national, Some(region)), "{national} in {region:?}");
+                    }
+                }
+            }
+        }
+        assert!(checked > 500, "only {checked} examples");
+        // And it does reject: NANP's fictional 555 exchange, unknown calling codes.
+        assert!(!may_be_valid("+1 555-123-4567", None));
+        assert!(!may_be_valid("+999 12345678", None));
     }
 
     #[test]
