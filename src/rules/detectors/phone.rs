@@ -203,6 +203,10 @@ impl CodePatterns {
     fn may_match(&self, national: &str) -> bool {
         self.types.is_match(national)
             || self.national_prefixes.iter().any(|(prefix, transform)| {
+                // `is_match` first: captures are the slow path, and most numbers do not start with a prefix.
+                if !prefix.is_match(national) {
+                    return false;
+                }
                 let Some(caps) = prefix.captures(national) else {
                     return false;
                 };
