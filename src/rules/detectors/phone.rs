@@ -196,17 +196,16 @@ struct CodePatterns {
     /// Each region's national prefix (`0`, `1`, `180020`, ...) and the rule that rewrites a local number it captures
     /// (`([457]\d{6})$` -> `268$1` for Antigua).
     national_prefixes: Vec<(Regex, Option<String>)>,
+    /// The same prefix rules as one set: one pass says which of them apply (most numbers start with none).
+    any_national_prefix: regex::RegexSet,
 }
 
 impl CodePatterns {
     /// Whether `national`, or what a region's national prefix rule would make of it, may be a number of this code.
     fn may_match(&self, national: &str) -> bool {
         self.types.is_match(national)
-            || self.national_prefixes.iter().any(|(prefix, transform)| {
-                // `is_match` first: captures are the slow path, and most numbers do not start with a prefix.
-                if !prefix.is_match(national) {
-                    return false;
-                }
+            || self.any_national_prefix.matches(national).iter().any(|index| {
+                let (prefix, transform) = &self.national_prefixes[index];
                 let Some(caps) = prefix.captures(national) else {
                     return false;
                 };
@@ -259,16 +258,24 @@ impl CodePatterns {
                 national_prefixes.push((prefix, meta.national_prefix_transform_rule().map(str::to_string)));
             }
         }
+        let any_national_prefix = regex::RegexSet::new(national_prefixes.iter().map(|(r, _)| r.as_str())).ok()?;
         if types.is_empty() {
             return Some(CodePatterns {
                 types: Regex::new("[^\\s\\S]").ok()?,
                 national_prefixes,
+                any_national_prefix,
             });
         }
-        let types = Regex::new(&format!("(?x)^(?:{})", types.join("|"))).ok()?;
+        // A large alternation (+1 has 25 regions): a bigger lazy-DFA cache keeps its states instead of rebuilding
+        // them on every search.
+        let types = regex::RegexBuilder::new(&format!("(?x)^(?:{})", types.join("|")))
+            .dfa_size_limit(16 << 20)
+            .build()
+            .ok()?;
         Some(CodePatterns {
             types,
             national_prefixes,
+            any_national_prefix,
         })
     }
 }
