@@ -652,31 +652,6 @@ fn otlp_identities(
     }
 }
 
-/// Fields of a browser report that stay as the browser wrote them (see `scrub::security`).
-const REPORT_KEPT: &[&str] = &[
-    "violated-directive",
-    "effective-directive",
-    "effectiveDirective",
-    "violatedDirective",
-    "disposition",
-    "status-code",
-    "statusCode",
-    "status_code",
-    "line-number",
-    "lineNumber",
-    "column-number",
-    "columnNumber",
-    "type",
-    "age",
-    "user_agent",
-    "elapsed_time",
-    "method",
-    "phase",
-    "protocol",
-    "sampling_fraction",
-    "server_ip",
-];
-
 /// Browser reports as the security routes read them (`csp_reports` or `nel_reports`, then `reports_envelope`), then
 /// the pipeline. Byte 0 picks CSP (even) or NEL (odd); the rest is the body. For an accepted body:
 /// - one item per report, every one forwarded (a report is scrubbed, never dropped), a JSON object;
@@ -710,7 +685,7 @@ pub fn security_report(data: &[u8]) {
             (scrubbed.get("body").and_then(Value::as_object), report.get("body").and_then(Value::as_object)),
         ] {
             let (Some(object), Some(original)) = (object, original) else { continue };
-            for field in REPORT_KEPT {
+            for field in scrub_relay::scrub::security::KEPT_FIELDS {
                 assert_eq!(object.get(*field), original.get(*field), "{field} stays");
             }
         }

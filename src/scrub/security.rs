@@ -31,7 +31,7 @@ const URL_FIELDS: &[&str] = &[
 ];
 
 /// Fields that stay as the browser wrote them: what Sentry groups and filters by, numbers, and report metadata.
-const KEPT_FIELDS: &[&str] = &[
+pub const KEPT_FIELDS: &[&str] = &[
     "violated-directive",
     "effective-directive",
     "effectiveDirective",
