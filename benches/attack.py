@@ -20,8 +20,10 @@ Stdlib only (plus the two commands above). Every process is local and every loop
 the good client and the attacker are separate processes, so the attacker's Python does not slow the good client's.
 Open files: about 2,600 descriptors are needed (`ulimit -n`).
 """
-import argparse, gzip, http.client, http.server, json, multiprocessing, os, queue, shutil, socket, subprocess
+import argparse, gzip, http.client, http.server, json, multiprocessing, queue, shutil, socket, subprocess
 import threading, time, uuid, zlib
+
+from relay_process import start_relay, status_kib
 
 GOOD_PREFIX = "600d"
 AUTH = "Sentry sentry_key=publickey123, sentry_version=7, sentry_client=attack/1.0"
@@ -308,20 +310,6 @@ def run_attack(name, port, seconds, bodies, notes, report_out):
 
 # ---------------------------------------------------------------- the measurement
 
-def status_line(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def percentile(values, p):
     if not values:
         return None
@@ -337,21 +325,10 @@ def measure(name, args):
     sink = context.Process(target=run_sink, args=(port_out, stop))
     sink.start()
     sink_port = port_out.get()
-    port = free_port()
-    env = dict(os.environ)
-    env.update(kv.split("=", 1) for kv in args.env)
-    relay = subprocess.Popen([args.binary, "run", "--listen", f"127.0.0.1:{port}", "--upstream",
-                              f"http://127.0.0.1:{sink_port}", *args.relay_arg],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    relay, port = start_relay(args.binary, sink_port, args.env, args.relay_arg)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         time.sleep(1)
-        idle = status_line(relay.pid, "VmRSS:")
+        idle = status_kib(relay.pid, "VmRSS")
         results_out, report_out = context.Queue(), context.Queue()
         # The good client runs two seconds longer on each side of the attack.
         good = context.Process(target=run_good_client, args=(port, args.seconds + 4, 50, results_out))
@@ -363,9 +340,9 @@ def measure(name, args):
         attacker.join()
         results = results_out.get()
         good.join()
-        peak = status_line(relay.pid, "VmHWM:")
+        peak = status_kib(relay.pid, "VmHWM")
         time.sleep(args.quiet_seconds)
-        after = status_line(relay.pid, "VmRSS:")
+        after = status_kib(relay.pid, "VmRSS")
         time.sleep(2)  # delivery of the last accepted envelopes
         seen = sink_seen(sink_port)
         accepted = [event_id for event_id, status, _ in results if status == 200]

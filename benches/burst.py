@@ -9,7 +9,9 @@ benches/LOAD.md ("Allocator"); `--kind` runs only the large bodies or only the b
 
 Stdlib only. Everything runs on 127.0.0.1.
 """
-import argparse, gzip, http.server, json, os, socket, subprocess, sys, threading, time
+import argparse, gzip, http.server, json, socket, threading, time
+
+from relay_process import start_relay, status_kib
 
 
 class Sink(http.server.BaseHTTPRequestHandler):
@@ -27,28 +29,6 @@ class Sink(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def hwm_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    return 0
 
 
 def envelope(size):
@@ -104,20 +84,9 @@ def main():
 
     sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
-    port = free_port()
-    env = dict(os.environ)
-    env.update(kv.split("=", 1) for kv in args.env)
-    relay = subprocess.Popen([args.binary, "run", "--listen", f"127.0.0.1:{port}", "--upstream",
-                              f"http://127.0.0.1:{sink.server_address[1]}", *args.relay_arg],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    relay, port = start_relay(args.binary, sink.server_address[1], args.env, args.relay_arg)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        idle = rss_kib(relay.pid)
+        idle = status_kib(relay.pid, "VmRSS")
         big = gzip.compress(envelope(int(args.size_mib * 1024 * 1024)), 6)
         bomb = gzip.compress(b"\0" * (150 * 1024 * 1024), 9)
         report = {"idle_mib": round(idle / 1024, 1), "rounds": []}
@@ -130,16 +99,16 @@ def main():
                 statuses += burst(port, max(args.bodies // 10, 1), bomb, "gzip")
             elapsed = time.monotonic() - started
             time.sleep(1)
-            after_1s = rss_kib(relay.pid)
+            after_1s = status_kib(relay.pid, "VmRSS")
             time.sleep(max(args.quiet_seconds - 1, 0))
             report["rounds"].append({
                 "seconds": round(elapsed, 1),
                 "statuses": {str(s): statuses.count(s) for s in sorted(set(statuses))},
                 "after_1s_mib": round(after_1s / 1024, 1),
-                "after_quiet_mib": round(rss_kib(relay.pid) / 1024, 1),
+                "after_quiet_mib": round(status_kib(relay.pid, "VmRSS") / 1024, 1),
             })
         report["kind"] = args.kind
-        report["peak_mib"] = round(hwm_kib(relay.pid) / 1024, 1)
+        report["peak_mib"] = round(status_kib(relay.pid, "VmHWM") / 1024, 1)
         print(json.dumps(report))
     finally:
         relay.terminate()
