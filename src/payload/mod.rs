@@ -21,7 +21,10 @@ pub mod replay_video;
 pub mod security;
 pub mod text;
 
-use crate::pipeline::Report;
+use bytes::Bytes;
+
+use crate::envelope::Item;
+use crate::pipeline::{DropReason, Report};
 use crate::scrub::Scrubber;
 
 /// What every format module gets for one item: the envelope's scrubber and report, and how to walk JSON.
@@ -83,6 +86,30 @@ impl Outcome {
         Outcome::DroppedPolicy,
         Outcome::DroppedInvalid,
     ];
+}
+
+/// The end of a replay payload's scrub, the same for recordings and videos: new bytes (if anything changed) and
+/// "scrubbed", or, when it could not be decoded, the whole replay dropped as invalid (never forwarded raw).
+fn finish_replay<E>(
+    mut item: Item,
+    scrubbed: Result<Option<Vec<u8>>, E>,
+    format: Format,
+    cx: &mut Ctx<'_, '_>,
+) -> Option<Item> {
+    match scrubbed {
+        Ok(scrubbed) => {
+            if let Some(bytes) = scrubbed {
+                item.set_payload(Bytes::from(bytes));
+            }
+            cx.report.count(format, Outcome::Scrubbed);
+            Some(item)
+        }
+        Err(_) => {
+            cx.report.count(format, Outcome::DroppedInvalid);
+            cx.report.drop_replay(item.ty(), DropReason::InvalidReplay);
+            None
+        }
+    }
 }
 
 #[cfg(test)]

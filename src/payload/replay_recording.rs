@@ -10,15 +10,13 @@
 
 use std::io::{Read, Write};
 
-use bytes::Bytes;
 use flate2::Compression;
 use flate2::read::{GzDecoder, ZlibDecoder};
 use flate2::write::ZlibEncoder;
 use serde_json::Value;
 
-use super::{Ctx, Format, Outcome};
+use super::{Ctx, Format};
 use crate::envelope::Item;
-use crate::pipeline::DropReason;
 use crate::scrub::{Scope, Scrubber, Seg, TextMode};
 
 /// Sentry's cap on a compressed recording (`max_replay_compressed_size`).
@@ -47,21 +45,9 @@ pub enum RecordingError {
 
 /// Scrubs one `replay_recording` item. On a decoding failure the item is dropped and the pipeline drops the rest of
 /// the replay (its `replay_event`) too.
-pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
-    match scrub(item.payload(), cx.scrubber) {
-        Ok(scrubbed) => {
-            if let Some(bytes) = scrubbed {
-                item.set_payload(Bytes::from(bytes));
-            }
-            cx.report.count(Format::ReplayRecording, Outcome::Scrubbed);
-            Some(item)
-        }
-        Err(_) => {
-            cx.report.count(Format::ReplayRecording, Outcome::DroppedInvalid);
-            cx.report.drop_replay(item.ty(), DropReason::InvalidReplay);
-            None
-        }
-    }
+pub fn process(item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
+    let scrubbed = scrub(item.payload(), cx.scrubber);
+    super::finish_replay(item, scrubbed, Format::ReplayRecording, cx)
 }
 
 /// Decodes, scrubs and re-encodes a recording (header line and body). `Ok(None)`: nothing changed, keep the bytes.

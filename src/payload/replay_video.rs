@@ -7,7 +7,6 @@
 //! `bin` under the same name, in the order they came (Sentry Relay does the same: its struct ignores other keys).
 //! Reading never allocates more than the input: lengths are checked against the bytes left before slicing.
 
-use bytes::Bytes;
 use rmp::Marker;
 
 use super::{Ctx, Format, Outcome, json, replay_recording};
@@ -48,26 +47,14 @@ pub enum VideoError {
 }
 
 /// Scrubs one `replay_video` item, or drops the whole replay (policy, or a payload that cannot be decoded).
-pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
+pub fn process(item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
     if cx.scrubber.engine.policy.replay_video == BinaryPolicy::Drop {
         cx.report.count(Format::ReplayVideo, Outcome::DroppedPolicy);
         cx.report.drop_replay(item.ty(), DropReason::ReplayPolicy);
         return None;
     }
-    match scrub(item.payload(), cx) {
-        Ok(scrubbed) => {
-            if let Some(bytes) = scrubbed {
-                item.set_payload(Bytes::from(bytes));
-            }
-            cx.report.count(Format::ReplayVideo, Outcome::Scrubbed);
-            Some(item)
-        }
-        Err(_) => {
-            cx.report.count(Format::ReplayVideo, Outcome::DroppedInvalid);
-            cx.report.drop_replay(item.ty(), DropReason::InvalidReplay);
-            None
-        }
-    }
+    let scrubbed = scrub(item.payload(), cx);
+    super::finish_replay(item, scrubbed, Format::ReplayVideo, cx)
 }
 
 /// Decodes, scrubs and re-encodes a `replay_video` payload. `Ok(None)`: nothing changed, keep the bytes.
