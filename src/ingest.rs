@@ -564,13 +564,30 @@ fn decode_inline(input: &Prepare) -> Result<Option<Vec<u8>>, RelayError> {
 /// `None` when it is larger (its partial output's charge given back; the caller moves it to the large lane and
 /// decodes it again with the real cap). Errors other than size are final.
 fn decode_small(input: &mut Prepare) -> Result<Option<Bytes>, RelayError> {
-    let cap = SMALL_DECODED.min(input.max_decompressed);
-    let held = input.charge.bytes();
-    let decoded = decode_body(input.encoding, input.wire.clone(), cap, &mut input.charge, &input.runtime);
-    let decoded = first_step(decoded, cap, input.max_decompressed)?;
+    decode_small_charged(
+        input.encoding,
+        &input.wire,
+        input.max_decompressed,
+        &mut input.charge,
+        &input.runtime,
+    )
+}
+
+/// [`decode_small`] for any body decoded under `max` with its charge: the first step, under [`SMALL_DECODED`], of a
+/// compressed body that came in the small lane.
+pub(crate) fn decode_small_charged(
+    encoding: ContentEncoding,
+    wire: &Bytes,
+    max: usize,
+    charge: &mut Charge,
+    runtime: &tokio::runtime::Handle,
+) -> Result<Option<Bytes>, RelayError> {
+    let cap = SMALL_DECODED.min(max);
+    let held = charge.bytes();
+    let decoded = first_step(decode_body(encoding, wire.clone(), cap, charge, runtime), cap, max)?;
     if decoded.is_none() {
-        let grown = input.charge.bytes().saturating_sub(held);
-        input.charge.shrink(grown);
+        let grown = charge.bytes().saturating_sub(held);
+        charge.shrink(grown);
     }
     Ok(decoded)
 }

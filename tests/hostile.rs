@@ -335,6 +335,60 @@ async fn compression_bombs_small_on_the_wire_leave_the_small_lane() {
 }
 
 #[tokio::test]
+async fn compression_bombs_on_the_otlp_and_nel_routes_leave_the_small_lane_too() {
+    let mini = MiniSentry::start().await;
+    let limit = 4 * MIB;
+    let relay = start_relay(Config {
+        max_body_bytes: MIB,
+        max_decompressed_bytes: limit,
+        ..relay_config(&mini)
+    })
+    .await;
+    let large = relay.state.processing_large.clone();
+    let slots = u32::try_from(large.available_permits()).unwrap();
+    let held = large.acquire_many_owned(slots).await.unwrap();
+    // These routes decode under their own caps (12 MiB for both), here lowered to 4 MiB by the relay's.
+    let small_slots = relay.state.processing.available_permits();
+    let bomb = gzip(&vec![0u8; 8 * MIB]);
+    let routes = [
+        ("/api/42/integration/otlp/v1/traces", "application/json"),
+        ("/api/42/nel/", "application/reports+json"),
+    ];
+    let bombs: Vec<_> = (0..small_slots)
+        .map(|n| {
+            let (addr, bomb) = (relay.addr, bomb.clone());
+            let (path, content_type) = routes[n % routes.len()];
+            tokio::spawn(async move {
+                let headers = headers(&[
+                    ("X-Sentry-Auth", AUTH),
+                    ("Content-Encoding", "gzip"),
+                    ("Content-Type", content_type),
+                ]);
+                send_raw(addr, "POST", path, &headers, &bomb, false).await
+            })
+        })
+        .collect();
+    wait_until("every bomb has left the small lane", || {
+        relay.metrics().lane_changes.get() == small_slots as u64
+    })
+    .await;
+    assert_eq!(relay.state.processing.available_permits(), small_slots);
+    good_client_gets_through(&relay, &mini).await;
+
+    drop(held);
+    for bomb in bombs {
+        let response = bomb.await.unwrap();
+        assert_eq!(response.status, 413, "{}", response.detail());
+        assert_eq!(
+            response.detail(),
+            format!("decompressed body exceeds the limit of {limit} bytes")
+        );
+    }
+    assert_eq!(relay.state.budget.used(), 0);
+    assert_eq!(mini.received(), 1, "no bomb reached the upstream");
+}
+
+#[tokio::test]
 async fn one_address_cannot_hold_every_connection() {
     let mini = MiniSentry::start().await;
     let relay = start_relay(Config {

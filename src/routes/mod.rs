@@ -23,9 +23,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 
 use crate::auth::{self, Identity, RequestAuth};
+use crate::budget::Charge;
+use crate::decode::ContentEncoding;
 use crate::delivery::{Destination, Job};
 use crate::error::RelayError;
 use crate::ingest::{self, Delivery, Endpoint};
+use crate::metrics::Metrics;
 use crate::server::{AppState, ClientAddr};
 
 /// Which of these routes a request came in on.
@@ -113,7 +116,9 @@ pub(crate) fn identify(
 }
 
 /// Reads the body under the wire cap and `limit` (the route's own, when smaller), then decodes it on a processing
-/// slot under `limit` and runs `work` on the decoded bytes there. The same caps and slots as envelopes.
+/// slot under `limit` and runs `work` on the decoded bytes there. The same caps, slots and lanes as envelopes: a
+/// compressed body small on the wire is decoded in the small lane only up to [`ingest::SMALL_DECODED`], and moves to
+/// the large lane when it is larger, so bombs cannot hold the small lane either.
 pub(crate) async fn with_body<T: Send + 'static>(
     state: &Arc<AppState>,
     parts: &Parts,
@@ -124,30 +129,102 @@ pub(crate) async fn with_body<T: Send + 'static>(
     let encoding = ingest::content_encoding(&parts.headers)?;
     let max_body = state.config.max_body_bytes.min(limit);
     let client = parts.extensions.get::<ClientAddr>().map(|addr| addr.0);
-    let (wire, mut charge) = ingest::read_body(state, &parts.headers, body, client, max_body).await?;
-    let max_decoded = state.config.max_decompressed_bytes.min(limit);
-    let metrics = state.metrics.clone();
-    let runtime = tokio::runtime::Handle::current();
+    let (wire, charge) = ingest::read_body(state, &parts.headers, body, client, max_body).await?;
+    let body = Body {
+        encoding,
+        wire,
+        charge,
+        max_decoded: state.config.max_decompressed_bytes.min(limit),
+        runtime: tokio::runtime::Handle::current(),
+        metrics: state.metrics.clone(),
+    };
+    let probe = body.wire.len() <= ingest::SMALL_BODY && encoding != ContentEncoding::Identity;
     // The semaphores are never closed, so acquiring only waits.
-    let slot = ingest::lane(state, wire.len())
+    let slot = ingest::lane(state, body.wire.len())
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| RelayError::Internal)?;
-    tokio::task::spawn_blocking(move || {
+    let first = tokio::task::spawn_blocking(move || {
         let _slot = slot;
-        let decoded = ingest::decode_body(encoding, wire, max_decoded, &mut charge, &runtime)?;
-        metrics
+        let mut body = body;
+        if !probe {
+            return body.decode_and(work).map(FirstStep::Done);
+        }
+        let decoded = ingest::decode_small_charged(
+            body.encoding,
+            &body.wire,
+            body.max_decoded,
+            &mut body.charge,
+            &body.runtime,
+        )?;
+        Ok(match decoded {
+            Some(decoded) => FirstStep::Done(body.finish(decoded, work)?),
+            None => FirstStep::Relane(body, work),
+        })
+    })
+    .await
+    .map_err(|_| RelayError::Internal)??;
+    match first {
+        FirstStep::Done(result) => Ok(result),
+        FirstStep::Relane(body, work) => {
+            // The small-lane slot is already given back; the body is decoded for real in the large lane.
+            state.metrics.lane_changes.inc();
+            let slot = state
+                .processing_large
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| RelayError::Internal)?;
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                body.decode_and(work)
+            })
+            .await
+            .map_err(|_| RelayError::Internal)?
+        }
+    }
+}
+
+/// A body read for one of these routes, with what decoding it needs on a blocking thread.
+struct Body {
+    encoding: ContentEncoding,
+    wire: Bytes,
+    /// The memory budget held for the body, then for its decoded bytes while `work` runs.
+    charge: Charge,
+    max_decoded: usize,
+    /// To wait for budget from the blocking thread.
+    runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
+}
+
+impl Body {
+    /// Decodes the body under its real cap and runs `work` on it.
+    fn decode_and<T>(mut self, work: impl FnOnce(Bytes) -> Result<T, RelayError>) -> Result<T, RelayError> {
+        // Moved out, so the wire bytes are freed when their charge is given back.
+        let wire = std::mem::take(&mut self.wire);
+        let decoded = ingest::decode_body(self.encoding, wire, self.max_decoded, &mut self.charge, &self.runtime)?;
+        self.finish(decoded, work)
+    }
+
+    fn finish<T>(self, decoded: Bytes, work: impl FnOnce(Bytes) -> Result<T, RelayError>) -> Result<T, RelayError> {
+        self.metrics
             .received_bytes
             .with_label_values(&["decompressed"])
             .inc_by(decoded.len() as u64);
+        drop(self.wire);
         // The decoded body stays charged while `work` turns it into what is queued.
         let result = work(decoded);
-        drop(charge);
+        drop(self.charge);
         result
-    })
-    .await
-    .map_err(|_| RelayError::Internal)?
+    }
+}
+
+/// How the small lane's decode of a body ended.
+enum FirstStep<T, W> {
+    Done(T),
+    /// The body decodes past [`ingest::SMALL_DECODED`]: to be decoded again in the large lane.
+    Relane(Body, W),
 }
 
 /// A job for `identity` from this request.
