@@ -12,8 +12,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::process::Stdio;
-use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -35,8 +33,6 @@ const INNOCENT: [&str; 4] = ["Quarterly garden report", "Tomatoes ripen in Augus
 
 const PROJECT: u64 = 42;
 const PUBLIC_KEY: &str = "publickey123";
-/// Chromium start, page load, typing and flush take a few seconds; a hang is a failure, not a stuck CI.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 
 /// One item's payload, decoded: a recording's events, or any other payload as text.
@@ -102,22 +98,9 @@ fn skeleton(events: &[Value]) -> (BTreeSet<u64>, Vec<(u64, String)>) {
 
 /// Runs the driver to completion and returns the envelopes the browser sent, as it sent them.
 async fn drive_browser(dir: &std::path::Path, tunnel: &str, dsn: &str, mode: &str) -> Vec<Envelope> {
-    let child = tokio::process::Command::new("node")
-        .args(["replay.mjs", tunnel, dsn, mode])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start node");
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("the browser driver did not finish within {SCRIPT_TIMEOUT:?}"))
-        .expect("wait for the browser driver");
+    let output = common::run_to_completion("node", &["replay.mjs", tunnel, dsn, mode], dir).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "browser driver failed ({}):\n{stdout}\n--- stderr\n{stderr}", output.status);
     let report: Value = stdout
         .lines()
         .rev()

@@ -41,8 +41,6 @@ const IMAGE: &str = "scrub-relay:container-test";
 const BUILD_TIMEOUT: Duration = Duration::from_secs(1800);
 /// Docker's HEALTHCHECK runs every 10 s (docker/Dockerfile); a few rounds.
 const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
-/// The SDK script's whole run.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -374,20 +372,7 @@ async fn image_builds_runs_unprivileged_scrubs_a_real_sdk_and_drains_on_stop() {
     // 2. The real Python SDK sends its error, transaction and logs full of PII through the container.
     let dsn = format!("http://publickey123@{listen}/42");
     let script_dir = repo().join("tests/sdk/python");
-    let child = tokio::process::Command::new(&python)
-        .args(["send.py", &dsn, "gzip"])
-        .current_dir(&script_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the Python SDK");
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("the SDK script finishes")
-        .expect("the SDK script's output");
-    assert!(output.status.success(), "send.py: {}", show(&output));
+    let output = common::run_to_completion(&python, &["send.py", &dsn, "gzip"], &script_dir).await;
     let sent: Value = serde_json::from_slice(
         output
             .stdout

@@ -10,7 +10,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -28,8 +27,6 @@ const RAW_SECRETS: [&str; 4] = [EMAIL, SSN, PASSWORD, BEARER_SECRET];
 const RELEASE: &str = "scrub-relay-sdktest@1.2.3";
 const PROJECT: u64 = 42;
 const PUBLIC_KEY: &str = "publickey123";
-/// An SDK script gets this long to send everything and exit; a hang is a failure, not a stuck CI.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long MiniSentry waits for the forwarded items after the SDK got its answers.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -48,32 +45,9 @@ fn dsn(relay: std::net::SocketAddr) -> String {
 
 /// Runs a driver script to completion and parses its report; any failure shows the script's stderr.
 async fn run_script(program: &Path, args: &[&str], dir: &Path) -> Sent {
-    let child = tokio::process::Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|error| panic!("cannot start {}: {error}", program.display()));
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} {args:?} did not finish within {SCRIPT_TIMEOUT:?}",
-                program.display()
-            )
-        })
-        .expect("wait for the driver script");
+    let output = common::run_to_completion(program, args, dir).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{} {args:?} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        program.display(),
-        output.status
-    );
     let report: Value = stdout
         .lines()
         .rev()

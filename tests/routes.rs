@@ -21,7 +21,7 @@ use prost::Message;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use common::{Answer, MiniSentry, Recorded, RelayHandle, headers, send_raw};
+use common::{Answer, MiniSentry, Recorded, RelayHandle, SCRIPT_TIMEOUT, headers, send_raw};
 
 const PROJECT: u64 = 42;
 const KEY: &str = "publickey123";
@@ -30,7 +30,6 @@ const SSN: &str = "123-45-6789";
 const PASSWORD: &str = "hunter2-S3cret!";
 const BEARER_SECRET: &str = "sk_live_51H8xYzAbCdEfGhIjKlMnOpQr";
 const CLIENT_IP: &str = "203.0.113.77";
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
 async fn relay_and_upstream() -> (MiniSentry, RelayHandle) {
     let upstream = MiniSentry::start().await;
@@ -446,24 +445,13 @@ async fn the_opentelemetry_python_sdk_exports_traces_and_logs_through_the_relay(
     };
     let (upstream, relay) = relay_and_upstream().await;
     let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/python");
-    let output = tokio::time::timeout(
-        SCRIPT_TIMEOUT,
-        tokio::process::Command::new(&python)
-            .args(["otel_send.py", &relay.url(""), &PROJECT.to_string(), KEY, "gzip"])
-            .current_dir(&script_dir)
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output(),
+    let output = common::run_to_completion(
+        &python,
+        &["otel_send.py", &relay.url(""), &PROJECT.to_string(), KEY, "gzip"],
+        &script_dir,
     )
-    .await
-    .expect("otel_send.py finishes")
-    .expect("python runs");
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "otel_send.py failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     let sent: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON report");
     let trace_id = sent["trace_id"].as_str().unwrap().to_owned();
 

@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,6 +49,38 @@ pub fn tool(variable: &str, what: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// How long a driver script (an SDK, a browser) may run; a hang is a failure, not a stuck CI.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs a driver script in `dir` to completion, stdin closed, and returns its output for the test to read its
+/// report from. A script that cannot start, runs past [`SCRIPT_TIMEOUT`] (it is killed then) or exits non-zero
+/// fails the test with its stdout and stderr.
+pub async fn run_to_completion(program: impl AsRef<Path>, args: &[&str], dir: &Path) -> Output {
+    let path = program.as_ref();
+    let program = path.display();
+    let child = tokio::process::Command::new(path)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("cannot start {program}: {error}"));
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|error| panic!("cannot read the output of {program} {args:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 // ---------------------------------------------------------------------------------------------------------------
