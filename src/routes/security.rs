@@ -15,13 +15,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::{Queued, content_type, empty_json, enqueue, identify, job, with_body};
-use crate::auth;
+use crate::auth::{self, Identity};
 use crate::delivery::Destination;
 use crate::envelope::{Envelope, Item, ItemType};
 use crate::error::RelayError;
@@ -34,6 +35,10 @@ use crate::server::AppState;
 const MAX_CSP_BYTES: usize = 1024 * 1024;
 /// Relay's container limit, which its NEL route uses.
 const MAX_NEL_BYTES: usize = 12 * 1024 * 1024;
+/// What browsers send CSP reports as: the legacy `report-uri` type, and the Reporting API's.
+const CSP_CONTENT_TYPES: &[&str] = &["application/csp-report", "application/json", "application/reports+json"];
+/// NEL reports only come through the Reporting API.
+const NEL_CONTENT_TYPES: &[&str] = &["application/json", "application/reports+json"];
 /// Longest `sentry_release` / `sentry_environment` carried into item headers.
 const MAX_TAG_LEN: usize = 200;
 
@@ -167,21 +172,30 @@ fn count_skipped(metrics: &Metrics, ty: ItemType, skipped: u64) {
     }
 }
 
+/// What both report routes check before reading the body, in this order: the request's auth (a browser's is in
+/// the query), its content type (one of `allowed`), and who is sending.
+fn accept(
+    state: &AppState,
+    request: Request<Incoming>,
+    project_id: u64,
+    allowed: &[&str],
+) -> Result<(Parts, Incoming, Identity), RelayError> {
+    let (parts, body) = request.into_parts();
+    let request_auth = auth::from_request(&parts.headers, parts.uri.query())?;
+    if !allowed.contains(&content_type(&parts).as_str()) {
+        return Err(RelayError::UnsupportedContentType);
+    }
+    let identity = identify(state, request_auth, project_id)?;
+    Ok((parts, body, identity))
+}
+
 /// `POST /api/<id>/security/` (and `/csp-report/`).
 pub async fn handle_csp(
     state: &Arc<AppState>,
     request: Request<Incoming>,
     project_id: u64,
 ) -> Result<Response<Full<Bytes>>, RelayError> {
-    let (parts, body) = request.into_parts();
-    let request_auth = auth::from_request(&parts.headers, parts.uri.query())?;
-    if !matches!(
-        content_type(&parts).as_str(),
-        "application/csp-report" | "application/json" | "application/reports+json"
-    ) {
-        return Err(RelayError::UnsupportedContentType);
-    }
-    let identity = identify(state, request_auth, project_id)?;
+    let (parts, body, identity) = accept(state, request, project_id, CSP_CONTENT_TYPES)?;
     let tags = query_tags(parts.uri.query());
     let rules = state.rules();
     let metrics = state.metrics.clone();
@@ -208,15 +222,7 @@ pub async fn handle_nel(
     request: Request<Incoming>,
     project_id: u64,
 ) -> Result<Response<Full<Bytes>>, RelayError> {
-    let (parts, body) = request.into_parts();
-    let request_auth = auth::from_request(&parts.headers, parts.uri.query())?;
-    if !matches!(
-        content_type(&parts).as_str(),
-        "application/json" | "application/reports+json"
-    ) {
-        return Err(RelayError::UnsupportedContentType);
-    }
-    let identity = identify(state, request_auth, project_id)?;
+    let (parts, body, identity) = accept(state, request, project_id, NEL_CONTENT_TYPES)?;
     let rules = state.rules();
     let metrics = state.metrics.clone();
     let body = with_body(state, &parts, body, MAX_NEL_BYTES, move |body| {
