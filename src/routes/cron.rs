@@ -15,13 +15,12 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use super::{Queued, content_type, empty_json, enqueue, identify, job, with_body};
+use super::{Queued, content_type, empty_json, enqueue, identify, job, scrub_envelope, with_body};
 use crate::auth::{self, AuthSource, RequestAuth};
 use crate::delivery::Destination;
 use crate::envelope::{Envelope, Item};
 use crate::error::RelayError;
 use crate::ingest;
-use crate::pipeline::{self, ProcessOptions};
 use crate::server::AppState;
 
 /// Sentry's limit for a check-in item.
@@ -160,17 +159,8 @@ pub async fn handle(
         item.headers_mut()
             .insert("content_type".into(), Value::String("application/json".into()));
         envelope.items.push(item);
-        metrics.items_received.with_label_values(&["check_in"]).inc();
-        let options = ProcessOptions {
-            project_id: Some(project_id),
-            ..ProcessOptions::default()
-        };
-        let processed = pipeline::process(envelope, &rules, &options);
-        ingest::record_report(&metrics, &processed.report);
-        for item in &processed.envelope.items {
-            metrics.items_forwarded.with_label_values(&[item.ty().as_str()]).inc();
-        }
-        Ok((!processed.envelope.items.is_empty()).then(|| processed.envelope.to_bytes()))
+        let envelope = scrub_envelope(envelope, &rules, &metrics, project_id);
+        Ok((!envelope.items.is_empty()).then(|| envelope.to_bytes()))
     })
     .await?;
     let Some(envelope) = envelope else {

@@ -26,9 +26,12 @@ use crate::auth::{self, Identity, RequestAuth};
 use crate::budget::Charge;
 use crate::decode::ContentEncoding;
 use crate::delivery::{Destination, Job};
+use crate::envelope::Envelope;
 use crate::error::RelayError;
 use crate::ingest::{self, Delivery, Endpoint};
 use crate::metrics::Metrics;
+use crate::pipeline::{self, ProcessOptions};
+use crate::rules::CompiledRules;
 use crate::server::{AppState, ClientAddr};
 
 /// Which of these routes a request came in on.
@@ -225,6 +228,29 @@ enum FirstStep<T, W> {
     Done(T),
     /// The body decodes past [`ingest::SMALL_DECODED`]: to be decoded again in the large lane.
     Relane(Body, W),
+}
+
+/// Scrubs an envelope a route built from its body, counted as ingest counts envelopes: items received and kept, by
+/// type, and the pipeline's report. What comes back may have no items left (nothing to forward).
+pub(crate) fn scrub_envelope(
+    envelope: Envelope,
+    rules: &CompiledRules,
+    metrics: &Metrics,
+    project_id: u64,
+) -> Envelope {
+    for item in &envelope.items {
+        metrics.items_received.with_label_values(&[item.ty().as_str()]).inc();
+    }
+    let options = ProcessOptions {
+        project_id: Some(project_id),
+        ..ProcessOptions::default()
+    };
+    let processed = pipeline::process(envelope, rules, &options);
+    ingest::record_report(metrics, &processed.report);
+    for item in &processed.envelope.items {
+        metrics.items_forwarded.with_label_values(&[item.ty().as_str()]).inc();
+    }
+    processed.envelope
 }
 
 /// A job for `identity` from this request.

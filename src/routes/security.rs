@@ -21,14 +21,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use super::{Queued, content_type, empty_json, enqueue, identify, job, with_body};
+use super::{Queued, content_type, empty_json, enqueue, identify, job, scrub_envelope, with_body};
 use crate::auth::{self, Identity};
 use crate::delivery::Destination;
 use crate::envelope::{Envelope, Item, ItemType};
 use crate::error::RelayError;
 use crate::ingest;
 use crate::metrics::Metrics;
-use crate::pipeline::{self, ProcessOptions};
 use crate::server::AppState;
 
 /// Relay's limit for a security report body.
@@ -135,34 +134,6 @@ pub fn reports_envelope(
     envelope
 }
 
-/// One envelope of `ty` items, one per report, scrubbed by the pipeline. `None` when nothing is left.
-fn scrubbed_envelope(
-    reports: Vec<Map<String, Value>>,
-    ty: ItemType,
-    tags: &[(&'static str, String)],
-    rules: &crate::rules::CompiledRules,
-    metrics: &Metrics,
-    project_id: u64,
-) -> Envelope {
-    let envelope = reports_envelope(reports, ty, tags, ingest::new_event_id());
-    if !envelope.items.is_empty() {
-        metrics
-            .items_received
-            .with_label_values(&[ty.as_str()])
-            .inc_by(envelope.items.len() as u64);
-    }
-    let options = ProcessOptions {
-        project_id: Some(project_id),
-        ..ProcessOptions::default()
-    };
-    let processed = pipeline::process(envelope, rules, &options);
-    ingest::record_report(metrics, &processed.report);
-    for item in &processed.envelope.items {
-        metrics.items_forwarded.with_label_values(&[item.ty().as_str()]).inc();
-    }
-    processed.envelope
-}
-
 fn count_skipped(metrics: &Metrics, ty: ItemType, skipped: u64) {
     if skipped > 0 {
         metrics
@@ -202,7 +173,8 @@ pub async fn handle_csp(
     let envelope = with_body(state, &parts, body, MAX_CSP_BYTES, move |body| {
         let (reports, skipped) = csp_reports(&body)?;
         count_skipped(&metrics, ItemType::RawSecurity, skipped);
-        let envelope = scrubbed_envelope(reports, ItemType::RawSecurity, &tags, &rules, &metrics, project_id);
+        let envelope = reports_envelope(reports, ItemType::RawSecurity, &tags, ingest::new_event_id());
+        let envelope = scrub_envelope(envelope, &rules, &metrics, project_id);
         Ok((!envelope.items.is_empty()).then(|| envelope.to_bytes()))
     })
     .await?;
@@ -228,7 +200,8 @@ pub async fn handle_nel(
     let body = with_body(state, &parts, body, MAX_NEL_BYTES, move |body| {
         let (reports, skipped) = nel_reports(&body)?;
         count_skipped(&metrics, ItemType::Nel, skipped);
-        let envelope = scrubbed_envelope(reports, ItemType::Nel, &[], &rules, &metrics, project_id);
+        let envelope = reports_envelope(reports, ItemType::Nel, &[], ingest::new_event_id());
+        let envelope = scrub_envelope(envelope, &rules, &metrics, project_id);
         if envelope.items.is_empty() {
             return Ok(None);
         }
