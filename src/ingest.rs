@@ -142,21 +142,8 @@ pub async fn handle(
             match step {
                 Step::Prepared(prepared) => prepared,
                 Step::Relane(input) => {
-                    // The small-lane slot is already given back; the body is decoded for real in the large lane.
-                    state.metrics.lane_changes.inc();
-                    let slot = state
-                        .processing_large
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| RelayError::Internal)?;
                     let blocking_state = state.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let _slot = slot;
-                        decode_and_prepare(&blocking_state, input, endpoint)
-                    })
-                    .await
-                    .map_err(|_| RelayError::Internal)??
+                    in_large_lane(state, move || decode_and_prepare(&blocking_state, input, endpoint)).await?
                 }
             }
         }
@@ -501,6 +488,28 @@ pub(crate) fn lane(state: &AppState, wire_len: usize) -> &Arc<tokio::sync::Semap
     } else {
         &state.processing_large
     }
+}
+
+/// Runs `work` (a decode that outgrew the small lane, done again for real) on a blocking thread holding a large-lane
+/// slot, and counts the lane change. The small-lane slot must already be given back.
+pub(crate) async fn in_large_lane<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce() -> Result<T, RelayError> + Send + 'static,
+) -> Result<T, RelayError> {
+    state.metrics.lane_changes.inc();
+    // The semaphores are never closed, so acquiring only waits.
+    let slot = state
+        .processing_large
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| RelayError::Internal)?;
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work()
+    })
+    .await
+    .map_err(|_| RelayError::Internal)?
 }
 
 /// Everything the blocking half of a request needs.

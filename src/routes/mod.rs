@@ -170,22 +170,8 @@ pub(crate) async fn with_body<T: Send + 'static>(
     .map_err(|_| RelayError::Internal)??;
     match first {
         FirstStep::Done(result) => Ok(result),
-        FirstStep::Relane(body, work) => {
-            // The small-lane slot is already given back; the body is decoded for real in the large lane.
-            state.metrics.lane_changes.inc();
-            let slot = state
-                .processing_large
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| RelayError::Internal)?;
-            tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                body.decode_and(work)
-            })
-            .await
-            .map_err(|_| RelayError::Internal)?
-        }
+        // The small-lane slot is already given back.
+        FirstStep::Relane(body, work) => ingest::in_large_lane(state, move || body.decode_and(work)).await,
     }
 }
 
