@@ -259,41 +259,43 @@ async fn an_oversized_item_of_an_unknown_type_is_dropped_alone() {
     );
 }
 
-#[tokio::test]
-async fn small_envelopes_have_a_lane_large_bodies_cannot_fill() {
-    let mini = MiniSentry::start().await;
-    let relay = start_relay(relay_config(&mini)).await;
-    // Every slot of the large-body lane is busy (as if huge bodies were being decoded): small envelopes still pass.
-    let large = relay.state.processing_large.clone();
-    let slots = u32::try_from(large.available_permits()).unwrap();
-    let held = large.acquire_many_owned(slots).await.unwrap();
-    good_client_gets_through(&relay, &mini).await;
-    drop(held);
+/// The decoded cap of the bomb tests' relay: the bombs, 8 MiB of zeros in about 8 KiB of gzip, go over it.
+const BOMB_LIMIT: usize = 4 * MIB;
+
+/// A relay that takes 1 MiB on the wire and [`BOMB_LIMIT`] decoded.
+async fn bomb_relay(mini: &MiniSentry) -> RelayHandle {
+    start_relay(Config {
+        max_body_bytes: MIB,
+        max_decompressed_bytes: BOMB_LIMIT,
+        ..relay_config(mini)
+    })
+    .await
 }
 
-#[tokio::test]
-async fn compression_bombs_small_on_the_wire_leave_the_small_lane() {
-    let mini = MiniSentry::start().await;
-    let limit = 4 * MIB;
-    let relay = start_relay(Config {
-        max_body_bytes: MIB,
-        max_decompressed_bytes: limit,
-        ..relay_config(&mini)
-    })
-    .await;
-    // Every large-lane slot is taken, so a body that moves there waits for the test to let go.
+/// Takes every slot of the large-body lane, as if huge bodies were being decoded: a body that moves there waits
+/// until the permit is dropped.
+async fn hold_the_large_lane(relay: &RelayHandle) -> tokio::sync::OwnedSemaphorePermit {
     let large = relay.state.processing_large.clone();
     let slots = u32::try_from(large.available_permits()).unwrap();
-    let held = large.acquire_many_owned(slots).await.unwrap();
-    // As many bombs as the small lane has slots: 8 MiB of zeros in about 8 KiB, over the 4 MiB decompressed cap.
+    large.acquire_many_owned(slots).await.unwrap()
+}
+
+/// As many bombs as the small lane has slots, sent to `targets` (path, `Content-Type`) in turn; returns once every
+/// one has left the small lane, which is then all free.
+async fn bombs_leave_the_small_lane(
+    relay: &RelayHandle,
+    targets: &[(&'static str, Option<&'static str>)],
+) -> Vec<tokio::task::JoinHandle<RawResponse>> {
     let small_slots = relay.state.processing.available_permits();
     let bomb = gzip(&vec![0u8; 8 * MIB]);
-    let bombs: Vec<_> = (0..small_slots)
-        .map(|_| {
+    let bombs = (0..small_slots)
+        .map(|n| {
             let (addr, bomb) = (relay.addr, bomb.clone());
+            let (path, content_type) = targets[n % targets.len()];
             tokio::spawn(async move {
-                let headers = headers(&[("X-Sentry-Auth", AUTH), ("Content-Encoding", "gzip")]);
-                send_raw(addr, "POST", "/api/42/envelope/", &headers, &bomb, false).await
+                let mut pairs = vec![("X-Sentry-Auth", AUTH), ("Content-Encoding", "gzip")];
+                pairs.extend(content_type.map(|value| ("Content-Type", value)));
+                send_raw(addr, "POST", path, &headers(&pairs), &bomb, false).await
             })
         })
         .collect();
@@ -302,6 +304,38 @@ async fn compression_bombs_small_on_the_wire_leave_the_small_lane() {
     })
     .await;
     assert_eq!(relay.state.processing.available_permits(), small_slots);
+    bombs
+}
+
+/// Each bomb, let into the large lane, is refused as too large once decoded, and gives back all its memory.
+async fn bombs_are_refused(relay: &RelayHandle, bombs: Vec<tokio::task::JoinHandle<RawResponse>>) {
+    for bomb in bombs {
+        let response = bomb.await.unwrap();
+        assert_eq!(response.status, 413, "{}", response.detail());
+        assert_eq!(
+            response.detail(),
+            format!("decompressed body exceeds the limit of {BOMB_LIMIT} bytes")
+        );
+    }
+    assert_eq!(relay.state.budget.used(), 0);
+}
+
+#[tokio::test]
+async fn small_envelopes_have_a_lane_large_bodies_cannot_fill() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    // Small envelopes pass while every slot of the large-body lane is busy.
+    let held = hold_the_large_lane(&relay).await;
+    good_client_gets_through(&relay, &mini).await;
+    drop(held);
+}
+
+#[tokio::test]
+async fn compression_bombs_small_on_the_wire_leave_the_small_lane() {
+    let mini = MiniSentry::start().await;
+    let relay = bomb_relay(&mini).await;
+    let held = hold_the_large_lane(&relay).await;
+    let bombs = bombs_leave_the_small_lane(&relay, &[("/api/42/envelope/", None)]).await;
     // Small envelopes pass while the bombs wait: plain, and compressed past the inline size but under 1 MiB.
     good_client_gets_through(&relay, &mini).await;
     let padded = format!(
@@ -319,72 +353,28 @@ async fn compression_bombs_small_on_the_wire_leave_the_small_lane() {
     .await;
     assert_eq!(response.status, 200, "{}", response.detail());
     assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
-    assert_eq!(relay.metrics().lane_changes.get(), small_slots as u64, "the padded envelope stayed");
+    assert_eq!(relay.metrics().lane_changes.get(), bombs.len() as u64, "the padded envelope stayed");
 
     drop(held);
-    for bomb in bombs {
-        let response = bomb.await.unwrap();
-        assert_eq!(response.status, 413, "{}", response.detail());
-        assert_eq!(
-            response.detail(),
-            format!("decompressed body exceeds the limit of {limit} bytes")
-        );
-    }
-    assert_eq!(relay.state.budget.used(), 0);
+    bombs_are_refused(&relay, bombs).await;
     assert_eq!(mini.received(), 2, "no bomb reached the upstream");
 }
 
 #[tokio::test]
 async fn compression_bombs_on_the_otlp_and_nel_routes_leave_the_small_lane_too() {
     let mini = MiniSentry::start().await;
-    let limit = 4 * MIB;
-    let relay = start_relay(Config {
-        max_body_bytes: MIB,
-        max_decompressed_bytes: limit,
-        ..relay_config(&mini)
-    })
-    .await;
-    let large = relay.state.processing_large.clone();
-    let slots = u32::try_from(large.available_permits()).unwrap();
-    let held = large.acquire_many_owned(slots).await.unwrap();
-    // These routes decode under their own caps (12 MiB for both), here lowered to 4 MiB by the relay's.
-    let small_slots = relay.state.processing.available_permits();
-    let bomb = gzip(&vec![0u8; 8 * MIB]);
+    // These routes decode under their own caps (12 MiB for both), here lowered by the relay's.
+    let relay = bomb_relay(&mini).await;
+    let held = hold_the_large_lane(&relay).await;
     let routes = [
-        ("/api/42/integration/otlp/v1/traces", "application/json"),
-        ("/api/42/nel/", "application/reports+json"),
+        ("/api/42/integration/otlp/v1/traces", Some("application/json")),
+        ("/api/42/nel/", Some("application/reports+json")),
     ];
-    let bombs: Vec<_> = (0..small_slots)
-        .map(|n| {
-            let (addr, bomb) = (relay.addr, bomb.clone());
-            let (path, content_type) = routes[n % routes.len()];
-            tokio::spawn(async move {
-                let headers = headers(&[
-                    ("X-Sentry-Auth", AUTH),
-                    ("Content-Encoding", "gzip"),
-                    ("Content-Type", content_type),
-                ]);
-                send_raw(addr, "POST", path, &headers, &bomb, false).await
-            })
-        })
-        .collect();
-    wait_until("every bomb has left the small lane", || {
-        relay.metrics().lane_changes.get() == small_slots as u64
-    })
-    .await;
-    assert_eq!(relay.state.processing.available_permits(), small_slots);
+    let bombs = bombs_leave_the_small_lane(&relay, &routes).await;
     good_client_gets_through(&relay, &mini).await;
 
     drop(held);
-    for bomb in bombs {
-        let response = bomb.await.unwrap();
-        assert_eq!(response.status, 413, "{}", response.detail());
-        assert_eq!(
-            response.detail(),
-            format!("decompressed body exceeds the limit of {limit} bytes")
-        );
-    }
-    assert_eq!(relay.state.budget.used(), 0);
+    bombs_are_refused(&relay, bombs).await;
     assert_eq!(mini.received(), 1, "no bomb reached the upstream");
 }
 
