@@ -407,7 +407,8 @@ fn check_video(input: &[u8], output: &[u8]) {
 ///   structural stream byte for byte, and differs only where a byte became `*` or NUL (the fill, `*\0` in UTF-16);
 /// - it still parses, with the same streams;
 /// - something changed exactly when redactions were counted (or the dump came compressed);
-/// - the scrubbed dump scrubs again (byte-for-byte idempotence is an open finding, see fuzz/README.md).
+/// - scrubbing is idempotent: the scrubbed dump, scrubbed again, comes back byte for byte (its redaction count is not
+///   compared: a value already masked with `*` is counted again).
 pub fn minidump(data: &[u8]) {
     use scrub_relay::payload::minidump as dump;
     use scrub_relay::scrub::Scrubber;
@@ -450,12 +451,10 @@ pub fn minidump(data: &[u8]) {
             assert_eq!(out[range.clone()], original[range], "structural stream {ty:#x}");
         }
     }
-    // Scrubbed again it must still be a dump that scrubs. Byte-for-byte idempotence is not asserted any more: it
-    // found three misses (fixed), and a fourth input, kept in fuzz/open/minidump/, is not understood yet.
     let mut scrubber = Scrubber::new(engine, false);
     let again = dump::scrub(&out, &mut scrubber).expect("a scrubbed dump scrubs again");
     if let Some(twice) = again.bytes {
-        assert_eq!(twice.len(), out.len(), "a second pass keeps the length");
+        assert_eq!(twice, out, "scrubbing a scrubbed dump changes it");
     }
 }
 
@@ -658,7 +657,8 @@ fn otlp_identities(
 /// - directives, dispositions, status codes, line numbers, phases and types stay as they came, at the top level and
 ///   in `csp-report` and `body`;
 /// - each report stays within the growth bound;
-/// - the forwarded reports, sent again, are all forwarded (idempotence is an open finding, see fuzz/README.md).
+/// - scrubbing is idempotent: the forwarded reports, sent again, are all forwarded, each the same or changed only
+///   across a mask the first pass wrote (see [`only_across_masks`]), URL fields included.
 pub fn security_report(data: &[u8]) {
     use scrub_relay::envelope::ItemType;
     use scrub_relay::routes::security::{csp_reports, nel_reports, reports_envelope};
@@ -693,9 +693,17 @@ pub fn security_report(data: &[u8]) {
         bounded("report", item.payload().len(), input);
         forwarded.push(scrubbed);
     }
-    // Idempotence is not asserted for reports: besides the misses it found (fixed), second passes over rewritten
-    // text keep finding more in ways not yet understood (open findings in fuzz/README.md). A second pass must still
-    // forward every report.
     let again = pipeline(reports_envelope(forwarded.clone(), ty, &[], id)).envelope;
     assert_eq!(again.items.len(), forwarded.len(), "every scrubbed report is forwarded again");
+    for (item, first) in again.items.iter().zip(&forwarded) {
+        let second: Value = serde_json::from_slice(item.payload()).expect("a forwarded report is JSON");
+        let (first, second) = (
+            serde_json::to_string(first).expect("JSON"),
+            serde_json::to_string(&second).expect("JSON"),
+        );
+        assert!(
+            only_across_masks(first.as_bytes(), second.as_bytes()),
+            "scrubbing a scrubbed report finds more:\n{first}\n{second}"
+        );
+    }
 }

@@ -26,7 +26,7 @@ use serde_json::Value;
 use super::Ctx;
 use crate::envelope::Item;
 use crate::rules::detectors::Kind;
-use crate::scrub::{ChangeAction, Scrubber, Seg};
+use crate::scrub::{ChangeAction, ExtraSpan, Scrubber, Seg};
 
 /// The largest decompressed dump accepted, the same as the attachment limit: Sentry allows 200 MiB, but a dump that
 /// size is a full-memory dump that no SDK sends by default, and each one costs its size in memory while scrubbed.
@@ -477,36 +477,36 @@ fn scrub_utf16_runs(region: &mut [u8], parity: usize, scrubber: &mut Scrubber<'_
     count
 }
 
-/// The spans of `text` to overwrite: value detectors and sensitive `key=value` pairs (through the envelope's
-/// scrubber, which counts them), and user names in home-directory paths. Appended to `out`.
+/// The spans of `text` to overwrite: value detectors and sensitive `key=value` pairs, a pair behind a stray byte,
+/// and user names in home-directory paths, joined where they overlap and counted by the envelope's scrubber. Appended
+/// to `out`.
 fn text_spans(text: &str, scrubber: &mut Scrubber<'_>, out: &mut Vec<(usize, usize)>) {
     let path = [Seg::Key("minidump")];
-    let before = out.len();
-    scrubber.redaction_spans(text, &path, out);
-    if out.len() == before {
-        leading_pair(text, scrubber, out);
+    let mut extra = Vec::new();
+    if let Some((start, end)) = leading_pair(text, scrubber) {
+        extra.push(ExtraSpan {
+            start,
+            end,
+            rule: "sensitive_key",
+            key_value: true,
+        });
     }
-    // The `user_path` detector (run above when enabled) only takes paths that start a token. A dump's paths are also
-    // nested (`/var/lib/docker/.../home/<user>/` in `maps`, an app unpacked under another root), so when the rules
-    // enable it, nested home directories are found here too, under the same rule id.
-    let Some(rule) = user_path_rule(scrubber) else {
-        return;
-    };
-    let found = out.len();
-    user_name_spans(text, out);
-    let mut index = found;
-    while index < out.len() {
-        let (start, end) = out[index];
-        if let Some(span) = out[before..found].iter_mut().find(|(s, e)| *s < end && start < *e) {
-            // Already counted by the detector, which may end the name elsewhere (`/home/jane]x` stops it at `]`):
-            // the union is masked, so no byte of the name survives to be found on a second look.
-            *span = (span.0.min(start), span.1.max(end));
-            out.swap_remove(index);
-        } else {
-            scrubber.record(&path, None, rule, ChangeAction::Masked, Vec::new(), None);
-            index += 1;
-        }
+    // The `user_path` detector only takes paths that start a token. A dump's paths are also nested
+    // (`/var/lib/docker/.../home/<user>/` in `maps`, an app unpacked under another root), so when the rules enable
+    // it, nested home directories are found here too, under the same rule id. Where the detector ends the name
+    // elsewhere (`/home/jane]x` stops it at `]`), the union is masked, so no byte of the name survives to be found
+    // on a second look.
+    if let Some(rule) = user_path_rule(scrubber) {
+        let mut names = Vec::new();
+        user_name_spans(text, &mut names);
+        extra.extend(names.into_iter().map(|(start, end)| ExtraSpan {
+            start,
+            end,
+            rule,
+            key_value: false,
+        }));
     }
+    scrubber.redaction_spans(text, &path, &extra, out);
 }
 
 /// The `user_path` detector's rule id, when the rules enable it.
@@ -568,27 +568,23 @@ fn mask_learned_names(region: &mut [u8], names: &[Vec<u8>], rule: &str, scrubber
 
 /// A run cut out of binary data may start with a stray byte (or UTF-16 unit) that happens to be printable, glued to
 /// the first key: `tsecret=...` when a `t` sits right before `secret=...`. When the run's first `name=value` pair
-/// did not match as it is, its name is tried again without its first one or two characters.
-fn leading_pair(text: &str, scrubber: &mut Scrubber<'_>, out: &mut Vec<(usize, usize)>) {
-    let Some(eq) = text.find('=') else { return };
+/// does not match as it is, its name is tried again without its first one or two characters: the value's span.
+fn leading_pair(text: &str, scrubber: &mut Scrubber<'_>) -> Option<(usize, usize)> {
+    let eq = text.find('=')?;
     let key = &text[..eq];
     let is_key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
-    if key.len() < 4 || !key.bytes().all(is_key_char) {
-        return;
+    if key.len() < 4 || !key.bytes().all(is_key_char) || scrubber.is_sensitive_key(key) {
+        return None;
     }
     let value_len = text[eq + 1..]
         .find(|c: char| c.is_whitespace() || matches!(c, '&' | ',' | ';' | ')' | ']' | '}' | '"' | '\'' | '<' | '>' | '#' | '|'))
         .unwrap_or(text.len() - eq - 1);
     if value_len == 0 {
-        return;
+        return None;
     }
-    for skip in 1..=2 {
-        if scrubber.is_sensitive_key(&key[skip..]) {
-            scrubber.record(&[Seg::Key("minidump")], None, "sensitive_key", ChangeAction::Replaced, Vec::new(), None);
-            out.push((eq + 1, eq + 1 + value_len));
-            return;
-        }
-    }
+    (1..=2)
+        .any(|skip| scrubber.is_sensitive_key(&key[skip..]))
+        .then_some((eq + 1, eq + 1 + value_len))
 }
 
 /// `--password`, `-token`, `/apikey`: a command-line flag whose name is a sensitive key.
@@ -897,6 +893,33 @@ mod tests {
         let mut region = b"\0HOME=/home/janportI_TOKEN]=abc\0".to_vec();
         scrub_region(&mut region, &mut scrubber);
         assert_eq!(&region[..], b"\0HOME=/home/***************=abc\0");
+    }
+
+    #[test]
+    fn a_value_whose_end_a_user_name_covers_runs_on() {
+        // Found by the `minidump` fuzz target (regressions/minidump/key-value-end-covered-by-user-name): the
+        // `password=` value ended at `#`, the home-directory name after `/home/` ran over it to the next `/`, and the
+        // union was masked; in the forwarded bytes nothing ended the value any more, so a second pass masked the
+        // `/home/` after it. The value now runs on to where a second reading ends it, here the end of the record.
+        let rules = CompiledRules::defaults();
+        let mut scrubber = Scrubber::new(rules.engine(None), false);
+        let mut region = b"\0password=hunter22++/home/*#**+4+/home/****++\0".to_vec();
+        scrub_region(&mut region, &mut scrubber);
+        assert_eq!(&region[..], b"\0password=***********************************\0");
+        let once = region.clone();
+        scrub_region(&mut region, &mut scrubber);
+        assert_eq!(region, once, "a second pass changes nothing");
+    }
+
+    #[test]
+    fn a_stray_byte_pair_is_read_beside_other_matches() {
+        // `xtoken=` is no sensitive key, `token=` is: the stray-byte retry used to run only when nothing else in the
+        // record matched, so an address elsewhere in it let the value through.
+        let rules = CompiledRules::defaults();
+        let mut scrubber = Scrubber::new(rules.engine(None), false);
+        let mut region = b"\0xtoken=Pl4ntedValue mail jane.roe@example.org\0".to_vec();
+        scrub_region(&mut region, &mut scrubber);
+        assert_eq!(&region[..], b"\0xtoken=************ mail ********@example.org\0");
     }
 
     #[test]

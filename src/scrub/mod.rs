@@ -22,6 +22,7 @@ mod text;
 mod walk;
 
 pub use meta::merge_meta;
+pub(crate) use text::ExtraSpan;
 pub use text::TextMode;
 pub use walk::Scope;
 

@@ -3,8 +3,8 @@
 //!
 //! A URL keeps its origin (scheme, host and port), which Sentry groups by; its path loses emails (detectors) and
 //! segments that look like tokens or ids (`url_token`); its query string and fragment go through the key rules, the
-//! detectors, and the same token check on each value, so a reset link's `?reset=<token>` goes even though `reset` is
-//! not a sensitive key. Policies lose their nonces. Directives, dispositions, status codes, line numbers, phases and
+//! detectors, and the same token check on each value and each `/` segment, so a reset link's `?reset=<token>` goes
+//! even though `reset` is not a sensitive key. Policies lose their nonces. Directives, dispositions, status codes, line numbers, phases and
 //! report types are never touched; any other field gets the generic walk (key rules and detectors).
 
 use serde_json::{Map, Value};
@@ -103,17 +103,10 @@ impl Scrubber<'_> {
         for (separator, part) in [('?', query), ('#', fragment)] {
             let Some(part) = part else { continue };
             out.push(separator);
-            let tokens_out = if part.contains('=') {
-                self.replace_param_tokens(part, path)
-            } else {
-                self.replace_tokens(part, '/', path)
-            };
-            let mode = if part.contains('=') {
-                TextMode::Query
-            } else {
-                TextMode::Plain
-            };
-            out.push_str(&self.scrub_str(&tokens_out, mode, path).unwrap_or(tokens_out));
+            // Read the same way whether or not it holds a `=`: the first pass can remove the only one (a
+            // `token:` credential running over `?cart=42`), and a second reading must not then find new tokens.
+            let tokens_out = self.replace_param_tokens(part, path);
+            out.push_str(&self.scrub_str(&tokens_out, TextMode::Query, path).unwrap_or(tokens_out));
         }
         if out != *url {
             *url = out;
@@ -157,7 +150,12 @@ impl Scrubber<'_> {
         out
     }
 
-    /// `a=b&c=d`: every value that looks like a token is replaced (names are the key rules' business).
+    /// A query string or fragment (`a=b&c=d`, `/section/x`, or both): a value that looks like a token is replaced
+    /// whole, and so is every `/`-separated segment of a name, a value, or a part without `=` that does. Every
+    /// segment is read, with a `=` or without: when the first pass removes a `=` (a detector's hit running over it),
+    /// a second reading finds no token the first one left (the `security_report` fuzz target found
+    /// `?token://...?cart=42&ses://host/<token>/...` losing its only `=` to a `token:` credential, and the second
+    /// pass masking the path-like segment the first had read as part of a pair).
     fn replace_param_tokens(&mut self, text: &str, path: &[Seg<'_>]) -> String {
         let mut out = String::with_capacity(text.len());
         for (i, pair) in text.split('&').enumerate() {
@@ -165,12 +163,16 @@ impl Scrubber<'_> {
                 out.push('&');
             }
             match pair.split_once('=') {
-                Some((name, value)) if looks_like_token(value) => {
-                    out.push_str(name);
+                Some((name, value)) => {
+                    out.push_str(&self.replace_tokens(name, '/', path));
                     out.push('=');
-                    out.push_str(&self.token_replacement(value, path));
+                    if looks_like_token(value) {
+                        out.push_str(&self.token_replacement(value, path));
+                    } else {
+                        out.push_str(&self.replace_tokens(value, '/', path));
+                    }
                 }
-                _ => out.push_str(pair),
+                None => out.push_str(&self.replace_tokens(pair, '/', path)),
             }
         }
         out
@@ -286,6 +288,40 @@ mod tests {
         let mut policy = "script-src 'nonce-abc123XYZ' 'self'".to_string();
         scrubber.scrub_policy(&mut policy, &[]);
         assert_eq!(policy, "script-src 'nonce-[FILTERED]' 'self'");
+    }
+
+    /// Scrubs `url` twice: the first pass, and whether the second changed it.
+    fn scrub_url_twice(url: &str) -> (String, String) {
+        let rules = crate::rules::CompiledRules::defaults();
+        let mut scrubber = Scrubber::new(rules.engine(None), false);
+        let mut once = url.to_string();
+        scrubber.scrub_url(&mut once, &[]);
+        let mut twice = once.clone();
+        scrubber.scrub_url(&mut twice, &[]);
+        (once, twice)
+    }
+
+    #[test]
+    fn a_value_whose_end_a_hit_covers_runs_on_to_its_next_end() {
+        // The `security_report` fuzz target (regressions/security_report/url-rewrite-second-pass-995e...): a
+        // URL-credentials hit (`us&er:pw`) joined the `session=` value and covered the `&` that ended it, so the
+        // forwarded `session=[FILTERED]@h` had a value a second pass masked. The value now runs on to its next `&`.
+        let (once, twice) = scrub_url_twice("https://a.example/checkout?cart=42&session=abc.x://us&er:pw@h&page=2");
+        assert_eq!(once, "https://a.example/checkout?cart=42&session=[FILTERED]&page=2");
+        assert_eq!(twice, once);
+    }
+
+    #[test]
+    fn query_segments_are_token_checked_with_or_without_a_pair() {
+        // The `security_report` fuzz target (regressions/security_report/url-rewrite-second-pass-9eb5...): the query
+        // held one `=`, so it was read as pairs and only values were token-checked; the first pass's `token:`
+        // credential ran over that `=`, and a second pass read the query as a path and masked `cheQ...Qe`.
+        let (once, twice) = scrub_url_twice("https://shop.example/?token://x.example?ucart=42&ses://h/cheQQQQQQQQQQQQQ000000Qe/x");
+        assert_eq!(once, "https://shop.example/?token:[redacted]&ses://h/[FILTERED]/x");
+        assert_eq!(twice, once);
+        // Names and values are read segment by segment too: a reset link inside a redirect parameter.
+        let (once, _) = scrub_url_twice("https://a.example/login?next=/reset/9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c&lang=en");
+        assert_eq!(once, "https://a.example/login?next=/reset/[FILTERED]&lang=en");
     }
 
     #[test]

@@ -29,6 +29,24 @@ pub enum TextMode {
 enum RuleRef {
     Key,
     Detector(usize),
+    /// The caller's own span, `extra[i]` of [`Scrubber::redaction_spans`].
+    Extra(usize),
+}
+
+/// How a key's value ended where it was found. A detector hit merged into the value can cover that end (a quote, a
+/// `'` that also sits in a URL's user-info); the forwarded text then has the mask where the end was, and any second
+/// reading of it (this relay's, Sentry's own scrubbing) runs the value on to the next end. [`merge_overlaps`] carries
+/// the value on to there at once, so what is forwarded reads the same under the rules as what was masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ValueEnd {
+    /// Not a key's value (a detector hit), or one a second reading cannot run on (a number).
+    Fixed,
+    /// A query-string or cookie value: ends at the separator.
+    Separator(u8),
+    /// An unquoted `name=value` in free text: ends at whitespace or punctuation ([`ends_embedded_value`]).
+    Embedded,
+    /// A quoted value: ends at the closing quote.
+    Quote(u8),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -36,6 +54,17 @@ struct Span {
     start: usize,
     end: usize,
     rule: RuleRef,
+    ends: ValueEnd,
+}
+
+/// A span a caller of [`Scrubber::redaction_spans`] found itself (a minidump's nested home-directory names and
+/// stray-byte pairs): it joins the merge with the key and detector spans, counted under `rule`.
+pub(crate) struct ExtraSpan<'r> {
+    pub start: usize,
+    pub end: usize,
+    pub rule: &'r str,
+    /// A sensitive key's unquoted value (it runs on like one, see [`ValueEnd`]), rather than a value found by its shape.
+    pub key_value: bool,
 }
 
 impl Scrubber<'_> {
@@ -84,23 +113,36 @@ impl Scrubber<'_> {
                 start: h.start,
                 end: h.end,
                 rule: RuleRef::Detector(h.detector),
+                ends: ValueEnd::Fixed,
             });
             let had_key_spans = !spans.is_empty();
             spans.extend(detector_spans);
             if had_key_spans {
                 // Key hits come first at equal starts (stable sort), so they name the rule; an overlapping hit
                 // widens the span rather than being dropped, or what only it covered would be forwarded.
-                merge_overlaps(&mut spans);
+                let mask = if self.engine.key_action == Action::Hash {
+                    // What a hash looks like to a second reading: no delimiter of any kind.
+                    "hmac:"
+                } else {
+                    self.engine.key_replacement.as_str()
+                };
+                merge_overlaps(&mut spans, text, mask);
             }
         }
         self.hits = hits;
         Some(self.apply_spans(text, &spans, path))
     }
 
-    /// For formats that must keep every length (minidumps overwrite in place): the byte ranges [`TextMode::Plain`]
-    /// would replace (value detectors, sensitive `name=value` pairs), appended to `out` and each counted as a change,
-    /// without building a rewritten string.
-    pub(crate) fn redaction_spans(&mut self, text: &str, path: &[Seg<'_>], out: &mut Vec<(usize, usize)>) {
+    /// For formats that must keep every length (minidumps overwrite in place, with `*`): the byte ranges
+    /// [`TextMode::Plain`] would replace (value detectors, sensitive `name=value` pairs) and the caller's `extra` spans,
+    /// joined where they overlap, appended to `out` and each counted as a change, without building a rewritten string.
+    pub(crate) fn redaction_spans(
+        &mut self,
+        text: &str,
+        path: &[Seg<'_>],
+        extra: &[ExtraSpan<'_>],
+        out: &mut Vec<(usize, usize)>,
+    ) {
         let mut spans: Vec<Span> = Vec::new();
         self.embedded_pair_spans(text, &mut spans);
         let mut hits = std::mem::take(&mut self.hits);
@@ -109,14 +151,24 @@ impl Scrubber<'_> {
             start: h.start,
             end: h.end,
             rule: RuleRef::Detector(h.detector),
+            ends: ValueEnd::Fixed,
         }));
         self.hits = hits;
-        merge_overlaps(&mut spans);
+        spans.extend(extra.iter().enumerate().map(|(i, e)| Span {
+            start: e.start,
+            end: e.end,
+            rule: RuleRef::Extra(i),
+            ends: if e.key_value { ValueEnd::Embedded } else { ValueEnd::Fixed },
+        }));
+        // The bytes are overwritten with `*`, which ends no value.
+        merge_overlaps(&mut spans, text, "*");
         let engine = self.engine;
         for span in spans {
             let (rule, action) = match span.rule {
                 RuleRef::Key => ("sensitive_key", ChangeAction::Replaced),
                 RuleRef::Detector(index) => (engine.detectors.detectors[index].id.as_str(), ChangeAction::Masked),
+                RuleRef::Extra(i) if extra[i].key_value => (extra[i].rule, ChangeAction::Replaced),
+                RuleRef::Extra(i) => (extra[i].rule, ChangeAction::Masked),
             };
             self.record(path, None, rule, action, Vec::new(), None);
             out.push((span.start, span.end));
@@ -140,7 +192,8 @@ impl Scrubber<'_> {
             // allocations per span showed up in profiles.
             let engine = self.engine;
             let (rule_id, replacement, action): (&str, Cow<'_, str>, _) = match span.rule {
-                RuleRef::Key => {
+                // `scrub_str` has no extra spans (only `redaction_spans` does); the key's mask would be the safe one.
+                RuleRef::Key | RuleRef::Extra(_) => {
                     if engine.key_action == Action::Hash {
                         ("sensitive_key", Cow::Owned(self.hash(matched)), ChangeAction::Hashed)
                     } else {
@@ -220,31 +273,25 @@ impl Scrubber<'_> {
             if key_start == eq {
                 continue;
             }
-            let (value_start, value_end) = if is_quote(next) {
+            let (value_start, value_end, ends) = if is_quote(next) {
                 let start = eq + 2;
                 match bytes[start.min(bytes.len())..].iter().position(|b| *b == next) {
-                    Some(len) => (start, start + len),
+                    Some(len) => (start, start + len, ValueEnd::Quote(next)),
                     None => continue,
                 }
             } else if let Some(close) = bracket_close(bytes, eq + 1) {
                 // `token=[Filtered]` (already scrubbed by the SDK) and `token={token}` (a template placeholder)
                 // are whole values; cutting them at the first `]`/`}` would leave a stray bracket.
-                (eq + 1, close + 1)
+                (eq + 1, close + 1, ValueEnd::Embedded)
             } else {
                 let start = eq + 1;
                 let len = bytes[start..]
                     .iter()
-                    .position(|b| {
-                        b.is_ascii_whitespace()
-                            || matches!(
-                                b,
-                                b'&' | b',' | b';' | b')' | b']' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'#' | b'|'
-                            )
-                    })
+                    .position(|b| ends_embedded_value(*b))
                     .unwrap_or(bytes.len() - start);
-                (start, start + len)
+                (start, start + len, ValueEnd::Embedded)
             };
-            self.push_key_span(text, key_start, eq, value_start, value_end, spans);
+            self.push_key_span(text, key_start, eq, value_start, value_end, ends, spans);
         }
         for colon in memchr::memchr_iter(b':', bytes) {
             if colon < 3 || !is_quote(bytes[colon - 1]) {
@@ -264,22 +311,22 @@ impl Scrubber<'_> {
                 value_start += 1;
             }
             let Some(&first) = bytes.get(value_start) else { continue };
-            let value_end = if is_quote(first) {
+            let (value_end, ends) = if is_quote(first) {
                 value_start += 1;
                 match bytes[value_start..].iter().position(|b| *b == first) {
-                    Some(len) => value_start + len,
+                    Some(len) => (value_start + len, ValueEnd::Quote(first)),
                     None => continue,
                 }
             } else if first.is_ascii_digit() || first == b'-' {
-                value_start
-                    + bytes[value_start..]
-                        .iter()
-                        .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.'))
-                        .count()
+                let len = bytes[value_start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+                    .count();
+                (value_start + len, ValueEnd::Fixed)
             } else {
                 continue;
             };
-            self.push_key_span(text, key_start, key_end, value_start, value_end, spans);
+            self.push_key_span(text, key_start, key_end, value_start, value_end, ends, spans);
         }
     }
 
@@ -290,6 +337,7 @@ impl Scrubber<'_> {
         key_end: usize,
         value_start: usize,
         value_end: usize,
+        ends: ValueEnd,
         spans: &mut Vec<Span>,
     ) {
         if value_end <= value_start || value_end > text.len() {
@@ -307,24 +355,19 @@ impl Scrubber<'_> {
             start: value_start,
             end: value_end,
             rule: RuleRef::Key,
+            ends,
         });
     }
 
-    /// Finds the values of `name=value` pairs whose name is a sensitive key, from `start` to the end of the pairs.
+    /// Finds the values of `name=value` pairs whose name is a sensitive key, from `start` to the end of the string.
+    /// The whole string is pairs (a query string, a form body, a cookie header), so a pair ends only at the
+    /// separator: a space or a quote in one value (`q=it's&stripe_customer=...`) neither cuts a sensitive value short
+    /// nor stops the pairs after it from being read.
     fn param_spans(&mut self, text: &str, start: usize, separator: u8, spans: &mut Vec<Span>) {
         let bytes = text.as_bytes();
         let mut pos = start;
         while pos < bytes.len() {
-            // A pair ends at the separator; a free-text query also ends at whitespace, quotes or a fragment.
-            let mut end = pos;
-            while end < bytes.len() && bytes[end] != separator {
-                if separator == b'&'
-                    && (bytes[end].is_ascii_whitespace() || matches!(bytes[end], b'"' | b'\'' | b'#' | b'<' | b'>'))
-                {
-                    break;
-                }
-                end += 1;
-            }
+            let end = memchr::memchr(separator, &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
             let pair = &text[pos..end];
             if let Some(eq) = pair.find('=') {
                 let name = pair[..eq].trim();
@@ -337,12 +380,10 @@ impl Scrubber<'_> {
                             start: value_start,
                             end,
                             rule: RuleRef::Key,
+                            ends: ValueEnd::Separator(separator),
                         });
                     }
                 }
-            }
-            if end >= bytes.len() || bytes[end] != separator {
-                break;
             }
             pos = end + 1;
         }
@@ -475,23 +516,73 @@ fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Sorts spans by start (stably, so earlier entries win ties) and drops every span that overlaps one kept before it.
 /// Sorts spans by start and joins overlapping ones into the first (whose rule names the change). Detector hits
 /// never overlap each other (the detectors drop the later one), so a key span and a hit are what meet here: a
 /// `credential_in_text` hit can run from a sensitive `token=` value far past its end, over an address it took from
 /// the email detector, and dropping either one would forward the part only it covered.
-fn merge_overlaps(spans: &mut Vec<Span>) {
+///
+/// When a joined group starts with a key's value and reaches past the byte that ended it, the value runs on to its
+/// next end (see [`ValueEnd`]; `mask` is what the value is replaced with, which may itself end it), joining what
+/// it reaches. Found by the `security_report` and `minidump` fuzz targets: `session=<v>':_e.ro@\'` (a URL-credentials
+/// hit over the `'` that ended the value) was forwarded as `session=[FILTERED]@\'`, whose value a second pass masked.
+fn merge_overlaps(spans: &mut Vec<Span>, text: &str, mask: &str) {
     spans.sort_by_key(|s| s.start);
     let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
+    // Where the value leading the last group ends (the group's own end when it is not led by a key's value).
+    let mut value_end = 0;
     for span in spans.drain(..) {
-        match merged.last_mut() {
-            Some(last) if span.start < last.end => last.end = last.end.max(span.end),
-            _ => merged.push(span),
+        if let Some(last) = merged.last_mut() {
+            if span.start >= last.end && last.end > value_end {
+                run_on(last, &mut value_end, text, mask);
+            }
+            if span.start < last.end {
+                last.end = last.end.max(span.end);
+                continue;
+            }
         }
+        value_end = span.end;
+        merged.push(span);
+    }
+    if let Some(last) = merged.last_mut()
+        && last.end > value_end
+    {
+        run_on(last, &mut value_end, text, mask);
     }
     *spans = merged;
 }
 
+/// Extends `group` (led by a key's value whose end it covers) to where a second reading of the forwarded text would
+/// end that value, if it would read on past the mask.
+fn run_on(group: &mut Span, value_end: &mut usize, text: &str, mask: &str) {
+    let bytes = text.as_bytes();
+    let from = group.end;
+    let next = |stop: &dyn Fn(u8) -> bool| bytes[from..].iter().position(|b| stop(*b)).map(|i| from + i);
+    let end = match group.ends {
+        ValueEnd::Fixed => None,
+        ValueEnd::Separator(separator) => {
+            (!mask.as_bytes().contains(&separator)).then(|| next(&|b| b == separator).unwrap_or(bytes.len()))
+        }
+        ValueEnd::Embedded => {
+            // `[FILTERED]` is read back as a whole bracketed value, which is already filtered.
+            let ended = bracket_close(mask.as_bytes(), 0).is_some() || mask.bytes().any(ends_embedded_value);
+            (!ended).then(|| next(&ends_embedded_value).unwrap_or(bytes.len()))
+        }
+        // No closing quote further on: a second reading finds no pair at all.
+        ValueEnd::Quote(quote) => (!mask.as_bytes().contains(&quote)).then(|| next(&|b| b == quote)).flatten(),
+    };
+    if let Some(end) = end {
+        group.end = end;
+        *value_end = end;
+    }
+}
+
+/// The bytes that end an unquoted value in free text (`password=...`).
+fn ends_embedded_value(b: u8) -> bool {
+    b.is_ascii_whitespace()
+        || matches!(b, b'&' | b',' | b';' | b')' | b']' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'#' | b'|')
+}
+
+/// Sorts spans by start (stably, so earlier entries win ties) and drops every span that overlaps one kept before it.
 fn drop_overlaps(spans: &mut Vec<Span>) {
     if spans.len() < 2 {
         return;
