@@ -67,6 +67,7 @@ const OPTIONS: ProcessOptions = ProcessOptions {
     project_id: Some(42),
     explain: false,
     tree_walk_only: false,
+    inflate_cap: None,
 };
 
 /// The same work with every item walked as a `serde_json::Value` tree: the design the stream replaced.

@@ -118,6 +118,7 @@ pub fn stream_vs_tree(data: &[u8]) {
             project_id: Some(42),
             explain: false,
             tree_walk_only,
+            inflate_cap: None,
         };
         process(envelope.clone(), rules(), &options)
     };
@@ -273,6 +274,7 @@ fn pipeline(envelope: Envelope) -> scrub_relay::pipeline::Processed {
         project_id: Some(42),
         explain: false,
         tree_walk_only: false,
+        inflate_cap: None,
     };
     process(envelope, rules(), &options)
 }

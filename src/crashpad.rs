@@ -36,6 +36,10 @@ pub enum CrashpadError {
     Msgpack(&'static str),
     #[error("too many attachments")]
     TooManyAttachments,
+    /// The minidump decompresses past the cap [`envelope_within`] was given, under its format's: not a verdict on
+    /// the upload.
+    #[error("minidump decompresses past this pass's cap")]
+    PastInflateCap,
 }
 
 impl CrashpadError {
@@ -48,6 +52,7 @@ impl CrashpadError {
             CrashpadError::Minidump(_) => "minidump_invalid",
             CrashpadError::Msgpack(_) => "minidump_msgpack",
             CrashpadError::TooManyAttachments => "minidump_too_many_attachments",
+            CrashpadError::PastInflateCap => "minidump_past_inflate_cap",
         }
     }
 }
@@ -57,6 +62,16 @@ const MAX_ATTACHMENTS: usize = 30;
 
 /// Builds the envelope for one upload. `content_type` is the request's `Content-Type`.
 pub fn envelope(body: Bytes, content_type: Option<&str>, new_event_id: impl FnOnce() -> String) -> Result<Envelope, CrashpadError> {
+    envelope_within(body, content_type, new_event_id, dump::MAX_INFLATED)
+}
+
+/// [`envelope`], a compressed minidump decompressed only up to `cap` (see [`dump::decompress_within`]).
+pub fn envelope_within(
+    body: Bytes,
+    content_type: Option<&str>,
+    new_event_id: impl FnOnce() -> String,
+    cap: usize,
+) -> Result<Envelope, CrashpadError> {
     let mime = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let upload = match mime.as_str() {
         "application/octet-stream" | "application/x-dmp" => Upload {
@@ -66,7 +81,7 @@ pub fn envelope(body: Bytes, content_type: Option<&str>, new_event_id: impl FnOn
         "multipart/form-data" => multipart(body, content_type.unwrap_or(""))?,
         _ => return Err(CrashpadError::ContentType),
     };
-    build(upload, new_event_id)
+    build(upload, new_event_id, cap)
 }
 
 /// The parts of an upload.
@@ -138,13 +153,12 @@ fn msgpack_values(data: &[u8], field: &'static str) -> Result<Vec<Value>, Crashp
     Ok(values)
 }
 
-fn build(upload: Upload, new_event_id: impl FnOnce() -> String) -> Result<Envelope, CrashpadError> {
+fn build(upload: Upload, new_event_id: impl FnOnce() -> String, cap: usize) -> Result<Envelope, CrashpadError> {
     let (raw_dump, mut filename) = upload.minidump.ok_or(CrashpadError::MissingMinidump)?;
-    let (dump_bytes, compression) = dump::decompress(&raw_dump).map_err(|error| {
-        CrashpadError::Minidump(match error {
-            MinidumpError::TooLarge => "decompressed minidump too large",
-            _ => "invalid compressed minidump",
-        })
+    let (dump_bytes, compression) = dump::decompress_within(&raw_dump, cap).map_err(|error| match error {
+        MinidumpError::PastInflateCap => CrashpadError::PastInflateCap,
+        MinidumpError::TooLarge => CrashpadError::Minidump("decompressed minidump too large"),
+        _ => CrashpadError::Minidump("invalid compressed minidump"),
     })?;
     if !(dump_bytes.starts_with(b"MDMP") || dump_bytes.starts_with(b"PMDM")) {
         return Err(CrashpadError::Minidump("no MDMP signature"));

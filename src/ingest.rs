@@ -86,6 +86,7 @@ pub async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .map(str::to_owned);
+    let small = wire.len() <= SMALL_BODY;
     let input = Prepare {
         endpoint,
         content_type,
@@ -99,10 +100,13 @@ pub async fn handle(
         upstream_encoding: state.config.upstream_encoding,
         rules: state.rules(),
         metrics: state.metrics.clone(),
+        // Payloads inside items (replay recordings, minidumps) may be bombs too: in the small lane they inflate only
+        // as far as its cap, and the envelope moves to the large lane when one needs more.
+        inflate_cap: small.then_some(SMALL_DECODED),
+        counted: false,
     };
 
     // The semaphores are never closed, so acquiring only waits.
-    let small = input.wire.len() <= SMALL_BODY;
     let slot = lane(state, input.wire.len())
         .clone()
         .acquire_owned()
@@ -113,7 +117,7 @@ pub async fn handle(
     // their share of the CPU; otherwise ingest outruns delivery until the queue is full and SDKs get 503s.
     let inline = state.delivery.memory_envelopes() <= INLINE_MAX_QUEUED_PER_WORKER * state.config.upstream_concurrency;
     let decoded = if inline { decode_inline(&input)? } else { None };
-    let prepared = match decoded {
+    let step = match decoded {
         Some(decoded) => {
             let _slot = slot;
             prepare(input, Bytes::from(decoded), |identity| authorize(state, endpoint, identity))?
@@ -123,28 +127,31 @@ pub async fn handle(
             // `SMALL_DECODED`, so bombs cannot hold every small-lane slot while they decompress or wait for memory.
             let probe = small && input.encoding != ContentEncoding::Identity;
             let blocking_state = state.clone();
-            let step = tokio::task::spawn_blocking(move || {
+            tokio::task::spawn_blocking(move || {
                 let _slot = slot;
                 let mut input = input;
                 if !probe {
-                    return decode_and_prepare(&blocking_state, input, endpoint).map(Step::Prepared);
+                    return decode_and_prepare(&blocking_state, input, endpoint);
                 }
                 match decode_small(&mut input)? {
-                    Some(decoded) => prepare(input, decoded, |identity| {
-                        authorize(&blocking_state, endpoint, identity)
-                    })
-                    .map(Step::Prepared),
+                    Some(decoded) => prepare(input, decoded, |identity| authorize(&blocking_state, endpoint, identity)),
                     None => Ok(Step::Relane(input)),
                 }
             })
             .await
-            .map_err(|_| RelayError::Internal)??;
-            match step {
+            .map_err(|_| RelayError::Internal)??
+        }
+    };
+    let prepared = match step {
+        Step::Prepared(prepared) => prepared,
+        Step::Relane(mut input) => {
+            // The small-lane slot is already given back; the body is decoded for real in the large lane.
+            input.inflate_cap = None;
+            let blocking_state = state.clone();
+            match in_large_lane(state, move || decode_and_prepare(&blocking_state, input, endpoint)).await? {
                 Step::Prepared(prepared) => prepared,
-                Step::Relane(input) => {
-                    let blocking_state = state.clone();
-                    in_large_lane(state, move || decode_and_prepare(&blocking_state, input, endpoint)).await?
-                }
+                // Without an inflate cap nothing asks for another lane.
+                Step::Relane(_) => return Err(RelayError::Internal),
             }
         }
     };
@@ -529,6 +536,10 @@ struct Prepare {
     upstream_encoding: UpstreamEncoding,
     rules: Arc<CompiledRules>,
     metrics: Arc<Metrics>,
+    /// What a payload inside an item may inflate to here (`ProcessOptions::inflate_cap`): set in the small lane.
+    inflate_cap: Option<usize>,
+    /// The body's bytes and items are already counted (by a pass in the small lane that handed it on).
+    counted: bool,
 }
 
 struct Prepared {
@@ -612,17 +623,18 @@ fn first_step<T>(decoded: Result<T, RelayError>, cap: usize, max: usize) -> Resu
 }
 
 /// Decodes the body under the real decompressed cap and prepares it; on a blocking thread.
-fn decode_and_prepare(state: &Arc<AppState>, mut input: Prepare, endpoint: Endpoint) -> Result<Prepared, RelayError> {
+fn decode_and_prepare(state: &Arc<AppState>, mut input: Prepare, endpoint: Endpoint) -> Result<Step, RelayError> {
     // A reference to the wire bytes: `prepare` may forward them as they came when nothing changed.
     let wire = input.wire.clone();
     let decoded = decode_body(input.encoding, wire, input.max_decompressed, &mut input.charge, &input.runtime)?;
     prepare(input, decoded, |identity| authorize(state, endpoint, identity))
 }
 
-/// What the small lane's blocking half ends with.
+/// What a pass in a lane ends with.
 enum Step {
     Prepared(Prepared),
-    /// The body decompresses past [`SMALL_DECODED`]: to be decoded again in the large lane.
+    /// In the small lane, the body or a payload inside an item inflates past [`SMALL_DECODED`]: to be decoded again
+    /// in the large lane.
     Relane(Prepare),
 }
 
@@ -640,12 +652,13 @@ fn decode_error(error: DecodeError) -> RelayError {
 }
 
 /// Parse → identify → limit → scrub, on the decoded body. CPU-bound: it runs inline for small envelopes
-/// ([`INLINE_MAX_BYTES`]) and on a blocking thread for the rest.
+/// ([`INLINE_MAX_BYTES`]) and on a blocking thread for the rest. In the small lane, an item's payload that inflates
+/// past its cap ends the pass with [`Step::Relane`], before the scrub is counted.
 fn prepare(
     input: Prepare,
     decoded: Bytes,
     authorize: impl FnOnce(&Identity) -> Result<(), RelayError>,
-) -> Result<Prepared, RelayError> {
+) -> Result<Step, RelayError> {
     let Prepare {
         endpoint,
         content_type,
@@ -659,14 +672,41 @@ fn prepare(
         upstream_encoding,
         rules,
         metrics,
+        inflate_cap,
+        counted,
     } = input;
-    metrics
-        .received_bytes
-        .with_label_values(&["decompressed"])
-        .inc_by(decoded.len() as u64);
+    if !counted {
+        metrics
+            .received_bytes
+            .with_label_values(&["decompressed"])
+            .inc_by(decoded.len() as u64);
+    }
     if decoded.iter().all(u8::is_ascii_whitespace) {
         return Err(RelayError::EmptyBody);
     }
+    // What this pass hands on if it moves the body to the large lane.
+    let relane = |request_auth, charge: Charge| {
+        let mut charge: Charge = charge;
+        // Back to the body alone: the large lane decodes it again, charged as it grows.
+        charge.shrink(charge.bytes().saturating_sub(wire.len()));
+        Step::Relane(Prepare {
+            endpoint,
+            content_type: content_type.clone(),
+            path_project,
+            request_auth,
+            encoding,
+            wire: wire.clone(),
+            charge,
+            runtime: runtime.clone(),
+            max_decompressed,
+            upstream_encoding,
+            rules: rules.clone(),
+            metrics: metrics.clone(),
+            inflate_cap: None,
+            counted: true,
+        })
+    };
+    let kept_auth = inflate_cap.is_some().then(|| request_auth.clone()).flatten();
     // The decoded body is kept (a reference, not a copy) to tell whether scrubbing changed anything.
     let (mut envelope, original) = match endpoint {
         Endpoint::Store => (store_envelope(decoded, max_decompressed)?, None),
@@ -674,10 +714,13 @@ fn prepare(
             let original = decoded;
             (Envelope::parse(original.clone())?, Some(original))
         }
-        Endpoint::Minidump => (
-            crashpad::envelope(Bytes::from(decoded), content_type.as_deref(), new_event_id)?,
-            None,
-        ),
+        Endpoint::Minidump => {
+            let cap = inflate_cap.unwrap_or(usize::MAX);
+            match crashpad::envelope_within(Bytes::from(decoded), content_type.as_deref(), new_event_id, cap) {
+                Err(crashpad::CrashpadError::PastInflateCap) => return Ok(relane(kept_auth, charge)),
+                built => (built?, None),
+            }
+        }
         Endpoint::Unreal => return Err(RelayError::UnrealUnsupported),
     };
     if endpoint == Endpoint::Tunnel && envelope.dsn().is_none() {
@@ -692,10 +735,12 @@ fn prepare(
     }
     let event_id = envelope.event_id().and_then(normalize_event_id);
 
-    for item in &envelope.items {
-        metrics.items_received.with_label_values(&[item.ty().as_str()]).inc();
+    if !counted {
+        for item in &envelope.items {
+            metrics.items_received.with_label_values(&[item.ty().as_str()]).inc();
+        }
     }
-    enforce_item_limits(&mut envelope, &metrics)?;
+    enforce_item_limits(&mut envelope, (!counted).then_some(&*metrics))?;
 
     // The scrubbed copy the pipeline writes is at most about the size of what it reads.
     let processing_bytes: usize = envelope.items.iter().map(|item| item.payload().len()).sum();
@@ -705,9 +750,13 @@ fn prepare(
     let options = ProcessOptions {
         project_id: Some(identity.project_id),
         explain: false,
+        inflate_cap,
         ..ProcessOptions::default()
     };
     let processed = pipeline::process(envelope, &rules, &options);
+    if processed.report.past_inflate_cap {
+        return Ok(relane(kept_auth, charge));
+    }
     metrics.scrub_duration.observe(started.elapsed().as_secs_f64());
     record_report(&metrics, &processed.report);
     let envelope = processed.envelope;
@@ -719,14 +768,14 @@ fn prepare(
         .as_ref()
         .and_then(|scrubbed| encode_for_upstream(upstream_encoding, encoding, &wire, original.as_deref(), scrubbed));
     let send_client_ip = rules.engine(Some(identity.project_id)).send_default_pii;
-    Ok(Prepared {
+    Ok(Step::Prepared(Prepared {
         identity,
         envelope,
         encoded,
         event_id,
         send_client_ip,
         charge,
-    })
+    }))
 }
 
 /// The forwarded envelope encoded for the upstream, on the thread that scrubbed it (while its bytes are in cache).
@@ -818,7 +867,9 @@ fn item_limit(ty: ItemType) -> Option<(usize, bool)> {
     Some(limit)
 }
 
-pub(crate) fn enforce_item_limits(envelope: &mut Envelope, metrics: &Metrics) -> Result<(), RelayError> {
+/// Refuses the envelope for an oversized event-like item and drops other oversized items, counting them in
+/// `metrics` when given (not when a pass before this one already did).
+pub(crate) fn enforce_item_limits(envelope: &mut Envelope, metrics: Option<&Metrics>) -> Result<(), RelayError> {
     for item in &envelope.items {
         if let Some((limit, true)) = item_limit(item.ty()) {
             if item.payload().len() > limit {
@@ -832,10 +883,12 @@ pub(crate) fn enforce_item_limits(envelope: &mut Envelope, metrics: &Metrics) ->
     }
     envelope.items.retain(|item| match item_limit(item.ty()) {
         Some((limit, false)) if item.payload().len() > limit => {
-            metrics
-                .items_dropped
-                .with_label_values(&[item.ty().as_str(), "too_large"])
-                .inc();
+            if let Some(metrics) = metrics {
+                metrics
+                    .items_dropped
+                    .with_label_values(&[item.ty().as_str(), "too_large"])
+                    .inc();
+            }
             false
         }
         _ => true,
@@ -972,6 +1025,8 @@ mod tests {
             upstream_encoding: UpstreamEncoding::Gzip,
             rules: Arc::new(CompiledRules::defaults()),
             metrics: Arc::new(Metrics::new()),
+            inflate_cap: None,
+            counted: false,
         }
     }
 
@@ -1024,7 +1079,7 @@ mod tests {
             .items
             .push(Item::new("event", Bytes::from(vec![b' '; 2 * 1024 * 1024])));
         assert!(matches!(
-            enforce_item_limits(&mut envelope, &metrics),
+            enforce_item_limits(&mut envelope, Some(&metrics)),
             Err(RelayError::ItemTooLarge { .. })
         ));
 
@@ -1033,7 +1088,7 @@ mod tests {
         envelope
             .items
             .push(Item::new("check_in", Bytes::from(vec![b' '; 200 * 1024])));
-        enforce_item_limits(&mut envelope, &metrics).unwrap();
+        enforce_item_limits(&mut envelope, Some(&metrics)).unwrap();
         assert_eq!(envelope.items.len(), 1);
         assert_eq!(
             metrics

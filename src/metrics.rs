@@ -51,7 +51,8 @@ pub struct Metrics {
     pub spans_dropped: IntCounter,
     /// JSON items the streaming walk left to the (slower) tree walk.
     pub items_tree_walked: IntCounter,
-    /// Compressed bodies small on the wire that decompressed past `ingest::SMALL_DECODED` and moved to the large lane.
+    /// Compressed bodies small on the wire (or payloads in their items) that decompressed past `ingest::SMALL_DECODED`
+    /// and moved to the large lane.
     pub lane_changes: IntCounter,
     pub minidumps: IntCounterVec,
     /// Time spent parsing, filtering, scrubbing and re-serializing one envelope.
@@ -158,7 +159,7 @@ impl Metrics {
             truncations: counter_vec(&r, "truncations_total", "Values truncated, by field name.", &["field"]),
             spans_dropped: counter(&r, "spans_dropped_total", "Spans removed by drop rules from span containers that were kept."),
             items_tree_walked: counter(&r, "items_tree_walked_total", "JSON items the streaming walk left to the slower tree walk."),
-            lane_changes: counter(&r, "lane_changes_total", "Compressed bodies small on the wire that decompressed past 1 MiB and moved to the large bodies' processing lane."),
+            lane_changes: counter(&r, "lane_changes_total", "Compressed bodies small on the wire (or compressed payloads in their items) that decompressed past 1 MiB and moved to the large bodies' processing lane."),
             minidumps: counter_vec(&r, "minidumps_total", "Minidumps seen (attachments and crashpad uploads), by outcome.", &["outcome"]),
             scrub_duration: histogram(&r, "scrub_duration_seconds", "Time to parse, filter, scrub and re-serialize one envelope.", SCRUB_BUCKETS),
             upstream_requests: counter_vec(&r, "upstream_requests_total", "Requests to the upstream, by outcome.", &["outcome"]),

@@ -29,6 +29,10 @@ pub struct ProcessOptions {
     /// Walk every JSON item as a `serde_json::Value` tree instead of streaming it. The result is the same JSON;
     /// this exists so tests can compare the two walks and benchmarks can measure them.
     pub tree_walk_only: bool,
+    /// Caps what a compressed payload inside an item (a replay recording, a minidump) may inflate to, below its
+    /// format's own cap. Past it, processing stops and [`Report::past_inflate_cap`] is set: the small processing
+    /// lane uses this so a small envelope holding a bomb moves to the large lane instead of inflating there.
+    pub inflate_cap: Option<usize>,
 }
 
 /// The result of [`process`].
@@ -71,6 +75,10 @@ pub struct Report {
     /// Set when a replay item was removed: the rest of its replay goes too, for this reason.
     #[serde(skip)]
     pub(crate) replay_dropped: Option<DropReason>,
+    /// A compressed payload inflates past `ProcessOptions::inflate_cap`: processing stopped there, and the
+    /// envelope is incomplete; process it again without the cap.
+    #[serde(skip)]
+    pub past_inflate_cap: bool,
 }
 
 impl Report {
@@ -174,8 +182,17 @@ fn process_with(envelope: Envelope, engine: &Engine, options: &ProcessOptions) -
     let mut kept = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let ty = item.ty();
-        if let Some(item) = process_item(item, index, ty, stream, &mut scrubber, &mut report) {
+        let cx = &mut Ctx {
+            scrubber: &mut scrubber,
+            report: &mut report,
+            stream,
+            inflate_cap: options.inflate_cap.unwrap_or(usize::MAX),
+        };
+        if let Some(item) = process_item(item, index, ty, cx) {
             kept.push(item);
+        }
+        if report.past_inflate_cap {
+            break;
         }
     }
 
@@ -208,16 +225,8 @@ fn carries_meta(ty: ItemType) -> bool {
     )
 }
 
-fn process_item(
-    item: Item,
-    index: usize,
-    ty: ItemType,
-    stream: bool,
-    scrubber: &mut Scrubber<'_>,
-    report: &mut Report,
-) -> Option<Item> {
-    scrubber.begin_item(Some(index), Some(ty), carries_meta(ty));
-    let cx = &mut Ctx { scrubber, report, stream };
+fn process_item(item: Item, index: usize, ty: ItemType, cx: &mut Ctx<'_, '_>) -> Option<Item> {
+    cx.scrubber.begin_item(Some(index), Some(ty), carries_meta(ty));
     // One line per payload format; each module decodes, scrubs through the same scrubber, and encodes.
     match ty {
         // Counts of discarded events by reason and category: nothing to scrub, nothing to break.

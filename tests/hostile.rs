@@ -379,6 +379,67 @@ async fn compression_bombs_on_the_otlp_and_nel_routes_leave_the_small_lane_too()
 }
 
 #[tokio::test]
+async fn replay_recordings_inflating_past_the_small_lane_move_to_the_large_lane() {
+    let mini = MiniSentry::start().await;
+    let relay = start_relay(relay_config(&mini)).await;
+    let large = relay.state.processing_large.clone();
+    let slots = u32::try_from(large.available_permits()).unwrap();
+    let held = large.acquire_many_owned(slots).await.unwrap();
+    // A recording of 4 MiB of rrweb JSON in about 4 KiB of zlib: a small envelope whose payload inflates past the
+    // small lane's 1 MiB (as a recording bomb would, up to Sentry's 100 MiB), yet a valid recording to forward.
+    let inflated = [&b"["[..], &vec![b' '; 4 * MIB], b"]"].concat();
+    let mut recording = b"{\"segment_id\":0}\n".to_vec();
+    {
+        use std::io::Write;
+        let mut encoder = flate2::write::ZlibEncoder::new(&mut recording, flate2::Compression::best());
+        encoder.write_all(&inflated).unwrap();
+        encoder.finish().unwrap();
+    }
+    let mut envelope = format!(
+        "{{\"event_id\":\"{EVENT_ID}\"}}\n{{\"type\":\"replay_recording\",\"length\":{}}}\n",
+        recording.len()
+    )
+    .into_bytes();
+    envelope.extend_from_slice(&recording);
+    envelope.push(b'\n');
+    let small_slots = relay.state.processing.available_permits();
+    let senders: Vec<_> = (0..small_slots)
+        .map(|_| {
+            let (addr, envelope) = (relay.addr, envelope.clone());
+            tokio::spawn(async move {
+                let headers = headers(&[("X-Sentry-Auth", AUTH)]);
+                send_raw(addr, "POST", "/api/42/envelope/", &headers, &envelope, false).await
+            })
+        })
+        .collect();
+    wait_until("every recording has left the small lane", || {
+        relay.metrics().lane_changes.get() == small_slots as u64
+    })
+    .await;
+    assert_eq!(relay.state.processing.available_permits(), small_slots);
+    good_client_gets_through(&relay, &mini).await;
+
+    drop(held);
+    for sender in senders {
+        let response = sender.await.unwrap();
+        assert_eq!(response.status, 200, "{}", response.detail());
+    }
+    for _ in 0..small_slots {
+        let upstream = mini.next().await;
+        let items = &upstream.envelope().items;
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].payload(), &recording[..], "the recording is forwarded as it came");
+    }
+    let received = relay
+        .metrics()
+        .items_received
+        .with_label_values(&["replay_recording"])
+        .get();
+    assert_eq!(received, small_slots as u64, "each recording is counted once, not once per lane");
+    assert_eq!(relay.state.budget.used(), 0);
+}
+
+#[tokio::test]
 async fn one_address_cannot_hold_every_connection() {
     let mini = MiniSentry::start().await;
     let relay = start_relay(Config {

@@ -348,6 +348,33 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     assert_eq!(dump.filename(), Some("Minidump"));
     assert_scrubbed(&original, dump.payload());
     assert_eq!(relay.metrics().minidumps.with_label_values(&["scrubbed"]).get(), 3);
+
+    // 4. A compressed dump small on the wire that inflates past the small lane's 1 MiB (a bomb would, up to 100 MiB)
+    // moves to the large lane and is scrubbed there.
+    let mut padded = original.clone();
+    padded.resize(original.len().max(2 << 20), 0);
+    let lane_changes = relay.metrics().lane_changes.get();
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        &format!("/api/{PROJECT}/minidump?sentry_key={KEY}"),
+        &headers(&[("Content-Type", "application/x-dmp")]),
+        &gzip(&padded),
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(relay.metrics().lane_changes.get(), lane_changes + 1);
+    let recorded = mini.next().await;
+    let dump = recorded
+        .envelope()
+        .items
+        .iter()
+        .find(|i| i.headers().get("attachment_type") == Some(&json!("event.minidump")))
+        .expect("minidump")
+        .clone();
+    assert_scrubbed(&padded, dump.payload());
+    assert_eq!(relay.metrics().minidumps.with_label_values(&["scrubbed"]).get(), 4);
 }
 
 /// A `multipart/form-data` body: `(field, file name, bytes)` parts.

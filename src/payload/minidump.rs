@@ -83,6 +83,9 @@ pub enum MinidumpError {
     Malformed,
     #[error("decompressed minidump exceeds {MAX_INFLATED} bytes")]
     TooLarge,
+    /// Past the cap of this pass ([`Ctx::inflate_cap`]), under [`MAX_INFLATED`]: not a verdict on the dump.
+    #[error("decompressed minidump exceeds this pass's cap")]
+    PastInflateCap,
     #[error("invalid compressed minidump")]
     BadCompression,
 }
@@ -92,7 +95,7 @@ impl MinidumpError {
         match self {
             MinidumpError::NotMinidump => "not_minidump",
             MinidumpError::Malformed => "malformed",
-            MinidumpError::TooLarge => "too_large",
+            MinidumpError::TooLarge | MinidumpError::PastInflateCap => "too_large",
             MinidumpError::BadCompression => "bad_compression",
         }
     }
@@ -122,6 +125,15 @@ pub const OUTCOMES: [&str; 6] = [
 
 /// Decompresses `payload` if it is compressed, under [`MAX_INFLATED`].
 pub fn decompress(payload: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, Option<Compression>), MinidumpError> {
+    decompress_within(payload, MAX_INFLATED)
+}
+
+/// [`decompress`] under `cap` (at most [`MAX_INFLATED`]); past a lower cap, [`MinidumpError::PastInflateCap`].
+pub fn decompress_within(
+    payload: &[u8],
+    cap: usize,
+) -> Result<(std::borrow::Cow<'_, [u8]>, Option<Compression>), MinidumpError> {
+    let cap = cap.min(MAX_INFLATED);
     let Some(compression) = Compression::sniff(payload) else {
         return Ok((std::borrow::Cow::Borrowed(payload), None));
     };
@@ -135,18 +147,27 @@ pub fn decompress(payload: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, Option<
     };
     let mut out = Vec::new();
     reader
-        .take(MAX_INFLATED as u64 + 1)
+        .take(cap as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|_| MinidumpError::BadCompression)?;
-    if out.len() > MAX_INFLATED {
-        return Err(MinidumpError::TooLarge);
+    if out.len() > cap {
+        return Err(if cap < MAX_INFLATED {
+            MinidumpError::PastInflateCap
+        } else {
+            MinidumpError::TooLarge
+        });
     }
     Ok((std::borrow::Cow::Owned(out), Some(compression)))
 }
 
 /// Scrubs a minidump (decompressing it first if needed). Counts go to `scrubber`'s tally; see the module docs.
 pub fn scrub(payload: &[u8], scrubber: &mut Scrubber<'_>) -> Result<Scrubbed, MinidumpError> {
-    let (data, compression) = decompress(payload)?;
+    scrub_within(payload, scrubber, MAX_INFLATED)
+}
+
+/// [`scrub`], a compressed dump decompressed only up to `cap` (see [`decompress_within`]).
+pub fn scrub_within(payload: &[u8], scrubber: &mut Scrubber<'_>, cap: usize) -> Result<Scrubbed, MinidumpError> {
+    let (data, compression) = decompress_within(payload, cap)?;
     let protected = protected_ranges(&data)?;
     let mut free = Vec::new();
     let mut start = 0;
@@ -657,7 +678,7 @@ fn in_url(bytes: &[u8], at: usize) -> bool {
 /// suffix taken off its file name, if it came compressed). A payload that is not a dump this can scrub goes to
 /// [`super::text`]: text gets the value detectors, anything else the binary policy. Counts the outcome.
 pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
-    match scrub(item.payload(), cx.scrubber) {
+    match scrub_within(item.payload(), cx.scrubber, cx.inflate_cap(MAX_INFLATED)) {
         Ok(scrubbed) => {
             let outcome = if scrubbed.redactions > 0 { "scrubbed" } else { "unchanged" };
             *cx.report.minidumps.entry(outcome).or_default() += 1;
@@ -670,6 +691,10 @@ pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
             if let Some(bytes) = scrubbed.bytes {
                 item.set_payload(Bytes::from(bytes));
             }
+            Some(item)
+        }
+        Err(MinidumpError::PastInflateCap) => {
+            cx.past_inflate_cap();
             Some(item)
         }
         Err(error) => {

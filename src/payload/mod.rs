@@ -33,6 +33,21 @@ pub struct Ctx<'s, 'e> {
     pub report: &'s mut Report,
     /// Stream over JSON (the relay's way) rather than build a tree (`ProcessOptions::tree_walk_only`).
     pub stream: bool,
+    /// What a compressed payload inside an item may inflate to in this pass (`ProcessOptions::inflate_cap`).
+    pub inflate_cap: usize,
+}
+
+impl Ctx<'_, '_> {
+    /// The most a payload of a format whose own cap is `format_max` may inflate to in this pass.
+    pub(crate) fn inflate_cap(&self, format_max: usize) -> usize {
+        self.inflate_cap.min(format_max)
+    }
+
+    /// A payload inflates past this pass's cap but perhaps not its format's: the caller keeps the item as it is, and
+    /// the pipeline's caller processes the whole envelope again without the cap ([`Report::past_inflate_cap`]).
+    pub(crate) fn past_inflate_cap(&mut self) {
+        self.report.past_inflate_cap = true;
+    }
 }
 
 /// A payload format whose outcomes are counted (`scrub_relay_payloads_total{format}`): the ones that are not plain

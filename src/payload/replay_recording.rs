@@ -35,6 +35,9 @@ pub enum RecordingError {
     TooLarge,
     #[error("recording inflates to more than {MAX_INFLATED_BYTES} bytes")]
     InflatedTooLarge,
+    /// Past the cap of this pass ([`Ctx::inflate_cap`]), under [`MAX_INFLATED_BYTES`]: not a verdict on the recording.
+    #[error("recording inflates past this pass's cap")]
+    PastInflateCap,
     #[error("recording body is neither zlib nor JSON")]
     NotCompressed,
     #[error("recording body is truncated or corrupt zlib")]
@@ -46,12 +49,17 @@ pub enum RecordingError {
 /// Scrubs one `replay_recording` item. On a decoding failure the item is dropped and the pipeline drops the rest of
 /// the replay (its `replay_event`) too.
 pub fn process(item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
-    let scrubbed = scrub(item.payload(), cx.scrubber);
+    let scrubbed = scrub(item.payload(), cx.scrubber, cx.inflate_cap(MAX_INFLATED_BYTES));
+    if scrubbed == Err(RecordingError::PastInflateCap) {
+        cx.past_inflate_cap();
+        return Some(item);
+    }
     super::finish_replay(item, scrubbed, Format::ReplayRecording, cx)
 }
 
-/// Decodes, scrubs and re-encodes a recording (header line and body). `Ok(None)`: nothing changed, keep the bytes.
-pub(crate) fn scrub(bytes: &[u8], scrubber: &mut Scrubber<'_>) -> Result<Option<Vec<u8>>, RecordingError> {
+/// Decodes, scrubs and re-encodes a recording (header line and body), its body inflated only up to `cap` (at most
+/// [`MAX_INFLATED_BYTES`]). `Ok(None)`: nothing changed, keep the bytes.
+pub(crate) fn scrub(bytes: &[u8], scrubber: &mut Scrubber<'_>, cap: usize) -> Result<Option<Vec<u8>>, RecordingError> {
     if bytes.len() > MAX_COMPRESSED_BYTES {
         return Err(RecordingError::TooLarge);
     }
@@ -63,7 +71,7 @@ pub(crate) fn scrub(bytes: &[u8], scrubber: &mut Scrubber<'_>) -> Result<Option<
     if !header_ok {
         return Err(RecordingError::InvalidHeader);
     }
-    let (json, mut recompress) = decode_body(body)?;
+    let (json, mut recompress) = decode_body(body, cap)?;
     let Ok(Value::Array(mut events)) = serde_json::from_slice::<Value>(&json) else {
         return Err(RecordingError::NotJson);
     };
@@ -92,25 +100,30 @@ pub(crate) fn scrub(bytes: &[u8], scrubber: &mut Scrubber<'_>) -> Result<Option<
 
 /// The inflated JSON of a body, and whether it must be re-encoded even if scrubbing changes nothing (gzip, which
 /// Sentry's consumer would silently drop).
-fn decode_body(body: &[u8]) -> Result<(std::borrow::Cow<'_, [u8]>, bool), RecordingError> {
+fn decode_body(body: &[u8], cap: usize) -> Result<(std::borrow::Cow<'_, [u8]>, bool), RecordingError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         Some(b'[') => Ok((body.into(), false)),
         // zlib: CMF 0x78 (deflate, 32 KiB window) is what every zlib writer emits, fflate included.
-        Some(0x78) if body.first() == Some(&0x78) => Ok((inflate(ZlibDecoder::new(body))?.into(), false)),
-        Some(0x1f) if body.starts_with(&[0x1f, 0x8b]) => Ok((inflate(GzDecoder::new(body))?.into(), true)),
+        Some(0x78) if body.first() == Some(&0x78) => Ok((inflate(ZlibDecoder::new(body), cap)?.into(), false)),
+        Some(0x1f) if body.starts_with(&[0x1f, 0x8b]) => Ok((inflate(GzDecoder::new(body), cap)?.into(), true)),
         _ => Err(RecordingError::NotCompressed),
     }
 }
 
-/// Reads a decoder to the end under [`MAX_INFLATED_BYTES`].
-fn inflate(decoder: impl Read) -> Result<Vec<u8>, RecordingError> {
+/// Reads a decoder to the end under `cap` (at most [`MAX_INFLATED_BYTES`]).
+fn inflate(decoder: impl Read, cap: usize) -> Result<Vec<u8>, RecordingError> {
+    let cap = cap.min(MAX_INFLATED_BYTES);
     let mut out = Vec::new();
     decoder
-        .take(MAX_INFLATED_BYTES as u64 + 1)
+        .take(cap as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|_| RecordingError::CorruptCompression)?;
-    if out.len() > MAX_INFLATED_BYTES {
-        return Err(RecordingError::InflatedTooLarge);
+    if out.len() > cap {
+        return Err(if cap < MAX_INFLATED_BYTES {
+            RecordingError::PastInflateCap
+        } else {
+            RecordingError::InflatedTooLarge
+        });
     }
     Ok(out)
 }

@@ -9,7 +9,8 @@
 
 use rmp::Marker;
 
-use super::{Ctx, Format, Outcome, json, replay_recording};
+use super::replay_recording::{self, RecordingError};
+use super::{Ctx, Format, Outcome, json};
 use crate::envelope::Item;
 use crate::pipeline::DropReason;
 use crate::rules::BinaryPolicy;
@@ -54,6 +55,10 @@ pub fn process(item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
         return None;
     }
     let scrubbed = scrub(item.payload(), cx);
+    if scrubbed == Err(VideoError::InvalidRecording(RecordingError::PastInflateCap)) {
+        cx.past_inflate_cap();
+        return Some(item);
+    }
     super::finish_replay(item, scrubbed, Format::ReplayVideo, cx)
 }
 
@@ -69,7 +74,10 @@ pub(crate) fn scrub(bytes: &[u8], cx: &mut Ctx<'_, '_>) -> Result<Option<Vec<u8>
                 cx.scrubber.collect_meta = collect_meta;
                 result.map_err(|()| VideoError::InvalidEvent)?
             }
-            "replay_recording" => replay_recording::scrub(value, cx.scrubber)?,
+            "replay_recording" => {
+                let cap = cx.inflate_cap(replay_recording::MAX_INFLATED_BYTES);
+                replay_recording::scrub(value, cx.scrubber, cap)?
+            }
             _ => None,
         };
         if let Some(scrubbed) = scrubbed {

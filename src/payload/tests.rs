@@ -461,3 +461,55 @@ fn attachment_policies_are_validated() {
     let yaml = rules_yaml("  attachments: []\n", "  attachments:\n    - { content_type: image/png, action: keep }\n");
     assert!(CompiledRules::from_yaml(&yaml).is_err(), "unknown action");
 }
+
+// === the small lane's inflate cap ===
+
+/// Under `ProcessOptions::inflate_cap` (the small processing lane's), a recording, a video's recording or a compressed
+/// minidump that inflates past the cap ends the pass with `past_inflate_cap`, its item as it came and nothing dropped
+/// or counted for it; without the cap the same envelope is processed as usual.
+#[test]
+fn payloads_inflating_past_the_pass_cap_end_the_pass_untouched() {
+    let cap = 64 * 1024;
+    let inflated = [b"[".as_slice(), &vec![b' '; 2 * cap], b"]"].concat();
+    let mut recording = b"{\"segment_id\":0}\n".to_vec();
+    recording.extend(zlib(&inflated));
+    let (event, _) = video_parts();
+    let video = msgpack_map(&[("replay_event", &event), ("replay_recording", &recording), ("replay_video", MP4)]);
+    let mut dump = b"MDMP".to_vec();
+    dump.resize(2 * cap, 0);
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(&dump).unwrap();
+    let mut minidump = Item::new("attachment", Bytes::from(encoder.finish().unwrap()));
+    minidump
+        .headers_mut()
+        .insert("attachment_type".into(), json!("event.minidump"));
+    let cases = [
+        ("recording", Item::new("replay_recording", Bytes::from(recording))),
+        ("video", video_item(video)),
+        ("minidump", minidump),
+    ];
+    for (case, item) in cases {
+        let envelope = |item: &Item| {
+            let mut envelope = Envelope::new(serde_json::Map::new());
+            envelope.items = vec![replay_event(), item.clone()];
+            envelope
+        };
+        let rules = CompiledRules::defaults();
+        let capped = ProcessOptions {
+            inflate_cap: Some(cap),
+            ..ProcessOptions::default()
+        };
+        let processed = process(envelope(&item), &rules, &capped);
+        assert!(processed.report.past_inflate_cap, "{case}");
+        let last = processed.envelope.items.last().unwrap();
+        assert_eq!(last.payload(), item.payload(), "{case}: left as it came");
+        assert!(processed.report.dropped.is_empty(), "{case}");
+        assert!(processed.report.payloads.is_empty(), "{case}");
+        assert!(processed.report.minidumps.is_empty(), "{case}");
+
+        let processed = process(envelope(&item), &rules, &ProcessOptions::default());
+        assert!(!processed.report.past_inflate_cap, "{case}");
+        let counted = processed.report.payloads.len() + processed.report.minidumps.len();
+        assert_eq!(counted, 1, "{case}: processed without the cap");
+    }
+}

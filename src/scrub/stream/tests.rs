@@ -39,6 +39,7 @@ fn run(envelope: Envelope, rules: &CompiledRules, tree_walk_only: bool) -> Proce
         project_id: Some(42),
         explain: true,
         tree_walk_only,
+        ..ProcessOptions::default()
     };
     process(envelope, rules, &options)
 }
