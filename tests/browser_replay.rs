@@ -99,13 +99,7 @@ fn skeleton(events: &[Value]) -> (BTreeSet<u64>, Vec<(u64, String)>) {
 /// Runs the driver to completion and returns the envelopes the browser sent, as it sent them.
 async fn drive_browser(dir: &std::path::Path, tunnel: &str, dsn: &str, mode: &str) -> Vec<Envelope> {
     let output = common::run_to_completion("node", &["replay.mjs", tunnel, dsn, mode], dir).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("no JSON report on stdout:\n{stdout}\n--- stderr\n{stderr}"));
+    let report = common::json_report(&output);
     report["sent"]
         .as_array()
         .expect("sent")

@@ -372,15 +372,7 @@ async fn image_builds_runs_unprivileged_scrubs_a_real_sdk_and_drains_on_stop() {
     // 2. The real Python SDK sends its error, transaction and logs full of PII through the container.
     let dsn = format!("http://publickey123@{listen}/42");
     let script_dir = repo().join("tests/sdk/python");
-    let output = common::run_to_completion(&python, &["send.py", &dsn, "gzip"], &script_dir).await;
-    let sent: Value = serde_json::from_slice(
-        output
-            .stdout
-            .split(|b| *b == b'\n')
-            .find(|line| line.starts_with(b"{"))
-            .expect("send.py's report"),
-    )
-    .expect("send.py's report is JSON");
+    let sent = common::json_report(&common::run_to_completion(&python, &["send.py", &dsn, "gzip"], &script_dir).await);
     let event_id = sent["event_id"].as_str().expect("event_id");
     let received = until_event(&upstream, event_id).await;
     let forwarded: String = received

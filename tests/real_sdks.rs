@@ -45,14 +45,7 @@ fn dsn(relay: std::net::SocketAddr) -> String {
 
 /// Runs a driver script to completion and parses its report; any failure shows the script's stderr.
 async fn run_script(program: &Path, args: &[&str], dir: &Path) -> Sent {
-    let output = common::run_to_completion(program, args, dir).await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let report: Value = stdout
-        .lines()
-        .rev()
-        .find_map(|line| serde_json::from_str(line).ok())
-        .unwrap_or_else(|| panic!("no JSON report on stdout:\n{stdout}\n--- stderr\n{stderr}"));
+    let report = common::json_report(&common::run_to_completion(program, args, dir).await);
     Sent {
         event_id: report["event_id"].as_str().expect("event_id").to_owned(),
         trace_id: report["trace_id"].as_str().expect("trace_id").to_owned(),

@@ -451,8 +451,7 @@ async fn the_opentelemetry_python_sdk_exports_traces_and_logs_through_the_relay(
         &script_dir,
     )
     .await;
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let sent: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("JSON report");
+    let sent = common::json_report(&output);
     let trace_id = sent["trace_id"].as_str().unwrap().to_owned();
 
     // Three span exports (the health-check one is dropped whole, so nothing is forwarded for it) and two log exports.

@@ -83,6 +83,20 @@ pub async fn run_to_completion(program: impl AsRef<Path>, args: &[&str], dir: &P
     output
 }
 
+/// The report a driver script prints: the last line of its stdout that is JSON. None fails the test with the
+/// script's stdout and stderr.
+pub fn json_report(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .unwrap_or_else(|| {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            panic!("no JSON report on stdout:\n{stdout}\n--- stderr\n{stderr}")
+        })
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // MiniSentry: the recording upstream
 
