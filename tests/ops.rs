@@ -1028,6 +1028,14 @@ const RULES_V2: &str = "version: 1\ncustom_rules:\n  - id: zebra_code\n    patte
 const RULES_INVALID: &str = "version: 1\ncustom_rules: []\nno_such_setting: true\n";
 const PLANTED_CODE: &str = "ZEBRA-CODE-12345";
 
+/// Sends the `n`-th envelope of a test, its message holding [`PLANTED_CODE`], and returns that message as the
+/// upstream received it.
+async fn code_as_forwarded(addr: SocketAddr, upstream: &MiniSentry, n: usize) -> String {
+    let response = post(addr, &message_envelope(&event_id(n), &format!("order {PLANTED_CODE}"))).await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    forwarded_message(&forwarded_with_id(upstream, &event_id(n)).await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_invalid() {
     let upstream = MiniSentry::start().await;
@@ -1070,16 +1078,7 @@ async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_
     traffic_passes(0).await;
 
     // Version 1 knows nothing of the code.
-    assert_eq!(
-        post(
-            relay.addr,
-            &message_envelope(&event_id(1), &format!("order {PLANTED_CODE}"))
-        )
-        .await
-        .status,
-        200
-    );
-    assert!(forwarded_message(&forwarded_with_id(&upstream, &event_id(1)).await).contains(PLANTED_CODE));
+    assert!(code_as_forwarded(relay.addr, &upstream, 1).await.contains(PLANTED_CODE));
 
     // A valid file: the new rule takes effect.
     write_atomically(&rules_path, RULES_V2);
@@ -1092,16 +1091,7 @@ async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_
     assert_eq!(metrics.value("scrub_relay_rules_version", &[]), 2.0);
     assert_eq!(metrics.value("scrub_relay_rules_last_reload_ok", &[]), 1.0);
     traffic_passes(sent.load(Ordering::SeqCst)).await;
-    assert_eq!(
-        post(
-            relay.addr,
-            &message_envelope(&event_id(2), &format!("order {PLANTED_CODE}"))
-        )
-        .await
-        .status,
-        200
-    );
-    let message = forwarded_message(&forwarded_with_id(&upstream, &event_id(2)).await);
+    let message = code_as_forwarded(relay.addr, &upstream, 2).await;
     assert!(
         !message.contains(PLANTED_CODE) && message.starts_with("order "),
         "redacted by the new rule: {message}"
@@ -1123,16 +1113,7 @@ async fn sighup_reloads_rules_under_traffic_and_keeps_them_when_the_new_file_is_
     assert_eq!(metrics.value("scrub_relay_rules_last_reload_ok", &[]), 0.0);
     assert_eq!(metrics.value("scrub_relay_rules_version", &[]), 2.0);
     traffic_passes(sent.load(Ordering::SeqCst)).await;
-    assert_eq!(
-        post(
-            relay.addr,
-            &message_envelope(&event_id(3), &format!("order {PLANTED_CODE}"))
-        )
-        .await
-        .status,
-        200
-    );
-    let message = forwarded_message(&forwarded_with_id(&upstream, &event_id(3)).await);
+    let message = code_as_forwarded(relay.addr, &upstream, 3).await;
     assert!(
         !message.contains(PLANTED_CODE),
         "the previous rules still apply: {message}"
@@ -1195,16 +1176,7 @@ async fn a_changed_rules_file_is_picked_up_without_a_signal() {
             m.value("scrub_relay_rules_version", &[]) == 2.0
         })
         .await;
-    assert_eq!(
-        post(
-            relay.addr,
-            &message_envelope(&event_id(1), &format!("order {PLANTED_CODE}"))
-        )
-        .await
-        .status,
-        200
-    );
-    assert!(!forwarded_message(&forwarded_with_id(&upstream, &event_id(1)).await).contains(PLANTED_CODE));
+    assert!(!code_as_forwarded(relay.addr, &upstream, 1).await.contains(PLANTED_CODE));
 
     // An invalid edit is reported once, however many polls see it.
     write_atomically(&rules_path, RULES_INVALID);
