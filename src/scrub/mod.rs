@@ -33,7 +33,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use crate::envelope::ItemType;
-use crate::rules::Engine;
+use crate::rules::{Action, Engine};
 use crate::rules::detectors::Hit;
 
 /// What happened to a field, for `--explain` (never the value).
@@ -246,6 +246,16 @@ impl<'e> Scrubber<'e> {
         let verdict = self.engine.keys.is_sensitive_with(key, &mut self.scratch);
         self.key_verdicts.slots[slot] = Some((key.into(), verdict));
         verdict
+    }
+
+    /// What the key rules put in place of a whole value: its HMAC when keys are hashed, else the key replacement;
+    /// with the change's action and remark type (`p` pseudonymized, `s` substituted).
+    pub(crate) fn key_replacement(&self, text: &str) -> (String, ChangeAction, &'static str) {
+        if self.engine.key_action == Action::Hash {
+            (self.hash(text), ChangeAction::Hashed, "p")
+        } else {
+            (self.engine.key_replacement.clone(), ChangeAction::Replaced, "s")
+        }
     }
 
     /// HMAC-SHA256 of `text` under the rules' key, as `hmac:` and 32 hex digits (128 bits: plenty to correlate).

@@ -9,8 +9,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{ChangeAction, Remark, Scope, Scrubber, Seg, TextMode};
-use crate::rules::Action;
+use super::{Remark, Scope, Scrubber, Seg, TextMode};
 
 /// The rule id for tokens removed from URLs by their shape.
 pub const URL_TOKEN_RULE: &str = "url_token";
@@ -180,11 +179,7 @@ impl Scrubber<'_> {
 
     /// What a token is replaced with: the key replacement, or its HMAC when keys are hashed.
     fn token_replacement(&mut self, token: &str, path: &[Seg<'_>]) -> String {
-        let (replacement, action, ty) = if self.engine.key_action == Action::Hash {
-            (self.hash(token), ChangeAction::Hashed, "p")
-        } else {
-            (self.engine.key_replacement.clone(), ChangeAction::Replaced, "s")
-        };
+        let (replacement, action, ty) = self.key_replacement(token);
         let remark = Remark {
             rule: URL_TOKEN_RULE.into(),
             ty,
@@ -322,6 +317,19 @@ mod tests {
         // Names and values are read segment by segment too: a reset link inside a redirect parameter.
         let (once, _) = scrub_url_twice("https://a.example/login?next=/reset/9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c&lang=en");
         assert_eq!(once, "https://a.example/login?next=/reset/[FILTERED]&lang=en");
+    }
+
+    #[test]
+    fn url_tokens_are_hashed_when_keys_are() {
+        let yaml = "hashing:\n  key_env: PATH\nsensitive_keys:\n  action: hash\n  words: [password]\n";
+        let rules = crate::rules::CompiledRules::from_yaml(yaml).unwrap();
+        let mut scrubber = Scrubber::new(rules.engine(None), false);
+        let token = "9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c";
+        let mut url = format!("https://a.example/reset/{token}");
+        scrubber.scrub_url(&mut url, &[]);
+        let hashed = scrubber.hash(token);
+        assert!(hashed.starts_with("hmac:"), "{hashed}");
+        assert_eq!(url, format!("https://a.example/reset/{hashed}"));
     }
 
     #[test]

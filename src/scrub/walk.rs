@@ -4,7 +4,6 @@ use serde_json::{Map, Value};
 
 use super::text::TextMode;
 use super::{ChangeAction, Remark, Scrubber, Seg, is_already_filtered};
-use crate::rules::Action;
 use crate::truncate::truncate;
 
 /// Where in a payload the walk is; decides which fields are skipped, which rules apply, and how strings are read.
@@ -512,11 +511,7 @@ impl Scrubber<'_> {
         path: &[Seg<'_>],
         original_len: Option<usize>,
     ) -> String {
-        let (replacement, action, ty) = if self.engine.key_action == Action::Hash {
-            (self.hash(text), ChangeAction::Hashed, "p")
-        } else {
-            (self.engine.key_replacement.clone(), ChangeAction::Replaced, "s")
-        };
+        let (replacement, action, ty) = self.key_replacement(text);
         let remark = Remark {
             rule: rule.to_string(),
             ty,
