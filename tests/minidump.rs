@@ -19,6 +19,7 @@ use minidump::{Minidump, MinidumpModuleList, MinidumpThreadList, Module};
 use serde_json::{Value, json};
 
 use common::*;
+use scrub_relay::envelope::{Envelope, Item};
 
 const KEY: &str = "publickey123";
 const PROJECT: u64 = 42;
@@ -243,13 +244,7 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     let response = post_envelope(&relay, PROJECT, KEY, &body).await;
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
     let recorded = mini.next().await;
-    let item = recorded
-        .envelope()
-        .items
-        .iter()
-        .find(|i| i.headers().get("attachment_type") == Some(&json!("event.minidump")))
-        .expect("the minidump is forwarded, not dropped")
-        .clone();
+    let item = forwarded_minidump(recorded.envelope());
     assert_eq!(item.filename(), Some("crash.dmp"));
     assert_scrubbed(&original, item.payload());
     assert_eq!(
@@ -315,11 +310,7 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     for value in ["marguerite.jones", "4111 1111 1111 1111"] {
         assert!(!contains(event_text, value.as_bytes()), "{value} left in the event");
     }
-    let dump = envelope
-        .items
-        .iter()
-        .find(|i| i.headers().get("attachment_type") == Some(&json!("event.minidump")))
-        .expect("minidump");
+    let dump = forwarded_minidump(&envelope);
     assert_eq!(dump.filename(), Some("upload.dmp"), "decompressed, suffix removed");
     assert_scrubbed(&original, dump.payload());
     let notes = envelope.items.iter().find(|i| i.filename() == Some("notes.txt")).expect("other files");
@@ -338,13 +329,7 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
     assert_eq!(response.body.len(), 36, "a fresh hyphenated event id");
     let recorded = mini.next().await;
-    let dump = recorded
-        .envelope()
-        .items
-        .iter()
-        .find(|i| i.headers().get("attachment_type") == Some(&json!("event.minidump")))
-        .expect("minidump")
-        .clone();
+    let dump = forwarded_minidump(recorded.envelope());
     assert_eq!(dump.filename(), Some("Minidump"));
     assert_scrubbed(&original, dump.payload());
     assert_eq!(relay.metrics().minidumps.with_label_values(&["scrubbed"]).get(), 3);
@@ -366,15 +351,18 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
     assert_eq!(relay.metrics().lane_changes.get(), lane_changes + 1);
     let recorded = mini.next().await;
-    let dump = recorded
-        .envelope()
+    let dump = forwarded_minidump(recorded.envelope());
+    assert_scrubbed(&padded, dump.payload());
+    assert_eq!(relay.metrics().minidumps.with_label_values(&["scrubbed"]).get(), 4);
+}
+
+/// The minidump attachment of a forwarded envelope; the test fails if it was dropped.
+fn forwarded_minidump(envelope: &Envelope) -> &Item {
+    envelope
         .items
         .iter()
         .find(|i| i.headers().get("attachment_type") == Some(&json!("event.minidump")))
-        .expect("minidump")
-        .clone();
-    assert_scrubbed(&padded, dump.payload());
-    assert_eq!(relay.metrics().minidumps.with_label_values(&["scrubbed"]).get(), 4);
+        .expect("the minidump is forwarded, not dropped")
 }
 
 /// A `multipart/form-data` body: `(field, file name, bytes)` parts.
