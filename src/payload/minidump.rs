@@ -23,7 +23,7 @@ use minidump::{Minidump, MinidumpException, MinidumpMemory64List, MinidumpModule
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::Ctx;
+use super::{Ctx, InflateError};
 use crate::envelope::Item;
 use crate::rules::detectors::Kind;
 use crate::scrub::{ChangeAction, ExtraSpan, Scrubber, Seg};
@@ -90,6 +90,16 @@ pub enum MinidumpError {
     BadCompression,
 }
 
+impl From<InflateError> for MinidumpError {
+    fn from(error: InflateError) -> MinidumpError {
+        match error {
+            InflateError::Corrupt => MinidumpError::BadCompression,
+            InflateError::PastCap => MinidumpError::PastInflateCap,
+            InflateError::TooLarge => MinidumpError::TooLarge,
+        }
+    }
+}
+
 impl MinidumpError {
     pub fn outcome(&self) -> &'static str {
         match self {
@@ -145,18 +155,7 @@ pub fn decompress_within(
         // for more instead of allocating it.
         Compression::Xz => Box::new(lzma_rust2::XzReader::new_mem_limit(payload, true, 64 * 1024)),
     };
-    let mut out = Vec::new();
-    reader
-        .take(cap as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|_| MinidumpError::BadCompression)?;
-    if out.len() > cap {
-        return Err(if cap < MAX_INFLATED {
-            MinidumpError::PastInflateCap
-        } else {
-            MinidumpError::TooLarge
-        });
-    }
+    let out = super::inflate(reader, cap, MAX_INFLATED)?;
     Ok((std::borrow::Cow::Owned(out), Some(compression)))
 }
 

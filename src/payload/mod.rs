@@ -21,6 +21,8 @@ pub mod replay_video;
 pub mod security;
 pub mod text;
 
+use std::io::Read;
+
 use bytes::Bytes;
 
 use crate::envelope::Item;
@@ -48,6 +50,36 @@ impl Ctx<'_, '_> {
     pub(crate) fn past_inflate_cap(&mut self) {
         self.report.past_inflate_cap = true;
     }
+}
+
+/// Why a compressed payload inside an item could not be read under its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InflateError {
+    /// The decoder failed: corrupt or truncated data.
+    Corrupt,
+    /// Past this pass's cap, which is under the format's own ([`Ctx::past_inflate_cap`]): no verdict on the payload.
+    PastCap,
+    /// Past the format's own cap.
+    TooLarge,
+}
+
+/// Reads `decoder` to the end under `cap`, itself at most `format_max`, the format's own cap: it never holds more
+/// than `cap + 1` bytes, so a bomb stops there.
+pub(crate) fn inflate(decoder: impl Read, cap: usize, format_max: usize) -> Result<Vec<u8>, InflateError> {
+    let cap = cap.min(format_max);
+    let mut out = Vec::new();
+    decoder
+        .take(cap as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|_| InflateError::Corrupt)?;
+    if out.len() > cap {
+        return Err(if cap < format_max {
+            InflateError::PastCap
+        } else {
+            InflateError::TooLarge
+        });
+    }
+    Ok(out)
 }
 
 /// A payload format whose outcomes are counted (`scrub_relay_payloads_total{format}`): the ones that are not plain

@@ -15,7 +15,7 @@ use flate2::read::{GzDecoder, ZlibDecoder};
 use flate2::write::ZlibEncoder;
 use serde_json::Value;
 
-use super::{Ctx, Format};
+use super::{Ctx, Format, InflateError};
 use crate::envelope::Item;
 use crate::scrub::{Scope, Scrubber, Seg, TextMode};
 
@@ -112,20 +112,11 @@ fn decode_body(body: &[u8], cap: usize) -> Result<(std::borrow::Cow<'_, [u8]>, b
 
 /// Reads a decoder to the end under `cap` (at most [`MAX_INFLATED_BYTES`]).
 fn inflate(decoder: impl Read, cap: usize) -> Result<Vec<u8>, RecordingError> {
-    let cap = cap.min(MAX_INFLATED_BYTES);
-    let mut out = Vec::new();
-    decoder
-        .take(cap as u64 + 1)
-        .read_to_end(&mut out)
-        .map_err(|_| RecordingError::CorruptCompression)?;
-    if out.len() > cap {
-        return Err(if cap < MAX_INFLATED_BYTES {
-            RecordingError::PastInflateCap
-        } else {
-            RecordingError::InflatedTooLarge
-        });
-    }
-    Ok(out)
+    super::inflate(decoder, cap, MAX_INFLATED_BYTES).map_err(|error| match error {
+        InflateError::Corrupt => RecordingError::CorruptCompression,
+        InflateError::PastCap => RecordingError::PastInflateCap,
+        InflateError::TooLarge => RecordingError::InflatedTooLarge,
+    })
 }
 
 /// Walks every rrweb event of a segment.
