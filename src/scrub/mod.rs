@@ -33,8 +33,8 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use crate::envelope::ItemType;
-use crate::rules::{Action, Engine};
 use crate::rules::detectors::Hit;
+use crate::rules::{Action, Engine};
 
 /// What happened to a field, for `--explain` (never the value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
