@@ -761,6 +761,53 @@ async fn otlp_traces_answer_429_while_spans_are_rate_limited_and_logs_flow() {
     assert!(recorded.path.ends_with("/otlp/v1/logs"));
 }
 
+/// While the upstream limits everything, each route answers as Sentry's does: a CSP report gets the 429, a check-in
+/// 202 (dropped and counted), and NEL, which ignores rate limits, is still forwarded.
+#[tokio::test]
+async fn rate_limited_reports_and_check_ins_get_their_routes_answers() {
+    let (upstream, relay) = relay_and_upstream().await;
+    upstream.answer_next(Answer::rate_limited("60", "60::project"));
+    let check_in_url = format!("/api/{PROJECT}/cron/nightly-backup/{KEY}/?status=ok");
+    let check_in = || send_raw(relay.addr, "GET", &check_in_url, &[], b"", false);
+    assert_eq!(check_in().await.status, 202);
+    upstream.next().await;
+    let limits = relay.state.delivery.rate_limits();
+    common::wait_until("the upstream's limit is known", || {
+        limits.has_limits(PROJECT, tokio::time::Instant::now())
+    })
+    .await;
+
+    let report = json!({"csp-report": {"document-uri": "https://shop.example/", "effective-directive": "img-src"}});
+    let limited = send_raw(
+        relay.addr,
+        "POST",
+        &format!("/api/{PROJECT}/security/?sentry_key={KEY}"),
+        &headers(&[("Content-Type", "application/csp-report")]),
+        report.to_string().as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(limited.status, 429, "{}", limited.detail());
+    assert!(limited.header("retry-after").is_some());
+    assert_eq!(check_in().await.status, 202, "a check-in is never answered 429");
+    let dropped = |item_type: &str| counter(&relay.metrics().items_dropped, &[item_type, "rate_limited"]);
+    assert_eq!((dropped("raw_security"), dropped("check_in")), (1, 1));
+
+    let nel = json!([{"type": "network-error", "url": "https://api.example/", "body": {"type": "tcp.timed_out"}}]);
+    let response = send_raw(
+        relay.addr,
+        "POST",
+        &format!("/api/{PROJECT}/nel/?sentry_key={KEY}"),
+        &headers(&[("Content-Type", "application/reports+json")]),
+        nel.to_string().as_bytes(),
+        false,
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.detail());
+    assert_eq!(upstream.next().await.path, format!("/api/{PROJECT}/nel/"));
+    assert_eq!(upstream.received(), 2, "only the first check-in and the NEL report were forwarded");
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Bad input
 

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use super::{Queued, content_type, empty_json, enqueue, identify, job, scrub_envelope, with_body};
+use super::{WhenLimited, content_type, empty_json, identify, queue, scrub_envelope, with_body};
 use crate::auth::{self, AuthSource, RequestAuth};
 use crate::delivery::Destination;
 use crate::envelope::{Envelope, Item};
@@ -163,15 +163,9 @@ pub async fn handle(
         Ok((!envelope.items.is_empty()).then(|| envelope.to_bytes()))
     })
     .await?;
-    let Some(envelope) = envelope else {
-        return Ok(empty_json(StatusCode::ACCEPTED));
-    };
-    let job = job(state, &parts, identity, envelope, Destination::Envelope);
-    match enqueue(state, job).await? {
-        // Sentry never answers a check-in with 429; the rate-limited check-in is dropped (and counted).
-        Queued::Accepted | Queued::RateLimited(_) => Ok(empty_json(StatusCode::ACCEPTED)),
-        Queued::Refused(response) => Ok(response),
-    }
+    // Sentry never answers a check-in with 429; the rate-limited check-in is dropped (and counted).
+    let accepted = empty_json(StatusCode::ACCEPTED);
+    queue(state, &parts, identity, envelope, Destination::Envelope, accepted, WhenLimited::Accept).await
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ pub(crate) fn scrub_envelope(
 }
 
 /// A job for `identity` from this request.
-pub(crate) fn job(state: &AppState, parts: &Parts, identity: Identity, body: Bytes, destination: Destination) -> Job {
+fn job(state: &AppState, parts: &Parts, identity: Identity, body: Bytes, destination: Destination) -> Job {
     let send_client_ip = state.rules().engine(Some(identity.project_id)).send_default_pii;
     Job {
         project_id: identity.project_id,
@@ -261,30 +261,49 @@ pub(crate) fn job(state: &AppState, parts: &Parts, identity: Identity, body: Byt
     }
 }
 
-/// What became of a job handed to delivery.
-pub(crate) enum Queued {
-    Accepted,
-    /// Every item is rate limited (envelopes only); the answer for the client.
-    RateLimited(Response<Full<Bytes>>),
-    /// The queue and spool are full; the answer for the client.
-    Refused(Response<Full<Bytes>>),
+/// What a client hears when every item it sent is rate limited (envelopes only: other destinations' routes decide
+/// about rate limits before reading the body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WhenLimited {
+    /// 429 with the limits in force, as for envelopes.
+    Refuse,
+    /// The route's usual answer: Sentry never answers a check-in with 429 (the limited one is dropped and counted).
+    Accept,
 }
 
-/// Queues a job: envelopes through ingest's rate-limit check, other destinations as they are (their routes decide
-/// about rate limits before reading the body).
-pub(crate) async fn enqueue(state: &AppState, job: Job) -> Result<Queued, RelayError> {
-    let job = if job.destination == Destination::Envelope {
+/// Queues what a route kept of a request (`None`: nothing left to forward) for `destination`, and answers: `accepted`
+/// once queued or when there was nothing to queue, 503 when the queue and spool are full. Envelopes go through
+/// ingest's rate-limit check first.
+pub(crate) async fn queue(
+    state: &AppState,
+    parts: &Parts,
+    identity: Identity,
+    body: Option<Bytes>,
+    destination: Destination,
+    accepted: Response<Full<Bytes>>,
+    when_limited: WhenLimited,
+) -> Result<Response<Full<Bytes>>, RelayError> {
+    let Some(body) = body else {
+        return Ok(accepted);
+    };
+    let job = job(state, parts, identity, body, destination);
+    let job = if destination == Destination::Envelope {
         match ingest::deliver(state, job)? {
             Delivery::Queued(job) => job,
-            Delivery::RateLimited(limited) => return Ok(Queued::RateLimited(ingest::rate_limited(limited))),
+            Delivery::RateLimited(limited) => {
+                return Ok(match when_limited {
+                    WhenLimited::Refuse => ingest::rate_limited(limited),
+                    WhenLimited::Accept => accepted,
+                });
+            }
         }
     } else {
         job
     };
     state.metrics.envelopes_received.inc();
     match state.delivery.submit(job).await {
-        Ok(()) => Ok(Queued::Accepted),
-        Err(rejected) => Ok(Queued::Refused(ingest::overloaded(state, rejected))),
+        Ok(()) => Ok(accepted),
+        Err(rejected) => Ok(ingest::overloaded(state, rejected)),
     }
 }
 

@@ -14,7 +14,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::{Queued, content_type, enqueue, identify, job, with_body};
+use super::{WhenLimited, content_type, identify, queue, with_body};
 use crate::auth;
 use crate::delivery::{DataCategory, Destination, RateLimited};
 use crate::error::RelayError;
@@ -71,20 +71,13 @@ pub async fn handle(
         Ok(processed.body)
     })
     .await?;
-    let answer = accepted(encoding);
-    let Some(body) = scrubbed else {
-        // Nothing left to send (an empty request, or only health-check spans): the exporter did nothing wrong.
-        return Ok(answer);
-    };
     let destination = match signal {
         Signal::Traces => Destination::OtlpTraces(encoding),
         Signal::Logs => Destination::OtlpLogs(encoding),
     };
-    let job = job(state, &parts, identity, body, destination);
-    match enqueue(state, job).await? {
-        Queued::Accepted => Ok(answer),
-        Queued::RateLimited(response) | Queued::Refused(response) => Ok(response),
-    }
+    // Nothing left to send (an empty request, or only health-check spans) is answered as accepted too: the exporter
+    // did nothing wrong. Traces' rate limits were checked before the body was read.
+    queue(state, &parts, identity, scrubbed, destination, accepted(encoding), WhenLimited::Refuse).await
 }
 
 /// 202 with an empty export response (`{}` in JSON, no bytes in protobuf): a full success to every exporter.

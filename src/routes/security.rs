@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use super::{Queued, content_type, empty_json, enqueue, identify, job, scrub_envelope, with_body};
+use super::{WhenLimited, content_type, empty_json, identify, queue, scrub_envelope, with_body};
 use crate::auth::{self, Identity};
 use crate::delivery::Destination;
 use crate::envelope::{Envelope, Item, ItemType};
@@ -178,14 +178,8 @@ pub async fn handle_csp(
         Ok((!envelope.items.is_empty()).then(|| envelope.to_bytes()))
     })
     .await?;
-    let Some(envelope) = envelope else {
-        return Ok(empty_json(StatusCode::OK));
-    };
-    let job = job(state, &parts, identity, envelope, Destination::Envelope);
-    match enqueue(state, job).await? {
-        Queued::Accepted => Ok(empty_json(StatusCode::OK)),
-        Queued::RateLimited(response) | Queued::Refused(response) => Ok(response),
-    }
+    let accepted = empty_json(StatusCode::OK);
+    queue(state, &parts, identity, envelope, Destination::Envelope, accepted, WhenLimited::Refuse).await
 }
 
 /// `POST /api/<id>/nel/`.
@@ -217,14 +211,9 @@ pub async fn handle_nel(
         )))
     })
     .await?;
-    let Some(body) = body else {
-        return Ok(empty_json(StatusCode::OK));
-    };
-    let job = job(state, &parts, identity, body, Destination::Nel);
-    match enqueue(state, job).await? {
-        Queued::Accepted | Queued::RateLimited(_) => Ok(empty_json(StatusCode::OK)),
-        Queued::Refused(response) => Ok(response),
-    }
+    // Only envelopes are checked against rate limits: NEL ignores them, as Sentry's route does.
+    let accepted = empty_json(StatusCode::OK);
+    queue(state, &parts, identity, body, Destination::Nel, accepted, WhenLimited::Accept).await
 }
 
 #[cfg(test)]
