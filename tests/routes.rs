@@ -124,6 +124,19 @@ async fn cron_check_ins_from_curl_reach_the_upstream_as_check_in_items() {
 // ---------------------------------------------------------------------------------------------------------------
 // Security reports
 
+/// POSTs a browser report to `/api/<project>/<route>`, authenticated in the URL as browsers do.
+async fn post_report(relay: &RelayHandle, route: &str, content_type: &str, report: &Value) -> common::RawResponse {
+    send_raw(
+        relay.addr,
+        "POST",
+        &format!("/api/{PROJECT}/{route}?sentry_key={KEY}"),
+        &headers(&[("Content-Type", content_type)]),
+        report.to_string().as_bytes(),
+        false,
+    )
+    .await
+}
+
 /// The `raw_security` item payloads of every request, with the request's item headers.
 fn security_items(received: &[Recorded]) -> Vec<(serde_json::Map<String, Value>, Value)> {
     received
@@ -323,15 +336,7 @@ async fn reporting_api_arrays_are_split_into_one_item_per_csp_report() {
         "violated-directive": "style-src", "effective-directive": "style-src",
         "blocked-uri": "inline", "original-policy": "style-src 'self'", "disposition": "enforce"
     }});
-    let response = send_raw(
-        relay.addr,
-        "POST",
-        &format!("/api/{PROJECT}/csp-report/?sentry_key={KEY}"),
-        &headers(&[("Content-Type", "application/csp-report")]),
-        legacy.to_string().as_bytes(),
-        false,
-    )
-    .await;
+    let response = post_report(&relay, "csp-report/", "application/csp-report", &legacy).await;
     assert_eq!(response.status, 200);
     let reports = security_items(&[upstream.next().await]);
     let csp = &reports[0].1["csp-report"];
@@ -362,15 +367,7 @@ async fn nel_reports_go_to_the_upstream_nel_route_scrubbed() {
         },
         {"age": 1, "type": "csp-violation", "url": "https://app.example/", "user_agent": "x", "body": {}}
     ]);
-    let response = send_raw(
-        relay.addr,
-        "POST",
-        &format!("/api/{PROJECT}/nel/?sentry_key={KEY}"),
-        &headers(&[("Content-Type", "application/reports+json")]),
-        body.to_string().as_bytes(),
-        false,
-    )
-    .await;
+    let response = post_report(&relay, "nel/", "application/reports+json", &body).await;
     assert_eq!(response.status, 200, "{}", response.detail());
     let recorded = upstream.next().await;
     assert_eq!(recorded.path, format!("/api/{PROJECT}/nel/"));
@@ -778,15 +775,7 @@ async fn rate_limited_reports_and_check_ins_get_their_routes_answers() {
     .await;
 
     let report = json!({"csp-report": {"document-uri": "https://shop.example/", "effective-directive": "img-src"}});
-    let limited = send_raw(
-        relay.addr,
-        "POST",
-        &format!("/api/{PROJECT}/security/?sentry_key={KEY}"),
-        &headers(&[("Content-Type", "application/csp-report")]),
-        report.to_string().as_bytes(),
-        false,
-    )
-    .await;
+    let limited = post_report(&relay, "security/", "application/csp-report", &report).await;
     assert_eq!(limited.status, 429, "{}", limited.detail());
     assert!(limited.header("retry-after").is_some());
     assert_eq!(check_in().await.status, 202, "a check-in is never answered 429");
@@ -794,15 +783,7 @@ async fn rate_limited_reports_and_check_ins_get_their_routes_answers() {
     assert_eq!((dropped("raw_security"), dropped("check_in")), (1, 1));
 
     let nel = json!([{"type": "network-error", "url": "https://api.example/", "body": {"type": "tcp.timed_out"}}]);
-    let response = send_raw(
-        relay.addr,
-        "POST",
-        &format!("/api/{PROJECT}/nel/?sentry_key={KEY}"),
-        &headers(&[("Content-Type", "application/reports+json")]),
-        nel.to_string().as_bytes(),
-        false,
-    )
-    .await;
+    let response = post_report(&relay, "nel/", "application/reports+json", &nel).await;
     assert_eq!(response.status, 200, "{}", response.detail());
     assert_eq!(upstream.next().await.path, format!("/api/{PROJECT}/nel/"));
     assert_eq!(upstream.received(), 2, "only the first check-in and the NEL report were forwarded");
@@ -1090,15 +1071,7 @@ async fn otlp_and_nel_bodies_wait_in_the_spool_through_an_outage_and_a_restart()
     assert_eq!(response.status, 202);
     let nel = json!([{"type": "network-error", "age": 1, "url": "https://a.example/?token=t0k3nT0k3nT0k3n99",
                       "user_agent": "x", "body": {"phase": "dns", "type": "dns.unreachable"}}]);
-    let response = send_raw(
-        relay.addr,
-        "POST",
-        &format!("/api/{PROJECT}/nel/?sentry_key={KEY}"),
-        &headers(&[("Content-Type", "application/reports+json")]),
-        nel.to_string().as_bytes(),
-        false,
-    )
-    .await;
+    let response = post_report(&relay, "nel/", "application/reports+json", &nel).await;
     assert_eq!(response.status, 200);
     let spooled = relay.state.metrics.spool_envelopes.clone();
     common::wait_until("both bodies are in the spool", || spooled.get() == 2).await;
