@@ -99,6 +99,7 @@ impl AppState {
             config.memory_wait,
             Some(metrics.clone()),
         );
+        let (small_slots, large_slots) = processing_slots();
         Ok(Arc::new(AppState {
             config,
             rules: RwLock::new(Arc::new(rules)),
@@ -107,8 +108,8 @@ impl AppState {
             delivery,
             readiness,
             tunnel_hosts,
-            processing: Arc::new(Semaphore::new(processing_slots())),
-            processing_large: Arc::new(Semaphore::new(processing_slots() / 2)),
+            processing: Arc::new(Semaphore::new(small_slots)),
+            processing_large: Arc::new(Semaphore::new(large_slots)),
             budget,
             client_connections: ClientConnections::default(),
         }))
@@ -134,11 +135,12 @@ impl AppState {
     }
 }
 
-/// Twice the cores, so one slot can decode while another waits on memory; at least 2.
-fn processing_slots() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |cores| cores.get() * 2)
-        .max(2)
+/// The slots of the two processing lanes. Small bodies: twice the cores, so one slot can decode while another waits
+/// on memory. Large bodies: half the cores (at least one), so huge bodies and compression bombs decoding at once
+/// leave the other half of the CPU to small envelopes (measured in `benches/attack.py`'s bombs).
+fn processing_slots() -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    (cores * 2, (cores / 2).max(1))
 }
 
 /// Open connections per client (TCP peer) address.
