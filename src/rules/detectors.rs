@@ -581,6 +581,14 @@ impl DetectorSet {
 
     /// Appends every match in `text` to `hits` (cleared first), sorted by start, without overlaps.
     pub fn find(&self, text: &str, hits: &mut Vec<Hit>) {
+        self.find_once(text, hits);
+        if !hits.is_empty() {
+            self.read_again(text, hits);
+        }
+    }
+
+    /// [`DetectorSet::find`] without reading the text again.
+    fn find_once(&self, text: &str, hits: &mut Vec<Hit>) {
         hits.clear();
         if text.is_empty() || self.detectors.is_empty() {
             return;
@@ -620,20 +628,93 @@ impl DetectorSet {
                 },
             );
         }
-        if hits.len() > 1 {
-            // Stable sort keeps priority order between hits that start at the same byte. An overlapping hit widens
-            // the one before it rather than being dropped: an address whose local part starts inside another
-            // hit would otherwise be forwarded (found by the `security_report` fuzz target).
-            hits.sort_by_key(|h| h.start);
-            let mut merged: Vec<Hit> = Vec::with_capacity(hits.len());
-            for hit in hits.drain(..) {
-                match merged.last_mut() {
-                    Some(last) if hit.start < last.end => last.end = last.end.max(hit.end),
-                    _ => merged.push(hit),
-                }
+        join_hits(hits);
+    }
+
+    /// Reads `text` again as it will be forwarded, each hit replaced by its detector's mask, and adds what that
+    /// reading finds outside the masks. A mask changes what is next to it: it ends the `scheme://` of a URL whose
+    /// user name held a phone number (`sftp://ops-[redacted]-jane@host.example.org` has an address, which
+    /// `sftp://ops-+447911123456-jane@host.example.org` has not: a URL's user name is none), and it ends a number
+    /// that a digit after a `/` made part of a longer one (`+80000020000/***@example.org`, where the local part
+    /// `000000000000000` followed). Any second reading of the forwarded text (this relay's, Sentry's) finds those,
+    /// so the first one does. Found by the `security_report` fuzz target. Rarely adds anything, so it runs at most
+    /// [`MAX_REREADS`] times, and only on strings where something was found.
+    fn read_again(&self, text: &str, hits: &mut Vec<Hit>) {
+        let mut view = String::with_capacity(text.len());
+        // Each stretch of `text` the view keeps: (where it starts in the view, where in `text`, its length).
+        let mut kept: Vec<(usize, usize, usize)> = Vec::with_capacity(hits.len() + 1);
+        let mut more = Vec::new();
+        for _ in 0..MAX_REREADS {
+            view.clear();
+            kept.clear();
+            let mut cursor = 0;
+            for hit in hits.iter() {
+                kept.push((view.len(), cursor, hit.start - cursor));
+                view.push_str(&text[cursor..hit.start]);
+                view.push_str(self.mask_of(hit.detector));
+                cursor = hit.end;
             }
-            *hits = merged;
+            kept.push((view.len(), cursor, text.len() - cursor));
+            view.push_str(&text[cursor..]);
+            self.find_once(&view, &mut more);
+            let before = hits.len();
+            for found in &more {
+                // The part of the hit in kept text, mapped back (the masks it spans are hits already); none when it
+                // lies in a mask. Its ends are outside every hit, so it is new. The stretches are found by binary
+                // search, and the hits of one reading do not overlap, so this is linear in the hits.
+                let first = kept.partition_point(|&(at, _, len)| at + len <= found.start);
+                let last = kept.partition_point(|&(at, _, _)| at < found.end);
+                let mut mapped = kept[first..last].iter().filter_map(|&(at, from, len)| {
+                    let (start, end) = (found.start.max(at), found.end.min(at + len));
+                    (start < end).then(|| (from + start - at, from + end - at))
+                });
+                let Some((start, mut end)) = mapped.next() else { continue };
+                if let Some((_, last_end)) = mapped.last() {
+                    end = last_end;
+                }
+                hits.push(Hit {
+                    start,
+                    end,
+                    detector: found.detector,
+                });
+            }
+            if hits.len() == before {
+                return;
+            }
+            join_hits(hits);
         }
+    }
+
+    /// What a hit of detector `index` is replaced with, as a second reading sees it.
+    fn mask_of(&self, index: usize) -> &str {
+        let detector = &self.detectors[index];
+        if detector.action == Action::Hash {
+            // An HMAC's shape: `hmac:` and 32 hex digits.
+            "hmac:00000000000000000000000000000000"
+        } else {
+            &detector.replacement
+        }
+    }
+}
+
+/// How many times [`DetectorSet::find`] reads a string again (see `read_again`).
+const MAX_REREADS: usize = 2;
+
+/// Sorts hits by start and joins overlapping ones.
+fn join_hits(hits: &mut Vec<Hit>) {
+    if hits.len() > 1 {
+        // Stable sort keeps priority order between hits that start at the same byte. An overlapping hit widens the
+        // one before it rather than being dropped: an address whose local part starts inside another hit would
+        // otherwise be forwarded (found by the `security_report` fuzz target).
+        hits.sort_by_key(|h| h.start);
+        let mut merged: Vec<Hit> = Vec::with_capacity(hits.len());
+        for hit in hits.drain(..) {
+            match merged.last_mut() {
+                Some(last) if hit.start < last.end => last.end = last.end.max(hit.end),
+                _ => merged.push(hit),
+            }
+        }
+        *hits = merged;
     }
 }
 
@@ -1288,16 +1369,11 @@ mod tests {
                 },
             );
         }
-        // As `find` does: an overlapping hit widens the one before it.
-        hits.sort_by_key(|h| h.start);
-        let mut merged: Vec<Hit> = Vec::new();
-        for hit in hits {
-            match merged.last_mut() {
-                Some(last) if hit.start < last.end => last.end = last.end.max(hit.end),
-                _ => merged.push(hit),
-            }
+        // As `find` does.
+        join_hits(&mut hits);
+        if !hits.is_empty() {
+            detectors.read_again(text, &mut hits);
         }
-        let hits = merged;
         hits.iter().map(|h| (h.start, h.end, h.detector)).collect()
     }
 
@@ -1741,6 +1817,35 @@ mod tests {
             "255.255.255.255",
         ] {
             assert_none(Kind::Ipv4, &format!("http://{private}:8080/health"));
+        }
+    }
+
+    #[test]
+    fn what_a_mask_makes_of_its_neighbours_is_found_at_once() {
+        // Found by the `security_report` fuzz target: a second pass over the forwarded text found what the masks
+        // made. A phone number inside a URL's user name was masked, and the rest of the name, no longer behind
+        // `://`, was an address; an address's local part of digits after `/` made a phone number part of a longer
+        // number, until it was masked.
+        let detectors = set(&[Kind::Email, Kind::PhoneIntl]);
+        let mut hits = Vec::new();
+        for (text, want) in [
+            (
+                "sftp://ops-+447911123456-jane.doe@files.example.org/x and ssh://git@github.com/x",
+                vec!["+447911123456", "jane.doe"],
+            ),
+            ("call +447911123456/0123456789@example.org", vec!["+447911123456", "0123456789"]),
+        ] {
+            detectors.find(text, &mut hits);
+            let found: Vec<&str> = hits.iter().map(|h| &text[h.start..h.end]).collect();
+            assert_eq!(found, want, "{text}");
+        }
+        // What the relay forwards reads the same on a second pass.
+        for forwarded in [
+            "sftp://ops-[redacted]-[redacted]@files.example.org/x and ssh://git@github.com/x",
+            "call [redacted]/[redacted]@example.org",
+        ] {
+            detectors.find(forwarded, &mut hits);
+            assert!(hits.is_empty(), "{forwarded}");
         }
     }
 
