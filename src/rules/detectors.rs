@@ -668,7 +668,9 @@ impl DetectorSet {
                     let (start, end) = (found.start.max(at), found.end.min(at + len));
                     (start < end).then(|| (from + start - at, from + end - at))
                 });
-                let Some((start, mut end)) = mapped.next() else { continue };
+                let Some((start, mut end)) = mapped.next() else {
+                    continue;
+                };
                 if let Some((_, last_end)) = mapped.last() {
                     end = last_end;
                 }
@@ -1833,7 +1835,10 @@ mod tests {
                 "sftp://ops-+447911123456-jane.doe@files.example.org/x and ssh://git@github.com/x",
                 vec!["+447911123456", "jane.doe"],
             ),
-            ("call +447911123456/0123456789@example.org", vec!["+447911123456", "0123456789"]),
+            (
+                "call +447911123456/0123456789@example.org",
+                vec!["+447911123456", "0123456789"],
+            ),
         ] {
             detectors.find(text, &mut hits);
             let found: Vec<&str> = hits.iter().map(|h| &text[h.start..h.end]).collect();

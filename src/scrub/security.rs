@@ -311,7 +311,8 @@ mod tests {
         // The `security_report` fuzz target (regressions/security_report/url-rewrite-second-pass-9eb5...): the query
         // held one `=`, so it was read as pairs and only values were token-checked; the first pass's `token:`
         // credential ran over that `=`, and a second pass read the query as a path and masked `cheQ...Qe`.
-        let (once, twice) = scrub_url_twice("https://shop.example/?token://x.example?ucart=42&ses://h/cheQQQQQQQQQQQQQ000000Qe/x");
+        let (once, twice) =
+            scrub_url_twice("https://shop.example/?token://x.example?ucart=42&ses://h/cheQQQQQQQQQQQQQ000000Qe/x");
         assert_eq!(once, "https://shop.example/?token:[redacted]&ses://h/[FILTERED]/x");
         assert_eq!(twice, once);
         // Names and values are read segment by segment too: a reset link inside a redirect parameter.

@@ -33,8 +33,8 @@ enum RuleRef {
     Extra(usize),
 }
 
-/// How a key's value ended where it was found. A detector hit merged into the value can cover that end (a quote, a
-/// `'` that also sits in a URL's user-info); the forwarded text then has the mask where the end was, and any second
+/// How a key's value ended where it was found. A detector hit merged into the value can cover that end (a closing
+/// quote, an `&` inside a URL's user-info); the forwarded text then has the mask where the end was, and any second
 /// reading of it (this relay's, Sentry's own scrubbing) runs the value on to the next end. [`merge_overlaps`] carries
 /// the value on to there at once, so what is forwarded reads the same under the rules as what was masked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +158,11 @@ impl Scrubber<'_> {
             start: e.start,
             end: e.end,
             rule: RuleRef::Extra(i),
-            ends: if e.key_value { ValueEnd::Embedded } else { ValueEnd::Fixed },
+            ends: if e.key_value {
+                ValueEnd::Embedded
+            } else {
+                ValueEnd::Fixed
+            },
         }));
         // The bytes are overwritten with `*`, which ends no value.
         merge_overlaps(&mut spans, text, "*");
@@ -523,8 +527,9 @@ fn percent_decode(name: &str) -> std::borrow::Cow<'_, str> {
 ///
 /// When a joined group starts with a key's value and reaches past the byte that ended it, the value runs on to its
 /// next end (see [`ValueEnd`]; `mask` is what the value is replaced with, which may itself end it), joining what
-/// it reaches. Found by the `security_report` and `minidump` fuzz targets: `session=<v>':_e.ro@\'` (a URL-credentials
-/// hit over the `'` that ended the value) was forwarded as `session=[FILTERED]@\'`, whose value a second pass masked.
+/// it reaches. Found by the `security_report` and `minidump` fuzz targets: in `?session=abc.x://us&er:pw@h&page=2` a
+/// URL-credentials hit (`us&er:pw`) covers the `&` that ended the value, and `session=[FILTERED]@h&page=2` would have
+/// a value a second pass masks; the value runs on to the next `&` now.
 fn merge_overlaps(spans: &mut Vec<Span>, text: &str, mask: &str) {
     spans.sort_by_key(|s| s.start);
     let mut merged: Vec<Span> = Vec::with_capacity(spans.len());
@@ -568,7 +573,9 @@ fn run_on(group: &mut Span, value_end: &mut usize, text: &str, mask: &str) {
             (!ended).then(|| next(&ends_embedded_value).unwrap_or(bytes.len()))
         }
         // No closing quote further on: a second reading finds no pair at all.
-        ValueEnd::Quote(quote) => (!mask.as_bytes().contains(&quote)).then(|| next(&|b| b == quote)).flatten(),
+        ValueEnd::Quote(quote) => (!mask.as_bytes().contains(&quote))
+            .then(|| next(&|b| b == quote))
+            .flatten(),
     };
     if let Some(end) = end {
         group.end = end;
@@ -579,7 +586,10 @@ fn run_on(group: &mut Span, value_end: &mut usize, text: &str, mask: &str) {
 /// The bytes that end an unquoted value in free text (`password=...`).
 fn ends_embedded_value(b: u8) -> bool {
     b.is_ascii_whitespace()
-        || matches!(b, b'&' | b',' | b';' | b')' | b']' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'#' | b'|')
+        || matches!(
+            b,
+            b'&' | b',' | b';' | b')' | b']' | b'}' | b'"' | b'\'' | b'<' | b'>' | b'#' | b'|'
+        )
 }
 
 /// Sorts spans by start (stably, so earlier entries win ties) and drops every span that overlaps one kept before it.
@@ -597,4 +607,3 @@ fn drop_overlaps(spans: &mut Vec<Span>) {
         keep
     });
 }
-
