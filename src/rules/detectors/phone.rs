@@ -48,6 +48,16 @@ pub fn find(text: &str, region: Option<Id>, push: &mut dyn FnMut(usize, usize)) 
     let bytes = text.as_bytes();
     let mut i = 0;
     while i < bytes.len() {
+        // Straight to the next byte that may start a candidate (a vectorized search): a byte-by-byte loop cost more
+        // than the candidates on the raw SDK mix, whose strings with a `+` and eight digits average 470 bytes.
+        let next = match region {
+            None => memchr::memchr(b'+', &bytes[i..]),
+            Some(_) => memchr::memchr3(b'+', b'0', b'(', &bytes[i..]),
+        };
+        let Some(offset) = next else {
+            return;
+        };
+        i += offset;
         let b = bytes[i];
         let international = b == b'+';
         let national = region.is_some() && (b == b'0' || (b == b'(' && bytes.get(i + 1) == Some(&b'0')));
@@ -285,7 +295,10 @@ impl CodePatterns {
 fn calling_code_patterns(code: u16) -> Option<&'static CodePatterns> {
     static CODES: LazyLock<Vec<OnceLock<Option<CodePatterns>>>> =
         LazyLock::new(|| (0..1000).map(|_| OnceLock::new()).collect());
-    CODES.get(usize::from(code))?.get_or_init(|| CodePatterns::build(code)).as_ref()
+    CODES
+        .get(usize::from(code))?
+        .get_or_init(|| CodePatterns::build(code))
+        .as_ref()
 }
 
 fn dotted_quad(bytes: &[u8], groups: &[(usize, usize)]) -> bool {
@@ -343,6 +356,19 @@ mod tests {
     }
 
     #[test]
+    fn every_number_of_a_long_string() {
+        // The search jumps from one possible start (`+`, and `0` or `(` in a region) to the next: numbers far apart,
+        // next to look-alikes that start the same way, are all found.
+        let filler = " setting a+b at 2026-11-30 (retry 0) ".repeat(3);
+        let text = format!("{filler}+44 20 7946 0958{filler}+1 555-123-4567 +49 30 12345678, (030) 12345678.{filler}");
+        assert_eq!(phones(&text, None), ["+44 20 7946 0958", "+49 30 12345678"]);
+        assert_eq!(
+            phones(&text, parse_region("DE")),
+            ["+44 20 7946 0958", "+49 30 12345678", "(030) 12345678"]
+        );
+    }
+
+    #[test]
     fn the_pattern_check_never_rejects_what_the_library_accepts() {
         // Every region's example numbers, in international form and (for a region) in national form.
         let mut checked = 0;
@@ -351,7 +377,10 @@ mod tests {
                 continue;
             };
             let d = meta.descriptors();
-            for descriptor in [d.fixed_line(), d.mobile(), d.toll_free(), d.voip(), d.uan()].into_iter().flatten() {
+            for descriptor in [d.fixed_line(), d.mobile(), d.toll_free(), d.voip(), d.uan()]
+                .into_iter()
+                .flatten()
+            {
                 let Some(example) = descriptor.example() else {
                     continue;
                 };
