@@ -7,11 +7,11 @@ use regex_syntax::hir::{Class, Hir, HirKind};
 
 use super::*;
 
-/// xorshift64: deterministic, no dependency.
-struct Rng(u64);
+/// xorshift64: deterministic, no dependency. Also drives `taxid`'s comparison with the full label scan.
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn below(&mut self, n: usize) -> usize {
+    pub(super) fn below(&mut self, n: usize) -> usize {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

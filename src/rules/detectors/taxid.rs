@@ -239,6 +239,7 @@ pub fn maybe_labelled(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::detectors::generators::Rng;
 
     fn labelled(text: &str) -> Vec<&str> {
         let mut out = Vec::new();
@@ -324,18 +325,6 @@ mod tests {
         let mut out = Vec::new();
         find_labelled(bytes, &mut |s, e| out.push((s, e)));
         out
-    }
-
-    /// xorshift64: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
     }
 
     /// Random strings of labels (in any case), look-alike words, fillers, separators and digit groups of every
