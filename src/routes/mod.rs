@@ -231,7 +231,9 @@ pub(crate) fn scrub_envelope(
         project_id: Some(project_id),
         ..ProcessOptions::default()
     };
+    let started = std::time::Instant::now();
     let processed = pipeline::process(envelope, rules, &options);
+    metrics.scrub_duration.observe(started.elapsed().as_secs_f64());
     ingest::record_report(metrics, &processed.report);
     for item in &processed.envelope.items {
         metrics.items_forwarded.with_label_values(&[item.ty().as_str()]).inc();
