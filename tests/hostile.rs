@@ -286,25 +286,36 @@ async fn bombs_leave_the_small_lane(
     relay: &RelayHandle,
     targets: &[(&'static str, Option<&'static str>)],
 ) -> Vec<tokio::task::JoinHandle<RawResponse>> {
+    bodies_leave_the_small_lane(relay, gzip(&vec![0u8; 8 * MIB]), Some("gzip"), targets).await
+}
+
+/// As many copies of `body` (with `encoding` as its `Content-Encoding`) as the small lane has slots, sent to `targets`
+/// (path, `Content-Type`) in turn; returns once every one has left the small lane, which is then all free.
+async fn bodies_leave_the_small_lane(
+    relay: &RelayHandle,
+    body: Vec<u8>,
+    encoding: Option<&'static str>,
+    targets: &[(&'static str, Option<&'static str>)],
+) -> Vec<tokio::task::JoinHandle<RawResponse>> {
     let small_slots = relay.state.processing.available_permits();
-    let bomb = gzip(&vec![0u8; 8 * MIB]);
-    let bombs = (0..small_slots)
+    let bodies = (0..small_slots)
         .map(|n| {
-            let (addr, bomb) = (relay.addr, bomb.clone());
+            let (addr, body) = (relay.addr, body.clone());
             let (path, content_type) = targets[n % targets.len()];
             tokio::spawn(async move {
-                let mut pairs = vec![("X-Sentry-Auth", AUTH), ("Content-Encoding", "gzip")];
+                let mut pairs = vec![("X-Sentry-Auth", AUTH)];
+                pairs.extend(encoding.map(|value| ("Content-Encoding", value)));
                 pairs.extend(content_type.map(|value| ("Content-Type", value)));
-                send_raw(addr, "POST", path, &headers(&pairs), &bomb, false).await
+                send_raw(addr, "POST", path, &headers(&pairs), &body, false).await
             })
         })
         .collect();
-    wait_until("every bomb has left the small lane", || {
+    wait_until("every body has left the small lane", || {
         relay.metrics().lane_changes.get() == small_slots as u64
     })
     .await;
     assert_eq!(relay.state.processing.available_permits(), small_slots);
-    bombs
+    bodies
 }
 
 /// Each bomb, let into the large lane, is refused as too large once decoded, and gives back all its memory.
@@ -382,9 +393,7 @@ async fn compression_bombs_on_the_otlp_and_nel_routes_leave_the_small_lane_too()
 async fn replay_recordings_inflating_past_the_small_lane_move_to_the_large_lane() {
     let mini = MiniSentry::start().await;
     let relay = start_relay(relay_config(&mini)).await;
-    let large = relay.state.processing_large.clone();
-    let slots = u32::try_from(large.available_permits()).unwrap();
-    let held = large.acquire_many_owned(slots).await.unwrap();
+    let held = hold_the_large_lane(&relay).await;
     // A recording of 4 MiB of rrweb JSON in about 4 KiB of zlib: a small envelope whose payload inflates past the
     // small lane's 1 MiB (as a recording bomb would, up to Sentry's 100 MiB), yet a valid recording to forward.
     let inflated = [&b"["[..], &vec![b' '; 4 * MIB], b"]"].concat();
@@ -402,21 +411,8 @@ async fn replay_recordings_inflating_past_the_small_lane_move_to_the_large_lane(
     .into_bytes();
     envelope.extend_from_slice(&recording);
     envelope.push(b'\n');
-    let small_slots = relay.state.processing.available_permits();
-    let senders: Vec<_> = (0..small_slots)
-        .map(|_| {
-            let (addr, envelope) = (relay.addr, envelope.clone());
-            tokio::spawn(async move {
-                let headers = headers(&[("X-Sentry-Auth", AUTH)]);
-                send_raw(addr, "POST", "/api/42/envelope/", &headers, &envelope, false).await
-            })
-        })
-        .collect();
-    wait_until("every recording has left the small lane", || {
-        relay.metrics().lane_changes.get() == small_slots as u64
-    })
-    .await;
-    assert_eq!(relay.state.processing.available_permits(), small_slots);
+    let senders = bodies_leave_the_small_lane(&relay, envelope, None, &[("/api/42/envelope/", None)]).await;
+    let small_slots = senders.len();
     good_client_gets_through(&relay, &mini).await;
 
     drop(held);
