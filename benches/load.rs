@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench load -- [--seconds 20] [--requests 300000] [--connections 32] [--warmup 3] \
 //!     [--only mix|single] [--capture py-error-event-rawpii] [--relay-cpu 0] [--relay-binary PATH] \
-//!     [--relay-arg=--upstream-encoding=identity ...]
+//!     [--relay-arg=--upstream-encoding=identity ...] [--sink-latency-ms 0]
 //! ```
 //!
 //! Two scenarios, each against a fresh relay process: **mix** replays every capture round-robin, **single** replays
@@ -58,6 +58,8 @@ struct Options {
     relay_cpu: Option<u32>,
     /// Another `scrub-relay` binary to measure (an older build, for interleaved A/B runs).
     relay_binary: Option<PathBuf>,
+    /// How long the sink takes to answer: the round trip to a remote Sentry, as the relay's delivery sees it.
+    sink_latency: Duration,
 }
 
 impl Options {
@@ -72,6 +74,7 @@ impl Options {
             capture: SINGLE_CAPTURE.to_owned(),
             relay_cpu: None,
             relay_binary: None,
+            sink_latency: Duration::ZERO,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -85,6 +88,9 @@ impl Options {
                 "--requests" => options.requests = number().expect("--requests takes a number"),
                 "--connections" => options.connections = number().expect("--connections takes a number") as usize,
                 "--warmup" => options.warmup = number().expect("--warmup takes a number"),
+                "--sink-latency-ms" => {
+                    options.sink_latency = Duration::from_millis(number().expect("--sink-latency-ms takes a number"))
+                }
                 _ if arg.starts_with("--relay-arg=") => {
                     options.relay_args.push(arg["--relay-arg=".len()..].to_owned());
                 }
@@ -177,7 +183,7 @@ struct SinkCounts {
 }
 
 /// A stand-in for Sentry: reads every request completely and answers like Sentry does.
-async fn start_sink() -> (SocketAddr, Arc<SinkCounts>) {
+async fn start_sink(latency: Duration) -> (SocketAddr, Arc<SinkCounts>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
     let addr = listener.local_addr().expect("sink address");
     let counts = Arc::new(SinkCounts::default());
@@ -193,6 +199,9 @@ async fn start_sink() -> (SocketAddr, Arc<SinkCounts>) {
                     let counts = Arc::clone(&counts);
                     async move {
                         let body = request.into_body().collect().await?.to_bytes();
+                        if !latency.is_zero() {
+                            tokio::time::sleep(latency).await;
+                        }
                         counts.requests.fetch_add(1, Ordering::Relaxed);
                         counts.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
                         let response = Response::builder()
@@ -460,7 +469,7 @@ fn main() {
 /// One scenario against a fresh relay process: `mix` (every capture) or `single` (`--capture`).
 async fn run(options: &Options, scenario: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (sink, sink_counts) = start_sink().await;
+    let (sink, sink_counts) = start_sink(options.sink_latency).await;
 
     // Pick a free port for the relay; the tiny window between closing this listener and the relay binding it
     // is acceptable for a benchmark on loopback.

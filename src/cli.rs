@@ -147,8 +147,9 @@ pub struct RunArgs {
     /// Default: none, the TCP peer address. Only set it when every request comes through that balancer.
     #[arg(long, env = "SCRUB_RELAY_CLIENT_IP_HEADER")]
     pub client_ip_header: Option<http::HeaderName>,
-    /// Upstream requests in flight at once.
-    #[arg(long, env = "SCRUB_RELAY_UPSTREAM_CONCURRENCY", default_value = "8")]
+    /// Upstream requests in flight at once. Envelopes delivered per second are at most this divided by the upstream's
+    /// round trip.
+    #[arg(long, env = "SCRUB_RELAY_UPSTREAM_CONCURRENCY", default_value = "128")]
     pub upstream_concurrency: usize,
     /// Wait after the first upstream failure; doubles per failure, half of it random.
     #[arg(long, env = "SCRUB_RELAY_RETRY_INITIAL_BACKOFF", default_value = "500ms", value_parser = parse_duration)]

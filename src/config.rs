@@ -135,7 +135,7 @@ impl Default for Config {
             spool_max_age: Duration::from_secs(24 * 60 * 60),
             queue_max_envelopes: 10_000,
             queue_max_bytes: 256 * MIB,
-            upstream_concurrency: 8,
+            upstream_concurrency: 128,
             retry_initial_backoff: Duration::from_millis(500),
             retry_max_backoff: Duration::from_secs(60),
         }

@@ -112,12 +112,9 @@ pub async fn handle(
         .acquire_owned()
         .await
         .map_err(|_| RelayError::Internal)?;
-    // Scrubbing inline takes the runtime thread from the delivery workers. While envelopes pile up in the memory
-    // queue (the relay is CPU-bound), new ones go to blocking threads again, so the workers that drain the queue keep
-    // their share of the CPU; otherwise ingest outruns delivery until the queue is full and SDKs get 503s.
-    let inline = state.delivery.memory_envelopes() <= INLINE_MAX_QUEUED_PER_WORKER * state.config.upstream_concurrency;
-    let decoded = if inline { decode_inline(&input)? } else { None };
-    let step = match decoded {
+    // Small envelopes are scrubbed inline: the delivery workers have their own thread (`delivery::thread`), so this
+    // takes no CPU from them.
+    let step = match decode_inline(&input)? {
         Some(decoded) => {
             let _slot = slot;
             prepare(input, Bytes::from(decoded), |identity| authorize(state, endpoint, identity))?
@@ -561,9 +558,6 @@ struct Prepared {
 /// scrub rate (about 50 MB/s on PII-dense captures) this budget keeps a runtime thread busy for at most about
 /// 0.3 ms, so other connections on it are not starved; anything larger goes to a blocking thread.
 const INLINE_MAX_BYTES: usize = 16 * 1024;
-
-/// Inline scrubbing stops while the delivery queue holds more than this many envelopes per upstream worker.
-const INLINE_MAX_QUEUED_PER_WORKER: usize = 4;
 
 /// Decodes a small body on the calling thread: `Some` when it decompresses within [`INLINE_MAX_BYTES`], `None` when
 /// it is larger (the caller decodes it again on a blocking thread with the real cap, so at most the inline budget

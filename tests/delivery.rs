@@ -140,7 +140,10 @@ async fn an_outage_under_steady_traffic_loses_nothing_and_duplicates_nothing() {
     let spool = tempfile::tempdir().expect("spool dir");
     let upstream = MiniSentry::start().await;
     let mut switch = Switch::start(upstream.addr).await;
-    let relay = start_relay(fast_config(&upstream, &switch.url(), Some(spool.path()))).await;
+    let mut config = fast_config(&upstream, &switch.url(), Some(spool.path()));
+    // Arrival order is kept give or take the envelopes in flight at once: few workers make that window narrow.
+    config.upstream_concurrency = 8;
+    let relay = start_relay(config.clone()).await;
 
     // Healthy: the first envelopes flow straight through.
     for n in 0..5 {
@@ -166,8 +169,8 @@ async fn an_outage_under_steady_traffic_loses_nothing_and_duplicates_nothing() {
     sorted.sort_unstable();
     assert_eq!(sorted, (5..35).collect::<Vec<_>>(), "each envelope exactly once");
     // The probe that finds the upstream back is one fresh envelope; after it, arrival order give or take the
-    // envelopes in flight at once (8 workers).
-    let workers = 8;
+    // envelopes in flight at once.
+    let workers = config.upstream_concurrency;
     let rest: Vec<usize> = ids[1..].iter().copied().filter(|id| *id != ids[0]).collect();
     let expected: Vec<usize> = (5..35).filter(|id| *id != ids[0]).collect();
     for (position, id) in rest.iter().enumerate() {
@@ -286,6 +289,8 @@ async fn a_graceful_shutdown_spools_what_it_could_not_send_and_the_next_start_de
     upstream.answer_always(common::Answer::ok().delay(Duration::from_secs(30)));
     let mut config = fast_config(&upstream, &upstream.url(), Some(spool.path()));
     config.shutdown_timeout = Duration::from_millis(300);
+    // Fewer workers than envelopes: some are in flight and the rest wait in the queue when shutdown begins.
+    config.upstream_concurrency = 8;
     let relay = start_relay(config.clone()).await;
     for n in 0..20 {
         assert_eq!(post_envelope(&relay, PROJECT, KEY, &event(n)).await.status, 200);

@@ -34,6 +34,7 @@
 pub mod rate_limits;
 pub mod retry;
 pub mod spool;
+pub(crate) mod thread;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -43,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -409,8 +410,13 @@ struct Shared {
     rate_limits: RateLimits,
     spool: Option<Arc<Spool>>,
     state: Mutex<State>,
-    /// Bumped on every change a waiting worker or shutdown may care about.
+    /// Bumped on every change a waiting worker or shutdown may care about, except the two most frequent ones below:
+    /// waking every idle worker for each of those cost more CPU than the delivery itself (issue #11).
     changed: watch::Sender<u64>,
+    /// An envelope was queued in memory: wakes one idle worker (or lets the next worker that looks go on at once).
+    queued: Notify,
+    /// An envelope left the queue for good. Only shutdown, waiting for the queue to drain, cares.
+    finished: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -422,9 +428,14 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Opens the spool (replaying what it holds, oldest first) and starts the workers. Must be called inside a Tokio
-    /// runtime. Fails only when the spool directory cannot be created or listed.
-    pub fn start(config: DeliveryConfig, transport: Arc<dyn Transport>, metrics: Arc<Metrics>) -> io::Result<Delivery> {
+    /// Opens the spool (replaying what it holds, oldest first) and starts the workers on `runtime`. Fails only when the
+    /// spool directory cannot be created or listed.
+    pub fn start(
+        config: DeliveryConfig,
+        transport: Arc<dyn Transport>,
+        metrics: Arc<Metrics>,
+        runtime: &tokio::runtime::Handle,
+    ) -> io::Result<Delivery> {
         let spool = match &config.spool {
             Some(spool_config) => {
                 let spool_metrics = SpoolMetrics {
@@ -465,11 +476,13 @@ impl Delivery {
             spool,
             state: Mutex::new(state),
             changed: watch::channel(0).0,
+            queued: Notify::new(),
+            finished: watch::channel(0).0,
             stop: watch::channel(false).0,
             workers: Mutex::new(Vec::new()),
         });
         shared.publish(&shared.lock());
-        let handles = (0..workers).map(|_| tokio::spawn(worker(shared.clone()))).collect();
+        let handles = (0..workers).map(|_| runtime.spawn(worker(shared.clone()))).collect();
         *shared.workers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
         Ok(Delivery { shared })
     }
@@ -500,7 +513,7 @@ impl Delivery {
                 }
                 shared.push_memory(&mut state, Entry { seq, job, attempts: 0 });
                 drop(state);
-                shared.bump();
+                shared.queued.notify_one();
                 return Ok(());
             }
             (seq, to_spool)
@@ -565,11 +578,6 @@ impl Delivery {
         &self.shared.rate_limits
     }
 
-    /// Envelopes waiting in memory (or in flight) for the upstream.
-    pub fn memory_envelopes(&self) -> usize {
-        self.shared.lock().memory_envelopes
-    }
-
     /// True when a new envelope would be refused: the memory queue is at a cap and the spool (if any) is full.
     /// Readiness reports not-ready while this holds.
     pub fn is_full(&self) -> bool {
@@ -585,8 +593,10 @@ impl Delivery {
         let shared = self.shared;
         let deadline = Instant::now() + grace;
         let mut changed = shared.changed.subscribe();
+        let mut finished = shared.finished.subscribe();
         loop {
             changed.borrow_and_update();
+            finished.borrow_and_update();
             {
                 let state = shared.lock();
                 // With a spool, what is held back is spooled below; without one, it is lost unless sent in time.
@@ -604,6 +614,7 @@ impl Delivery {
             }
             tokio::select! {
                 _ = changed.changed() => {}
+                _ = finished.changed() => {}
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -755,7 +766,7 @@ impl Shared {
                 }
             }
         }
-        self.bump();
+        self.finished.send_modify(|version| *version = version.wrapping_add(1));
     }
 
     /// Holds an envelope back until `until` (a rate limit's expiry, or its retry time).
@@ -948,6 +959,7 @@ async fn worker(shared: Arc<Shared>) {
             None => {
                 tokio::select! {
                     _ = changed.changed() => {}
+                    _ = shared.queued.notified() => {}
                     _ = sleep_until_or_forever(wake_at) => {}
                     _ = stop.changed() => {}
                 }

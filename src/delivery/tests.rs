@@ -149,8 +149,27 @@ fn config(spool_dir: Option<&std::path::Path>) -> DeliveryConfig {
 
 fn start(config: DeliveryConfig, upstream: &Arc<ScriptedUpstream>) -> (Delivery, Arc<Metrics>) {
     let metrics = Arc::new(Metrics::new());
-    let delivery = Delivery::start(config, upstream.clone(), metrics.clone()).expect("delivery starts");
+    let delivery = Delivery::start(config, upstream.clone(), metrics.clone(), &tokio::runtime::Handle::current())
+        .expect("delivery starts");
     (delivery, metrics)
+}
+
+/// On their own thread, the workers deliver while the submitter's only runtime thread is held without yielding (as
+/// an inline scrub holds it): ingest cannot starve delivery. Started on the submitter's runtime, this never ends.
+#[tokio::test(flavor = "current_thread")]
+async fn workers_on_their_own_thread_deliver_while_the_submitters_runtime_is_busy() {
+    let upstream = ScriptedUpstream::new(accept());
+    let thread = thread::DeliveryThread::spawn().expect("delivery thread starts");
+    let delivery = Delivery::start(config(None), upstream.clone(), Arc::new(Metrics::new()), thread.handle())
+        .expect("delivery starts");
+    delivery.submit(job(7)).await.expect("accepted");
+    // A guard against hanging forever, not a timing assertion.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while upstream.delivered_ids().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "not delivered while the submitter's runtime was busy");
+        std::thread::yield_now();
+    }
+    assert_eq!(upstream.delivered_ids(), vec![7]);
 }
 
 #[tokio::test]
