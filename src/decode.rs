@@ -4,7 +4,8 @@
 //! sizes: every decoder reads through `Read::take(cap + 1)`, so a compression bomb costs at most `cap + 1` bytes of
 //! memory before it is refused. The output buffer grows in steps (64 KiB, then doubling), never straight to the cap,
 //! and each step is charged first (to the relay's memory budget, see `crate::budget`), so a bomb is also stopped
-//! when memory is short. Synchronous on purpose: callers run it on a blocking thread.
+//! when memory is short. Synchronous on purpose: callers run it inline for small bodies, on a blocking thread
+//! otherwise. The body is already in memory, so the `bufread` decoders read it in place (no copy through a buffer).
 
 use std::io::{self, Read};
 
@@ -116,12 +117,12 @@ pub fn decode_charged(
             }
             Ok(body.to_vec())
         }
-        ContentEncoding::Gzip => read_capped(flate2::read::MultiGzDecoder::new(body), cap, charge),
+        ContentEncoding::Gzip => read_capped(flate2::bufread::MultiGzDecoder::new(body), cap, charge),
         ContentEncoding::Deflate => match body {
             [cmf, flg, ..] if is_zlib_header(*cmf, *flg) => {
-                read_capped(flate2::read::ZlibDecoder::new(body), cap, charge)
+                read_capped(flate2::bufread::ZlibDecoder::new(body), cap, charge)
             }
-            _ => read_capped(flate2::read::DeflateDecoder::new(body), cap, charge),
+            _ => read_capped(flate2::bufread::DeflateDecoder::new(body), cap, charge),
         },
         ContentEncoding::Brotli => read_capped(brotli::Decompressor::new(body, 64 * 1024), cap, charge),
         ContentEncoding::Zstd => {
