@@ -14,6 +14,9 @@ pub struct TruncationRules {
     exact: HashMap<String, (usize, String)>,
     suffixes: Vec<(String, usize, String)>,
     marker: String,
+    /// The smallest `max_chars` of any rule (`usize::MAX` without rules; 0, deciding nothing, in `Default`): a value of at most this many bytes fits every limit,
+    /// so most strings are decided without hashing their key.
+    shortest: usize,
 }
 
 /// What [`TruncationRules::limit_for`] found: the limit and the configured name (a bounded metric label).
@@ -30,6 +33,13 @@ impl TruncationRules {
             ..TruncationRules::default()
         };
         let marker_chars = config.marker.chars().count();
+        rules.shortest = config
+            .fields
+            .iter()
+            .filter(|rule| !rule.names.is_empty())
+            .map(|rule| rule.max_chars)
+            .min()
+            .unwrap_or(usize::MAX);
         for rule in &config.fields {
             if rule.max_chars <= marker_chars {
                 return Err(RulesError::Invalid {
@@ -73,6 +83,11 @@ impl TruncationRules {
                 max_chars: *max_chars,
                 label,
             })
+    }
+
+    /// Whether a value of `bytes` bytes fits every limit (byte length bounds character count from above).
+    pub fn fits_all(&self, bytes: usize) -> bool {
+        bytes <= self.shortest
     }
 
     pub fn marker(&self) -> &str {

@@ -191,8 +191,8 @@ pub(crate) fn walk_and_store(mut item: Item, mut value: Value, scope: Scope, scr
         if scrubber.collect_meta
             && let Value::Object(root) = &mut value
         {
-            let meta = std::mem::take(&mut scrubber.meta);
-            merge_meta(root, meta);
+            merge_meta(root, &scrubber.meta);
+            scrubber.meta.clear();
         }
         // Serializing a `Value` cannot fail (string keys, finite numbers from the parser).
         let bytes = serde_json::to_vec(&value).expect("JSON value serializes");

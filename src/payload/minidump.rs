@@ -425,7 +425,7 @@ fn scrub_utf8_runs(region: &mut [u8], scrubber: &mut Scrubber<'_>, spans: &mut V
         if value_follows {
             // The whole record is the flag's value.
             spans.push((0, end - start));
-            scrubber.record(&[Seg::Key("minidump")], None, "sensitive_key", ChangeAction::Replaced, Vec::new(), None);
+            scrubber.record(&[Seg::Key("minidump")], None, "sensitive_key", ChangeAction::Replaced, &[], None);
         } else if end - start >= 2 {
             let mut offset = 0;
             for chunk in region[start..end].utf8_chunks() {
@@ -578,7 +578,7 @@ fn mask_learned_names(region: &mut [u8], names: &[Vec<u8>], rule: &str, scrubber
                 for (byte, fill) in region[at..at + needle.len()].iter_mut().zip(fill.iter().cycle()) {
                     *byte = *fill;
                 }
-                scrubber.record(&[Seg::Key("minidump")], None, rule, ChangeAction::Masked, Vec::new(), None);
+                scrubber.record(&[Seg::Key("minidump")], None, rule, ChangeAction::Masked, &[], None);
                 count += 1;
             }
         }

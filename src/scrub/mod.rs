@@ -21,7 +21,7 @@ pub(crate) mod stream;
 mod text;
 mod walk;
 
-pub use meta::merge_meta;
+pub use meta::{MetaLog, merge_meta};
 pub(crate) use text::ExtraSpan;
 pub use text::TextMode;
 pub use walk::Scope;
@@ -100,21 +100,14 @@ impl Seg<'_> {
     }
 }
 
-/// A `_meta` remark: `[rule_id, type]` or `[rule_id, type, start, end]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remark {
-    pub rule: String,
+/// A `_meta` remark: `[rule_id, type]` or `[rule_id, type, start, end]`. The rule id is borrowed: [`MetaLog`]
+/// copies it into its own buffer, so recording a change allocates nothing per remark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remark<'r> {
+    pub rule: &'r str,
     /// `s` substituted, `x` removed, `p` pseudonymized (hashed).
     pub ty: &'static str,
     pub range: Option<(usize, usize)>,
-}
-
-/// `_meta` for one field: remarks and, when the value changed length, the original length.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MetaEntry {
-    pub path: Vec<String>,
-    pub remarks: Vec<Remark>,
-    pub len: Option<usize>,
 }
 
 /// Counters and trails gathered while scrubbing one envelope.
@@ -135,7 +128,7 @@ pub struct Scrubber<'e> {
     pub(crate) item_type: Option<ItemType>,
     /// Set when anything in the current item changed.
     pub(crate) changed: bool,
-    pub(crate) meta: Vec<MetaEntry>,
+    pub(crate) meta: MetaLog,
     pub(crate) tally: Tally,
     /// Depth of nested JSON-in-string walks; they record no `_meta` of their own.
     pub(crate) nested: u32,
@@ -159,8 +152,9 @@ thread_local! {
 }
 
 /// Recent verdicts of the key matcher for one engine. Payloads repeat a few dozen keys (every span has the same
-/// attribute names), and normalising and matching a key costs several times more than hashing it. Direct-mapped
-/// and bounded, so keys chosen to collide only cost a recomputation.
+/// attribute names), and normalising and matching a key costs several times more than hashing it. Two-way set
+/// associative (a direct-mapped table of 256 slots missed on about one key in six of the raw python event: keys
+/// that collide evicted each other at every event) and bounded, so keys chosen to collide only cost a recomputation.
 struct KeyVerdicts {
     /// [`Engine::id`] of the rules the verdicts came from.
     engine: u64,
@@ -168,7 +162,8 @@ struct KeyVerdicts {
 }
 
 impl KeyVerdicts {
-    const SLOTS: usize = 256;
+    /// Sets of two slots each.
+    const SETS: usize = 256;
     /// Longer keys are matched every time rather than kept.
     const MAX_KEY_LEN: usize = 64;
 
@@ -189,16 +184,38 @@ impl KeyVerdicts {
             .unwrap_or_else(|| KeyVerdicts::new(engine))
     }
 
-    /// The slot for a key (FNV-1a), allocating the table on first use.
-    fn slot(&mut self, key: &str) -> usize {
+    /// The first slot of a key's set (FNV-1a), allocating the table on first use.
+    fn set(&mut self, key: &str) -> usize {
         if self.slots.is_empty() {
-            self.slots.resize(KeyVerdicts::SLOTS, None);
+            self.slots.resize(KeyVerdicts::SETS * 2, None);
         }
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in key.bytes() {
             hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         }
-        (hash as usize) % KeyVerdicts::SLOTS
+        (hash as usize) % KeyVerdicts::SETS * 2
+    }
+
+    /// The cached verdict; a hit in the second slot moves to the first, so the slot a miss evicts is the colder.
+    fn get(&mut self, set: usize, key: &str) -> Option<bool> {
+        for way in 0..2 {
+            if let Some((cached, verdict)) = &self.slots[set + way]
+                && **cached == *key
+            {
+                let verdict = *verdict;
+                if way == 1 {
+                    self.slots.swap(set, set + 1);
+                }
+                return Some(verdict);
+            }
+        }
+        None
+    }
+
+    /// Keeps a verdict in the first slot of its set, moving the one there to the second (evicting the colder).
+    fn put(&mut self, set: usize, key: &str, verdict: bool) {
+        self.slots[set + 1] = self.slots[set].take();
+        self.slots[set] = Some((key.into(), verdict));
     }
 }
 
@@ -211,7 +228,7 @@ impl<'e> Scrubber<'e> {
             item_index: None,
             item_type: None,
             changed: false,
-            meta: Vec::new(),
+            meta: MetaLog::default(),
             tally: Tally::default(),
             nested: 0,
             scratch: String::new(),
@@ -237,14 +254,12 @@ impl<'e> Scrubber<'e> {
         if key.len() > KeyVerdicts::MAX_KEY_LEN {
             return self.engine.keys.is_sensitive_with(key, &mut self.scratch);
         }
-        let slot = self.key_verdicts.slot(key);
-        if let Some((cached, verdict)) = &self.key_verdicts.slots[slot]
-            && **cached == *key
-        {
-            return *verdict;
+        let set = self.key_verdicts.set(key);
+        if let Some(verdict) = self.key_verdicts.get(set, key) {
+            return verdict;
         }
         let verdict = self.engine.keys.is_sensitive_with(key, &mut self.scratch);
-        self.key_verdicts.slots[slot] = Some((key.into(), verdict));
+        self.key_verdicts.put(set, key, verdict);
         verdict
     }
 
@@ -281,7 +296,7 @@ impl<'e> Scrubber<'e> {
         extra: Option<&str>,
         rule: &str,
         action: ChangeAction,
-        remarks: Vec<Remark>,
+        remarks: &[Remark<'_>],
         len: Option<usize>,
     ) {
         self.changed = true;
@@ -316,25 +331,9 @@ impl<'e> Scrubber<'e> {
             });
         }
         if self.collect_meta && self.nested == 0 && !remarks.is_empty() {
-            let mut owned: Vec<String> = path.iter().map(|s| s.to_owned_string()).collect();
-            if let Some(extra) = extra {
-                owned.push(extra.to_string());
-            }
             // A field's changes are recorded together (scrub, then maybe truncate), so only the last entry can share
             // its path; scanning all entries would make PII-dense payloads quadratic.
-            match self.meta.last_mut().filter(|m| m.path == owned) {
-                Some(entry) => {
-                    entry.remarks.extend(remarks);
-                    if entry.len.is_none() {
-                        entry.len = len;
-                    }
-                }
-                None => self.meta.push(MetaEntry {
-                    path: owned,
-                    remarks,
-                    len,
-                }),
-            }
+            self.meta.add(path, extra, remarks, len, true);
         }
     }
 }

@@ -181,11 +181,11 @@ impl Scrubber<'_> {
     fn token_replacement(&mut self, token: &str, path: &[Seg<'_>]) -> String {
         let (replacement, action, ty) = self.key_replacement(token);
         let remark = Remark {
-            rule: URL_TOKEN_RULE.into(),
+            rule: URL_TOKEN_RULE,
             ty,
             range: None,
         };
-        self.record(path, None, URL_TOKEN_RULE, action, vec![remark], None);
+        self.record(path, None, URL_TOKEN_RULE, action, &[remark], None);
         replacement
     }
 }

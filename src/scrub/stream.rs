@@ -462,28 +462,27 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
 
     /// Writes the root's `_meta`: the SDK's own, merged with the remarks of this walk.
     fn write_meta(&mut self, sdk_meta: Option<&'a str>, first: &mut bool) -> Result<(), Bail> {
-        let mut entries = std::mem::take(&mut self.scrubber.meta);
-        if entries.is_empty() {
+        if self.scrubber.meta.is_empty() {
             if let Some(raw) = sdk_meta {
                 self.write_key("_meta", first);
                 self.out.extend_from_slice(raw.as_bytes());
             }
             return Ok(());
         }
-        if sdk_meta.is_none() && meta::writable(&entries) {
-            // Nothing to merge with: written straight from the entries, without a `Value` tree.
+        if sdk_meta.is_none() && self.scrubber.meta.writable() {
+            // Nothing to merge with: written straight from the log, without a `Value` tree.
             self.write_key("_meta", first);
-            meta::write_meta(&entries, &mut self.out);
-            // Keep the allocation for the next item.
-            entries.clear();
-            self.scrubber.meta = entries;
+            meta::write_meta(&self.scrubber.meta, &mut self.out);
+            // Cleared, not dropped: its buffers serve the next item.
+            self.scrubber.meta.clear();
             return Ok(());
         }
         let mut root = Map::new();
         if let Some(raw) = sdk_meta {
             root.insert("_meta".into(), parse(raw)?);
         }
-        merge_meta(&mut root, entries);
+        merge_meta(&mut root, &self.scrubber.meta);
+        self.scrubber.meta.clear();
         if let Some(meta) = root.get("_meta") {
             self.write_key("_meta", first);
             serde_json::to_writer(&mut self.out, meta).expect("JSON value serializes");
@@ -826,9 +825,18 @@ fn parse<T: serde::de::DeserializeOwned>(json: &str) -> Result<T, Bail> {
     serde_json::from_str(json).map_err(|_| Bail::Invalid)
 }
 
-fn write_json_string(out: &mut Vec<u8>, text: &str) {
-    // Writing a `str` into a `Vec` cannot fail.
-    serde_json::to_writer(out, text).expect("a string serializes");
+/// Writes `text` as a JSON string, byte for byte as serde_json does (it escapes only `"`, `\\` and control
+/// characters). Most strings need no escape: those are copied whole instead of through serde_json's per-byte table.
+pub(super) fn write_json_string(out: &mut Vec<u8>, text: &str) {
+    if find_string_special(text.as_bytes(), 0).is_none() {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing a `str` into a `Vec` cannot fail.
+        serde_json::to_writer(out, text).expect("a string serializes");
+    }
 }
 
 #[cfg(test)]

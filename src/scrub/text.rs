@@ -174,7 +174,7 @@ impl Scrubber<'_> {
                 RuleRef::Extra(i) if extra[i].key_value => (extra[i].rule, ChangeAction::Replaced),
                 RuleRef::Extra(i) => (extra[i].rule, ChangeAction::Masked),
             };
-            self.record(path, None, rule, action, Vec::new(), None);
+            self.record(path, None, rule, action, &[], None);
             out.push((span.start, span.end));
         }
     }
@@ -229,7 +229,7 @@ impl Scrubber<'_> {
             out.push_str(&replacement);
             let ty = if action == ChangeAction::Hashed { "p" } else { "s" };
             remarks.push(Remark {
-                rule: rule_id.to_string(),
+                rule: rule_id,
                 ty,
                 range: Some((out_chars, out_chars + replacement_chars)),
             });
@@ -241,15 +241,13 @@ impl Scrubber<'_> {
         let new_chars = out_chars + text[cursor..].chars().count();
         let len = (new_chars != original_chars).then_some(original_chars);
         let last = rules.len().saturating_sub(1);
-        let mut remarks = Some(remarks);
         for (i, (rule, action)) in rules.into_iter().enumerate() {
             // All remarks go into one `_meta` entry, attached with the last change.
-            let rem = if i == last {
-                remarks.take().unwrap_or_default()
+            if i == last {
+                self.record(path, None, rule, action, &remarks, len);
             } else {
-                Vec::new()
-            };
-            self.record(path, None, rule, action, rem, if i == last { len } else { None });
+                self.record(path, None, rule, action, &[], None);
+            }
         }
         out
     }
@@ -429,18 +427,14 @@ impl Scrubber<'_> {
             for (rule, count) in &self.tally.redactions {
                 if redactions_before.get(rule) != Some(count) {
                     remarks.push(Remark {
-                        rule: rule.clone(),
+                        rule,
                         ty: "s",
                         range: None,
                     });
                 }
             }
-            let owned: Vec<String> = path.iter().map(|s| s.to_owned_string()).collect();
-            self.meta.push(super::MetaEntry {
-                path: owned,
-                remarks,
-                len: Some(text.chars().count()),
-            });
+            // Its own entry, never joined to the last one (the fields inside were recorded just before).
+            self.meta.add(path, None, &remarks, Some(text.chars().count()), false);
         }
         Some(Some(scrubbed))
     }

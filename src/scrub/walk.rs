@@ -513,11 +513,11 @@ impl Scrubber<'_> {
     ) -> String {
         let (replacement, action, ty) = self.key_replacement(text);
         let remark = Remark {
-            rule: rule.to_string(),
+            rule,
             ty,
             range: Some((0, replacement.chars().count())),
         };
-        self.record(path, None, rule, action, vec![remark], original_len);
+        self.record(path, None, rule, action, &[remark], original_len);
         replacement
     }
 
@@ -529,12 +529,15 @@ impl Scrubber<'_> {
 
     /// Cuts a string under `key` to the key's length limit; `None` when it has none or the string fits.
     pub(crate) fn truncate_str(&mut self, key: &str, value: &str, path: &[Seg<'_>]) -> Option<String> {
+        if self.engine.truncation.fits_all(value.len()) {
+            return None;
+        }
         let limit = self.engine.truncation.limit_for(key)?;
         let cut = truncate(value, limit.max_chars, self.engine.truncation.marker())?;
         let marker_chars = self.engine.truncation.marker().chars().count();
         let label = limit.label.to_string();
         let remark = Remark {
-            rule: "!limit".into(),
+            rule: "!limit",
             ty: "s",
             range: Some((cut.kept_chars, cut.kept_chars + marker_chars)),
         };
@@ -543,7 +546,7 @@ impl Scrubber<'_> {
             None,
             &label,
             ChangeAction::Truncated,
-            vec![remark],
+            &[remark],
             Some(cut.original_chars),
         );
         Some(cut.value)
@@ -581,7 +584,7 @@ impl Scrubber<'_> {
         let before = items.len();
         items.retain(|item| !is_ip_pair(item));
         for _ in items.len()..before {
-            self.record(path, None, "send_default_pii", ChangeAction::Removed, Vec::new(), None);
+            self.record(path, None, "send_default_pii", ChangeAction::Removed, &[], None);
         }
     }
 
@@ -686,13 +689,13 @@ impl Scrubber<'_> {
 
     /// Records an attribute removed by [`Self::attribute_rule`] or for holding a number under a sensitive name.
     pub(crate) fn record_attribute_removal(&mut self, path: &[Seg<'_>], key: &str, rule: &str) {
-        self.record(path, Some(key), rule, ChangeAction::Removed, Vec::new(), None);
+        self.record(path, Some(key), rule, ChangeAction::Removed, &[], None);
     }
 
     /// Records a field removed because `send_default_pii` is off.
     pub(super) fn record_pii_removal(&mut self, path: &[Seg<'_>], key: &str) {
         let remark = Remark {
-            rule: "send_default_pii".into(),
+            rule: "send_default_pii",
             ty: "x",
             range: None,
         };
@@ -701,7 +704,7 @@ impl Scrubber<'_> {
             Some(key),
             "send_default_pii",
             ChangeAction::Removed,
-            vec![remark],
+            &[remark],
             None,
         );
     }
