@@ -232,7 +232,9 @@ fn valid_rule_id(id: &str) -> bool {
 impl Engine {
     /// Whether a header name carries the client IP.
     pub fn is_ip_header(&self, name: &str) -> bool {
-        self.ip_headers.iter().any(|h| header_name_eq(h, name))
+        // Trimmed once here rather than by each comparison (every header name and data key is asked).
+        let name = name.trim();
+        self.ip_headers.iter().any(|h| h.len() == name.len() && header_name_eq(h, name))
     }
 
     /// Whether an attribute or data key holds the end user's IP.

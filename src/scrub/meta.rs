@@ -280,8 +280,10 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
     // children: those are searched in place. Only the children of wide nodes (a list of many scrubbed objects, or an
     // attacker's object with thousands of keys) go into a map, so no input makes this quadratic.
     const NONE: u32 = u32::MAX;
-    /// Children searched in place; a node with more has them in `wide`.
-    const NARROW: u32 = 8;
+    /// Children searched in place; a node with more has them in `wide`. At most this many comparisons per segment,
+    /// and few events have a node this wide (the raw python event's widest has 12 children; with 8 here, hashing
+    /// their keys cost more than comparing them).
+    const NARROW: u32 = 32;
     struct Node<'a> {
         segment: &'a str,
         first_child: u32,
@@ -421,7 +423,10 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
                     out.push(b'[');
                     string(out, remark.rule);
                     out.push(b',');
-                    string(out, remark.ty);
+                    // `s`, `x` or `p`: nothing to escape.
+                    out.push(b'"');
+                    out.extend_from_slice(remark.ty.as_bytes());
+                    out.push(b'"');
                     if let Some((start, end)) = remark.range {
                         out.push(b',');
                         number(out, start);
@@ -451,6 +456,8 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
         })
         .map(move |at| entries[at as usize])
     }
+    // Roughly what is written: the segments and rule ids, quoted, and the fixed text around them.
+    out.reserve(log.text.len() + 32 * log.entries.len() + 16 * log.remarks.len());
     object(&nodes, entries, &next_entry, 0, out);
 }
 

@@ -26,6 +26,7 @@ pub(crate) use text::ExtraSpan;
 pub use text::TextMode;
 pub use walk::Scope;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
@@ -264,12 +265,17 @@ impl<'e> Scrubber<'e> {
     }
 
     /// What the key rules put in place of a whole value: its HMAC when keys are hashed, else the key replacement;
-    /// with the change's action and remark type (`p` pseudonymized, `s` substituted).
-    pub(crate) fn key_replacement(&self, text: &str) -> (String, ChangeAction, &'static str) {
+    /// with the change's action and remark type (`p` pseudonymized, `s` substituted). The replacement is borrowed
+    /// from the rules, so the streaming walk writes it without a copy.
+    pub(crate) fn key_replacement(&self, text: &str) -> (Cow<'e, str>, ChangeAction, &'static str) {
         if self.engine.key_action == Action::Hash {
-            (self.hash(text), ChangeAction::Hashed, "p")
+            (Cow::Owned(self.hash(text)), ChangeAction::Hashed, "p")
         } else {
-            (self.engine.key_replacement.clone(), ChangeAction::Replaced, "s")
+            (
+                Cow::Borrowed(self.engine.key_replacement.as_str()),
+                ChangeAction::Replaced,
+                "s",
+            )
         }
     }
 

@@ -80,7 +80,7 @@ impl Scrubber<'_> {
             None => true,
             Some(Any::StringValue(text)) => {
                 if let Some(replacement) = self.redact_str(text, rule, path) {
-                    *text = replacement;
+                    *text = replacement.into_owned();
                 }
                 true
             }
@@ -170,7 +170,7 @@ impl Scrubber<'_> {
             .find(|key| object.contains_key(*key));
         if let Some(Value::String(text)) = string_key.and_then(|key| object.get_mut(key)) {
             if let Some(replacement) = self.redact_str(text, rule, path) {
-                *text = replacement;
+                *text = replacement.into_owned();
             }
             return object.len() == 1;
         }

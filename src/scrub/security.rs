@@ -186,7 +186,7 @@ impl Scrubber<'_> {
             range: None,
         };
         self.record(path, None, URL_TOKEN_RULE, action, &[remark], None);
-        replacement
+        replacement.into_owned()
     }
 }
 

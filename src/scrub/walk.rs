@@ -1,5 +1,7 @@
 //! The walk itself: scopes, the per-scope field table, whole-value redaction, typed attributes, removals.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::text::TextMode;
@@ -344,7 +346,7 @@ pub(super) fn header_attribute_name(key: &str) -> Option<&str> {
         .or_else(|| key.strip_prefix("http.response.header."))
 }
 
-impl Scrubber<'_> {
+impl<'e> Scrubber<'e> {
     /// Walks any value in a scope.
     pub(crate) fn walk_value<'t>(&mut self, value: &'t mut Value, scope: Scope, path: &mut Vec<Seg<'t>>) {
         match value {
@@ -484,7 +486,7 @@ impl Scrubber<'_> {
             Value::Null => return,
             Value::String(s) => {
                 if let Some(replacement) = self.redact_str(s, rule, path) {
-                    *value = Value::String(replacement);
+                    *value = Value::String(replacement.into_owned());
                 }
                 return;
             }
@@ -492,11 +494,11 @@ impl Scrubber<'_> {
             Value::Object(o) if o.is_empty() => return,
             other => other.to_string(),
         };
-        *value = Value::String(self.replace_whole(&text, rule, path, None));
+        *value = Value::String(self.replace_whole(&text, rule, path, None).into_owned());
     }
 
     /// Replaces a whole string under a sensitive key; `None` when it already reads as filtered.
-    pub(crate) fn redact_str(&mut self, text: &str, rule: &'static str, path: &[Seg<'_>]) -> Option<String> {
+    pub(crate) fn redact_str(&mut self, text: &str, rule: &'static str, path: &[Seg<'_>]) -> Option<Cow<'e, str>> {
         if is_already_filtered(text, self.engine) {
             return None;
         }
@@ -510,7 +512,7 @@ impl Scrubber<'_> {
         rule: &'static str,
         path: &[Seg<'_>],
         original_len: Option<usize>,
-    ) -> String {
+    ) -> Cow<'e, str> {
         let (replacement, action, ty) = self.key_replacement(text);
         let remark = Remark {
             rule,
