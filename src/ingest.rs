@@ -106,15 +106,20 @@ pub async fn handle(
         counted: false,
     };
 
+    // Scrubbing inline runs on the runtime threads the delivery workers need too. While workers that have nothing to
+    // do have not been polled yet, ingest lets them run first; while envelopes still pile up in the queue (every
+    // worker busy, perhaps on a response it has not been polled to read), they go to blocking threads, so the
+    // workers keep their share of the CPU. Otherwise ingest outruns delivery until the queue is full (SDKs get 503).
+    state.delivery.wait_for_idle_workers().await;
+    let inline = state.delivery.keeps_up();
     // The semaphores are never closed, so acquiring only waits.
     let slot = lane(state, input.wire.len())
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| RelayError::Internal)?;
-    // Small envelopes are scrubbed inline: the delivery workers have their own thread (`delivery::thread`), so this
-    // takes no CPU from them.
-    let step = match decode_inline(&input)? {
+    let decoded = if inline { decode_inline(&input)? } else { None };
+    let step = match decoded {
         Some(decoded) => {
             let _slot = slot;
             prepare(input, Bytes::from(decoded), |identity| authorize(state, endpoint, identity))?

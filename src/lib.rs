@@ -23,7 +23,7 @@
 //!    wrapped into an envelope, and a crashpad upload (`/api/<id>/minidump/`) becomes one the way Sentry builds it
 //!    ([`crashpad`]).
 //! 5. **Scrub** ([`pipeline::process`], pure and synchronous; run inline on the runtime thread for envelopes up to
-//!    16 KiB, on a blocking thread otherwise). Per item: [`filter`] drops
+//!    16 KiB while delivery keeps up, on a blocking thread otherwise). Per item: [`filter`] drops
 //!    health-check and static-file transactions and segment spans; [`scrub`] streams over each item's JSON once
 //!    (a `serde_json::Value` tree only for the few subtrees and shapes that need one) and applies key rules, header
 //!    rules, value detectors and the `send_default_pii` removals, writing Sentry `_meta` remarks; [`truncate`] cuts
@@ -34,9 +34,9 @@
 //!    nothing is left). The scrubbed envelope is queued in memory, or written to the disk spool when the upstream is
 //!    failing or memory is full, and only then does the SDK get `200 {"id": ...}`. When memory and spool are both
 //!    full the SDK gets 503 with `Retry-After` rather than a promise the relay cannot keep.
-//! 7. **Deliver** ([`delivery`], [`upstream`]). Background workers on a thread of their own POST to
-//!    `<upstream>/api/<project>/envelope/` with a rebuilt `X-Sentry-Auth`, compressed. Network errors, timeouts, 5xx
-//!    and 429 are retried with backoff and jitter; other 4xx are counted and dropped. The destination is always the configured upstream, never request
+//! 7. **Deliver** ([`delivery`], [`upstream`]). Background workers POST to `<upstream>/api/<project>/envelope/` with
+//!    a rebuilt `X-Sentry-Auth`, compressed. Network errors, timeouts, 5xx and 429 are retried with backoff and
+//!    jitter; other 4xx are counted and dropped. The destination is always the configured upstream, never request
 //!    data, so the relay cannot be used as an open proxy.
 //! 8. **Observe and adjust** ([`metrics`], [`logging`], [`reload`]). Every step counts into Prometheus metrics with
 //!    bounded labels; logs never carry payload values; SIGHUP (or a changed file) swaps in new rules atomically,

@@ -23,7 +23,6 @@ use tokio::task::JoinSet;
 
 use crate::admin::AdminRoute;
 use crate::config::Config;
-use crate::delivery::thread::DeliveryThread;
 use crate::delivery::{Delivery, DeliveryConfig};
 use crate::dsn::HostPattern;
 use crate::error::RelayError;
@@ -51,8 +50,6 @@ pub struct AppState {
     pub upstream: Upstream,
     /// The delivery queue, spool and rate limits: ingest hands every scrubbed envelope to it.
     pub delivery: Delivery,
-    /// Where the delivery workers run; dropped with the state, it stops them.
-    _delivery_thread: DeliveryThread,
     pub readiness: Readiness,
     /// `config.effective_tunnel_hosts()`, computed once.
     pub tunnel_hosts: Vec<HostPattern>,
@@ -77,8 +74,6 @@ pub enum StartError {
     Config(#[from] crate::config::ConfigError),
     #[error("cannot build the upstream HTTP client: {}", crate::upstream::describe_build_error(.0))]
     Client(#[from] reqwest::Error),
-    #[error("cannot start the delivery thread: {0}")]
-    Thread(#[source] std::io::Error),
     #[error("cannot use the spool directory {path}: {source}")]
     Spool {
         path: String,
@@ -88,20 +83,14 @@ pub enum StartError {
 }
 
 impl AppState {
-    /// Validates the config and builds the shared state. Starts the delivery workers on their own thread (and replays
-    /// the spool).
+    /// Validates the config and builds the shared state. Starts the delivery workers (and replays the spool), so it
+    /// must be called inside the Tokio runtime.
     pub fn new(config: Config, rules: CompiledRules, metrics: Arc<Metrics>) -> Result<Arc<AppState>, StartError> {
         config.validate()?;
         let upstream = Upstream::new(&config, metrics.clone())?;
         let spool = config.spool_dir.as_ref().map(|dir| dir.display().to_string()).unwrap_or_default();
-        let delivery_thread = DeliveryThread::spawn().map_err(StartError::Thread)?;
-        let delivery = Delivery::start(
-            DeliveryConfig::from(&config),
-            Arc::new(upstream.clone()),
-            metrics.clone(),
-            delivery_thread.handle(),
-        )
-        .map_err(|source| StartError::Spool { path: spool, source })?;
+        let delivery = Delivery::start(DeliveryConfig::from(&config), Arc::new(upstream.clone()), metrics.clone())
+            .map_err(|source| StartError::Spool { path: spool, source })?;
         let readiness = Readiness::new(metrics.clone());
         let tunnel_hosts = config.effective_tunnel_hosts();
         let budget = crate::budget::Budget::new(
@@ -117,7 +106,6 @@ impl AppState {
             metrics,
             upstream,
             delivery,
-            _delivery_thread: delivery_thread,
             readiness,
             tunnel_hosts,
             processing: Arc::new(Semaphore::new(small_slots)),

@@ -34,7 +34,6 @@
 pub mod rate_limits;
 pub mod retry;
 pub mod spool;
-pub(crate) mod thread;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -397,6 +396,8 @@ struct State {
     memory_busy: usize,
     health: UpstreamHealth,
     next_seq: u64,
+    /// Workers that found nothing to send (the upstream gate open) and wait for an envelope.
+    idle_workers: usize,
     /// A worker is moving the memory queue to the spool.
     spilling: bool,
     /// The workers have stopped; new envelopes go straight to the spool.
@@ -417,9 +418,15 @@ struct Shared {
     queued: Notify,
     /// An envelope left the queue for good. Only shutdown, waiting for the queue to drain, cares.
     finished: watch::Sender<u64>,
+    /// A worker took an envelope from the memory queue: wakes ingest waiting in [`Delivery::wait_for_idle_workers`].
+    taken: Notify,
     stop: watch::Sender<bool>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
+
+/// Envelopes waiting for idle workers beyond which ingest waits for the workers to run
+/// ([`Delivery::wait_for_idle_workers`]).
+const STARVED_QUEUE: usize = 16;
 
 /// The delivery handle: cheap to clone, shared by every request handler.
 #[derive(Clone)]
@@ -428,14 +435,9 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Opens the spool (replaying what it holds, oldest first) and starts the workers on `runtime`. Fails only when the
-    /// spool directory cannot be created or listed.
-    pub fn start(
-        config: DeliveryConfig,
-        transport: Arc<dyn Transport>,
-        metrics: Arc<Metrics>,
-        runtime: &tokio::runtime::Handle,
-    ) -> io::Result<Delivery> {
+    /// Opens the spool (replaying what it holds, oldest first) and starts the workers. Must be called inside a Tokio
+    /// runtime. Fails only when the spool directory cannot be created or listed.
+    pub fn start(config: DeliveryConfig, transport: Arc<dyn Transport>, metrics: Arc<Metrics>) -> io::Result<Delivery> {
         let spool = match &config.spool {
             Some(spool_config) => {
                 let spool_metrics = SpoolMetrics {
@@ -462,6 +464,7 @@ impl Delivery {
             memory_envelopes: 0,
             memory_bytes: 0,
             memory_busy: 0,
+            idle_workers: 0,
             health: UpstreamHealth::new(config.backoff),
             next_seq,
             spilling: false,
@@ -478,11 +481,12 @@ impl Delivery {
             changed: watch::channel(0).0,
             queued: Notify::new(),
             finished: watch::channel(0).0,
+            taken: Notify::new(),
             stop: watch::channel(false).0,
             workers: Mutex::new(Vec::new()),
         });
         shared.publish(&shared.lock());
-        let handles = (0..workers).map(|_| runtime.spawn(worker(shared.clone()))).collect();
+        let handles = (0..workers).map(|_| tokio::spawn(worker(shared.clone()))).collect();
         *shared.workers.lock().unwrap_or_else(|p| p.into_inner()) = handles;
         Ok(Delivery { shared })
     }
@@ -543,6 +547,30 @@ impl Delivery {
                 Ok(())
             }
         }
+    }
+
+    /// Waits while envelopes wait in memory for workers that are idle: the workers were woken but the runtime has not
+    /// polled them yet, because it is busy scrubbing (the relay is CPU-bound). Ingest calls this before it scrubs, so
+    /// that it cannot outrun delivery until the queue is full and SDKs get 503 (issue #11). Returns at once otherwise,
+    /// also while the upstream is slow or failing: then the queue is there to absorb the backlog.
+    pub async fn wait_for_idle_workers(&self) {
+        let shared = &self.shared;
+        loop {
+            // Created before the check: a worker taking an envelope in between still wakes it.
+            let taken = shared.taken.notified();
+            {
+                let state = shared.lock();
+                if state.closed || state.idle_workers == 0 || state.waiting.len() <= STARVED_QUEUE {
+                    return;
+                }
+            }
+            taken.await;
+        }
+    }
+
+    /// True while no more than a few envelopes wait for a worker: delivery keeps up with ingest.
+    pub fn keeps_up(&self) -> bool {
+        self.shared.lock().waiting.len() <= STARVED_QUEUE
     }
 
     /// Applies the rate limits the upstream announced for `project_id`: drops limited items (counted as
@@ -735,6 +763,7 @@ impl Shared {
     fn take_fresh(&self, state: &mut State) -> Option<Work> {
         if let Some(entry) = state.waiting.pop_front() {
             state.memory_busy += 1;
+            self.taken.notify_waiters();
             return Some(Work::Memory(entry));
         }
         self.spool.as_ref()?.lease_next().map(|lease| Work::Spool(lease, 0))
@@ -935,6 +964,7 @@ async fn worker(shared: Arc<Shared>) {
             return;
         }
         let now = Instant::now();
+        let mut idle = false;
         let (work, probe, wake_at) = {
             let mut state = shared.lock();
             match state.health.acquire(now) {
@@ -946,6 +976,8 @@ async fn worker(shared: Arc<Shared>) {
                             if probe {
                                 state.health.release_probe();
                             }
+                            idle = true;
+                            state.idle_workers += 1;
                             (None, false, Shared::next_deferred_due(&state))
                         }
                     }
@@ -962,6 +994,9 @@ async fn worker(shared: Arc<Shared>) {
                     _ = shared.queued.notified() => {}
                     _ = sleep_until_or_forever(wake_at) => {}
                     _ = stop.changed() => {}
+                }
+                if idle {
+                    shared.lock().idle_workers -= 1;
                 }
             }
         }
