@@ -411,8 +411,8 @@ struct Shared {
     rate_limits: RateLimits,
     spool: Option<Arc<Spool>>,
     state: Mutex<State>,
-    /// Bumped on every change a waiting worker or shutdown may care about, except the two most frequent ones below:
-    /// waking every idle worker for each of those cost more CPU than the delivery itself (issue #11).
+    /// Bumped on every change a waiting worker or shutdown may care about, except the most frequent ones, which have
+    /// their own signals below: waking every idle worker for each of those cost more CPU than the delivery itself.
     changed: watch::Sender<u64>,
     /// An envelope was queued in memory: wakes one idle worker (or lets the next worker that looks go on at once).
     queued: Notify,
