@@ -731,10 +731,12 @@ regex!(
     EMAIL,
     r"(?i)[a-z0-9][a-z0-9._%+\-]*(?:@|%40)(?:[a-z0-9](?:[a-z0-9\-]*[a-z0-9])?\.)+[a-z]{2,24}\b"
 );
+#[cfg(test)]
 regex!(
     PHONE,
     r"(?:\+1[ .\-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .\-])[0-9]{3}[ .\-][0-9]{4}|\+1[2-9][0-9]{9}"
 );
+#[cfg(test)]
 regex!(SSN, r"[0-9]{3}-[0-9]{2}-[0-9]{4}");
 regex!(BEARER, r"(?i)\b(bearer|basic)[ \t]+([A-Za-z0-9\-._~+/]+=*)");
 regex!(
@@ -801,26 +803,22 @@ fn find_kind(
         Kind::PhoneIntl => phone::find(text, phone_region, push),
         Kind::Ipv6 => ipv6::find(bytes, push),
         Kind::Email => find_emails(bytes, push),
-        Kind::PhoneUs => {
-            for m in PHONE.find_iter(text) {
-                if number_boundary_before(bytes, m.start()) && number_boundary_after(bytes, m.end()) {
-                    push(m.start(), m.end());
-                }
+        Kind::PhoneUs => us_phone_shapes(bytes, &mut |start, end| {
+            if number_boundary_before(bytes, start) && number_boundary_after(bytes, end) {
+                push(start, end);
             }
-        }
-        Kind::Ssn => {
-            for m in SSN.find_iter(text) {
-                if !number_boundary_before(bytes, m.start()) || !number_boundary_after(bytes, m.end()) {
-                    continue;
-                }
-                let s = m.as_str();
-                let (area, group, serial) = (&s[0..3], &s[4..6], &s[7..11]);
-                if area == "000" || area == "666" || group == "00" || serial == "0000" {
-                    continue;
-                }
-                push(m.start(), m.end());
+        }),
+        Kind::Ssn => ssn_shapes(bytes, &mut |start, end| {
+            if !number_boundary_before(bytes, start) || !number_boundary_after(bytes, end) {
+                return;
             }
-        }
+            let s = &bytes[start..end];
+            let (area, group, serial) = (&s[0..3], &s[4..6], &s[7..11]);
+            if area == b"000" || area == b"666" || group == b"00" || serial == b"0000" {
+                return;
+            }
+            push(start, end);
+        }),
         Kind::CreditCard => find_cards(bytes, push),
         Kind::BearerToken => {
             for caps in BEARER.captures_iter(text) {
@@ -856,20 +854,37 @@ fn find_kind(
         Kind::AwsAccessKey => regex_hits(&AWS, text, push),
         Kind::ApiToken => regex_hits(&API_TOKEN, text, push),
         Kind::CredentialInText => {
-            for caps in CREDENTIAL_IN_TEXT.captures_iter(text) {
-                let Some(value) = caps.get(1) else { continue };
+            let mut value = |start: usize, end: usize| {
                 // A credential mixes letters and digits; prose ("password required") and code
                 // ("password = form['password']") do not.
-                let v = value.as_str().trim_end_matches(['.', '!', '?']);
+                let v = text[start..end].trim_end_matches(['.', '!', '?']);
                 let has_digit = v.bytes().any(|b| b.is_ascii_digit());
                 let has_letter = v.bytes().any(|b| b.is_ascii_alphabetic());
                 let placeholder = v.starts_with("[") || v.starts_with("hmac:") || v.starts_with("***");
                 if has_digit && has_letter && !placeholder {
-                    push(value.start(), value.end());
+                    push(start, end);
+                }
+            };
+            // The scan tries each word start; on long prose the regex's literal search skips faster (the raw mix
+            // of captures with 10 KB prompts was 4 % slower with the scan on every string).
+            if text.len() <= CREDENTIAL_SCAN_MAX_LEN && text.is_ascii() {
+                credential_values(bytes, &mut value);
+            } else {
+                // `\s`, `\b` and `(?i)` reach beyond ASCII (U+00A0, `é`, `ſ`, the Kelvin sign): the regex decides.
+                for caps in CREDENTIAL_IN_TEXT.captures_iter(text) {
+                    if let Some(m) = caps.get(1) {
+                        value(m.start(), m.end());
+                    }
                 }
             }
         }
         Kind::Iban => {
+            // Every match starts with two capitals and two digits: without them the regex need not run.
+            if !any_quad(bytes, |a, b, c, d| {
+                a.is_ascii_uppercase() & b.is_ascii_uppercase() & c.is_ascii_digit() & d.is_ascii_digit()
+            }) {
+                return;
+            }
             for m in IBAN.find_iter(text) {
                 if iban_valid(m.as_str()) {
                     push(m.start(), m.end());
@@ -877,6 +892,10 @@ fn find_kind(
             }
         }
         Kind::Ipv4 => {
+            // Every match holds three dots, each between two digits.
+            if count_dotted_digits(bytes) < 3 {
+                return;
+            }
             for m in IPV4.find_iter(text) {
                 let dotted_before = m.start() > 0 && bytes[m.start() - 1] == b'.';
                 let dotted_after =
@@ -902,6 +921,213 @@ fn find_kind(
     }
 }
 
+/// Calls `found(start, end)` for every match of `[0-9]{3}-[0-9]{2}-[0-9]{4}`, as the regex's `find_iter` reports
+/// them (leftmost first, not overlapping), without the regex: the shape is fixed, so each match's first dash is three
+/// bytes after its start, and `memchr` jumps from one dash to the next. A test compares it with the regex.
+fn ssn_shapes(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let digits = |range: std::ops::Range<usize>| bytes[range].iter().all(u8::is_ascii_digit);
+    // Where the next match may start: the regex resumes after the end of the previous one.
+    let mut from = 0;
+    let mut dash_from = 3;
+    while dash_from < bytes.len() {
+        let Some(offset) = memchr::memchr(b'-', &bytes[dash_from..]) else {
+            return;
+        };
+        let dash = dash_from + offset;
+        let start = dash - 3;
+        if start >= from
+            && start + 11 <= bytes.len()
+            && digits(start..dash)
+            && digits(dash + 1..dash + 3)
+            && bytes[dash + 3] == b'-'
+            && digits(dash + 4..dash + 8)
+        {
+            found(start, start + 11);
+            from = start + 11;
+            dash_from = from + 3;
+        } else {
+            dash_from = dash + 1;
+        }
+    }
+}
+
+/// Calls `found(start, end)` for every match of the US phone regex (test-only `PHONE`)
+/// `(?:\+1[ .\-]?)?(?:\([2-9][0-9]{2}\) ?|[2-9][0-9]{2}[ .\-])[0-9]{3}[ .\-][0-9]{4}|\+1[2-9][0-9]{9}`, as its
+/// `find_iter` reports them (leftmost first, not overlapping), without the regex: at any start, at most one way of
+/// reading the pattern can match (each optional part is followed by something it cannot be), so trying the
+/// branches in the regex's order at each start gives the regex's match. A test compares the two.
+fn us_phone_shapes(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let mut at = 0;
+    while at < bytes.len() {
+        match us_phone_at(bytes, at) {
+            Some(end) => {
+                found(at, end);
+                at = end;
+            }
+            None => at += 1,
+        }
+    }
+}
+
+/// The end of the US phone regex's match starting at `at`, if one does.
+fn us_phone_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let byte = |i: usize| bytes.get(i).copied().unwrap_or(0);
+    let digit = |i: usize| byte(i).is_ascii_digit();
+    let area_digit = |i: usize| matches!(byte(i), b'2'..=b'9');
+    let separator = |i: usize| matches!(byte(i), b' ' | b'.' | b'-');
+    // `[0-9]{3}[ .\-][0-9]{4}` from `i`.
+    let tail = |i: usize| (digit(i) && digit(i + 1) && digit(i + 2) && separator(i + 3)).then_some(i + 4).and_then(
+        |j| (digit(j) && digit(j + 1) && digit(j + 2) && digit(j + 3)).then_some(j + 4),
+    );
+    // The area code and what follows, from `i`: `\([2-9][0-9]{2}\) ?` or `[2-9][0-9]{2}[ .\-]`, then the tail.
+    let area_and_tail = |i: usize| {
+        if byte(i) == b'(' {
+            if area_digit(i + 1) && digit(i + 2) && digit(i + 3) && byte(i + 4) == b')' {
+                // The optional space: the tail starts with a digit, so it is taken when it is there.
+                return tail(if byte(i + 5) == b' ' { i + 6 } else { i + 5 });
+            }
+            None
+        } else if area_digit(i) && digit(i + 1) && digit(i + 2) && separator(i + 3) {
+            tail(i + 4)
+        } else {
+            None
+        }
+    };
+    match byte(at) {
+        b'+' => {
+            if byte(at + 1) != b'1' {
+                return None;
+            }
+            // `\+1[ .\-]?` then the area code, which starts with `(` or a digit: the separator is taken when it is
+            // there. Without the `+1`, nothing matches from a `+`; then the second branch, `\+1[2-9][0-9]{9}`.
+            let area = if separator(at + 2) { at + 3 } else { at + 2 };
+            area_and_tail(area).or_else(|| {
+                (area_digit(at + 2) && (at + 3..at + 12).all(digit)).then_some(at + 12)
+            })
+        }
+        b'(' | b'2'..=b'9' => area_and_tail(at),
+        _ => None,
+    }
+}
+
+/// Strings up to this long go through [`credential_values`]; longer ones through the regex (the same values).
+const CREDENTIAL_SCAN_MAX_LEN: usize = 160;
+
+/// The credential words of `CREDENTIAL_IN_TEXT`, in its order (`[_ -]?` written out; `api[_ -]?key` and the others
+/// never match at the same start as another word, so the order only matters to the regex's reading).
+const CREDENTIAL_WORDS: &[&[u8]] = &[
+    b"password",
+    b"passwd",
+    b"pwd",
+    b"passphrase",
+    b"secret",
+    b"api_key",
+    b"api-key",
+    b"api key",
+    b"apikey",
+    b"access_token",
+    b"access-token",
+    b"access token",
+    b"accesstoken",
+    b"auth_token",
+    b"auth-token",
+    b"auth token",
+    b"authtoken",
+    b"token",
+];
+
+/// Calls `found(start, end)` with capture group 1 (the value) of every match of `CREDENTIAL_IN_TEXT` in ASCII
+/// `bytes`, as its `captures_iter` reports them, without the regex (whose capture search was the largest detector
+/// cost on the raw python event). On ASCII, `\s` is `[\t\n\x0B\x0C\r ]`, `\b` is an ASCII word boundary and `(?i)`
+/// folds ASCII letters only. At each start, the word is the only one that can match there, and each part after it
+/// is followed by something it cannot hold, so the regex's first choice that matches is found without going back:
+/// the separator `\s*(?:[:=]|\bis\b)\s*` first, then `\s+`; an optional quote; then at least six value bytes. A test
+/// compares it with the regex.
+fn credential_values(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
+    let value_byte = |b: u8| {
+        !space(b) && !matches!(b, b'"' | b'\'' | b',' | b';' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b'<' | b'>' | b'&' | b'#')
+    };
+    let skip = |mut i: usize, class: &dyn Fn(u8) -> bool| {
+        while i < bytes.len() && class(bytes[i]) {
+            i += 1;
+        }
+        i
+    };
+    // The value from `i`: an optional quote, then six or more value bytes (greedy).
+    let value_from = |i: usize| -> Option<(usize, usize)> {
+        let start = if matches!(bytes.get(i), Some(b'"' | b'\'')) { i + 1 } else { i };
+        let end = skip(start, &value_byte);
+        (end - start >= 6).then_some((start, end))
+    };
+    let mut at = 0;
+    while at < bytes.len() {
+        let starts_word = matches!(bytes[at] | 0x20, b'p' | b's' | b'a' | b't') && (at == 0 || !word(bytes[at - 1]));
+        let keyword_end = if starts_word {
+            CREDENTIAL_WORDS
+                .iter()
+                .find(|w| starts_with_ignore_case(&bytes[at..], w))
+                .map(|w| at + w.len())
+                .filter(|&end| bytes.get(end).is_none_or(|&b| !word(b)))
+        } else {
+            None
+        };
+        let Some(end) = keyword_end else {
+            at += 1;
+            continue;
+        };
+        // `\s*(?:[:=]|\bis\b)\s*`, then `\s+`.
+        let spaced = skip(end, &space);
+        let first = match bytes.get(spaced) {
+            Some(b':' | b'=') => Some(spaced + 1),
+            Some(b'i' | b'I')
+                if spaced > end
+                    && matches!(bytes.get(spaced + 1), Some(b's' | b'S'))
+                    && bytes.get(spaced + 2).is_none_or(|&b| !word(b)) =>
+            {
+                Some(spaced + 2)
+            }
+            _ => None,
+        }
+        .and_then(|after| value_from(skip(after, &space)));
+        let second = || (spaced > end).then(|| value_from(spaced)).flatten();
+        match first.or_else(second) {
+            Some((start, value_end)) => {
+                found(start, value_end);
+                at = value_end;
+            }
+            None => at += 1,
+        }
+    }
+}
+
+/// Whether any four consecutive bytes satisfy `hit`; branch-free like [`any_trigram`], so it vectorizes.
+#[inline(always)]
+fn any_quad(bytes: &[u8], hit: impl Fn(u8, u8, u8, u8) -> bool) -> bool {
+    let (Some(second), Some(third), Some(fourth)) = (bytes.get(1..), bytes.get(2..), bytes.get(3..)) else {
+        return false;
+    };
+    let mut any = false;
+    for (((&a, &b), &c), &d) in bytes.iter().zip(second).zip(third).zip(fourth) {
+        any |= hit(a, b, c, d);
+    }
+    any
+}
+
+/// How many dots have an ASCII digit on each side (branch-free, so it vectorizes).
+fn count_dotted_digits(bytes: &[u8]) -> usize {
+    let (Some(second), Some(third)) = (bytes.get(1..), bytes.get(2..)) else {
+        return 0;
+    };
+    bytes
+        .iter()
+        .zip(second)
+        .zip(third)
+        .map(|((&a, &b), &c)| usize::from(a.is_ascii_digit() & (b == b'.') & c.is_ascii_digit()))
+        .sum()
+}
+
 /// Finds email addresses by expanding around each `@` (or `%40`) instead of running a regex over the whole string:
 /// long prompts full of text cost one `memchr`-style scan. Reports the local part only; the domain stays.
 /// Same language as the `EMAIL` regex in the tests: `[a-z0-9][a-z0-9._%+-]*@(label.)+tld`, case-insensitive, where
@@ -914,7 +1140,7 @@ fn find_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
     let mut last_end = 0;
     let mut i = 0;
     while i < bytes.len() {
-        let Some(offset) = bytes[i..].iter().position(|b| *b == b'@' || *b == b'%') else {
+        let Some(offset) = memchr::memchr2(b'@', b'%', &bytes[i..]) else {
             break;
         };
         let at = i + offset;
@@ -952,7 +1178,11 @@ fn find_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
 
 /// The end of an email domain starting at `from`: at least two labels, the last all letters (2-24).
 fn email_domain_end(bytes: &[u8], from: usize) -> Option<usize> {
-    let mut labels: Vec<(usize, usize)> = Vec::new();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    // The longest domain whose last label is a valid TLD followed by a non-word character: the last label after
+    // the first that qualifies.
+    let mut longest = None;
+    let mut first = true;
     let mut pos = from;
     loop {
         let start = pos;
@@ -962,20 +1192,21 @@ fn email_domain_end(bytes: &[u8], from: usize) -> Option<usize> {
         if pos == start || bytes[start] == b'-' || bytes[pos - 1] == b'-' {
             break;
         }
-        labels.push((start, pos));
+        if !first {
+            let tld = &bytes[start..pos];
+            let tld_ok = (2..=24).contains(&tld.len()) && tld.iter().all(u8::is_ascii_alphabetic);
+            if tld_ok && !bytes.get(pos).copied().is_some_and(is_word) {
+                longest = Some(pos);
+            }
+        }
+        first = false;
         if pos + 1 < bytes.len() && bytes[pos] == b'.' && bytes[pos + 1].is_ascii_alphanumeric() {
             pos += 1;
         } else {
             break;
         }
     }
-    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    // The longest domain whose last label is a valid TLD followed by a non-word character.
-    (1..labels.len()).rev().map(|k| labels[k]).find_map(|(s, e)| {
-        let tld = &bytes[s..e];
-        let tld_ok = (2..=24).contains(&tld.len()) && tld.iter().all(u8::is_ascii_alphabetic);
-        (tld_ok && !bytes.get(e).copied().is_some_and(is_word)).then_some(e)
-    })
+    longest
 }
 
 fn regex_hits(regex: &Regex, text: &str, push: &mut dyn FnMut(usize, usize)) {
@@ -1033,7 +1264,8 @@ fn number_boundary_after(bytes: &[u8], end: usize) -> bool {
 /// Finds runs of 13-19 digits (single spaces or dashes allowed between digits) that pass Luhn and start like a card.
 fn find_cards(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
     let mut i = 0;
-    let mut groups: Vec<(usize, usize)> = Vec::new();
+    // A run of more than `MAX_CARD_GROUPS` groups is a list of numbers, not a card: only the first few are kept.
+    let mut groups = [(0, 0); MAX_CARD_GROUPS];
     while i < bytes.len() {
         if !bytes[i].is_ascii_digit() || !number_boundary_before(bytes, i) {
             // Skip the rest of this alphanumeric run so we never start inside a word or number.
@@ -1046,14 +1278,17 @@ fn find_cards(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
             }
             continue;
         }
-        groups.clear();
+        let mut count = 0;
         let mut j = i;
         loop {
             let group_start = j;
             while j < bytes.len() && bytes[j].is_ascii_digit() {
                 j += 1;
             }
-            groups.push((group_start, j));
+            if count < MAX_CARD_GROUPS {
+                groups[count] = (group_start, j);
+            }
+            count += 1;
             if j + 1 < bytes.len() && matches!(bytes[j], b' ' | b'-') && bytes[j + 1].is_ascii_digit() {
                 j += 1;
             } else {
@@ -1061,12 +1296,15 @@ fn find_cards(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
             }
         }
         let run_end = j;
-        if number_boundary_after_card(bytes, run_end) {
-            card_windows(bytes, &groups, push);
+        if count <= MAX_CARD_GROUPS && number_boundary_after_card(bytes, run_end) {
+            card_windows(bytes, &groups[..count], push);
         }
         i = run_end.max(i + 1);
     }
 }
+
+/// More digit groups than this in one run are a list of numbers, not a card.
+const MAX_CARD_GROUPS: usize = 12;
 
 fn number_boundary_after_card(bytes: &[u8], end: usize) -> bool {
     match bytes.get(end) {
@@ -1084,7 +1322,7 @@ fn card_windows(bytes: &[u8], groups: &[(usize, usize)], push: &mut dyn FnMut(us
     if total < 13 {
         return;
     }
-    if groups.len() > 12 {
+    if groups.len() > MAX_CARD_GROUPS {
         return; // a long list of numbers, not a card
     }
     let mut from = 0;
@@ -1114,12 +1352,17 @@ fn card_windows(bytes: &[u8], groups: &[(usize, usize)], push: &mut dyn FnMut(us
 
 /// Luhn plus a plausible issuer prefix (2221-2720, 3[0456789], 4, 5[0-9], 6).
 pub fn is_card_number(candidate: &[u8]) -> bool {
-    let digits: Vec<u8> = candidate
-        .iter()
-        .filter(|b| b.is_ascii_digit())
-        .map(|b| b - b'0')
-        .collect();
-    if !(13..=19).contains(&digits.len()) {
+    let mut buffer = [0u8; 19];
+    let mut len = 0;
+    for &b in candidate.iter().filter(|b| b.is_ascii_digit()) {
+        if len == buffer.len() {
+            return false; // more than 19 digits
+        }
+        buffer[len] = b - b'0';
+        len += 1;
+    }
+    let digits = &buffer[..len];
+    if len < 13 {
         return false;
     }
     let prefix_ok = match digits[0] {
@@ -1601,6 +1844,149 @@ mod tests {
             }
             assert_eq!(scanned, regexed, "scanner and regex disagree on {text:?}");
         }
+    }
+
+    /// Random strings built from the pieces phone numbers and SSNs are made of, and from their near misses.
+    fn digit_shaped_text(rng: &mut generators::Rng) -> String {
+        const PIECES: &[&str] = &[
+            "+1", "+1 ", "+1-", "+1.", "+", "(", ")", ") ", "(555)", "(312) ", "(155)", "555-", "312.", "555 ", "123-4567",
+            "123-45-6789", "078-05-1120", "-", ".", " ", "  ", "x", "a1", "_", "/", ":", "1", "2", "9", "0", "12", "123",
+            "1234", "4567", "55555", "+13125550199", "+1312555019", "000-00-0000", "\u{e9}", "\u{660}",
+        ];
+        let pieces = 1 + rng.below(10);
+        (0..pieces).map(|_| PIECES[rng.below(PIECES.len())]).collect()
+    }
+
+    #[test]
+    fn ssn_and_us_phone_scans_agree_with_their_regexes() {
+        let mut rng = generators::Rng(0x5EED_5511);
+        let (mut ssns, mut phones) = (0, 0);
+        for _ in 0..200_000 {
+            let text = digit_shaped_text(&mut rng);
+            let bytes = text.as_bytes();
+            let mut scanned = Vec::new();
+            ssn_shapes(bytes, &mut |s, e| scanned.push((s, e)));
+            let regexed: Vec<_> = SSN.find_iter(&text).map(|m| (m.start(), m.end())).collect();
+            assert_eq!(scanned, regexed, "SSN scan and regex disagree on {text:?}");
+            ssns += regexed.len();
+            let mut scanned = Vec::new();
+            us_phone_shapes(bytes, &mut |s, e| scanned.push((s, e)));
+            let regexed: Vec<_> = PHONE.find_iter(&text).map(|m| (m.start(), m.end())).collect();
+            assert_eq!(scanned, regexed, "phone scan and regex disagree on {text:?}");
+            phones += regexed.len();
+        }
+        // Enough matches that the comparison means something.
+        assert!(ssns > 10_000 && phones > 10_000, "{ssns} SSNs, {phones} phones");
+    }
+
+    /// `email_domain_end` as it was written first: every label collected, then the longest valid domain.
+    fn email_domain_end_by_labels(bytes: &[u8], from: usize) -> Option<usize> {
+        let mut labels: Vec<(usize, usize)> = Vec::new();
+        let mut pos = from;
+        loop {
+            let start = pos;
+            while pos < bytes.len() && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'-') {
+                pos += 1;
+            }
+            if pos == start || bytes[start] == b'-' || bytes[pos - 1] == b'-' {
+                break;
+            }
+            labels.push((start, pos));
+            if pos + 1 < bytes.len() && bytes[pos] == b'.' && bytes[pos + 1].is_ascii_alphanumeric() {
+                pos += 1;
+            } else {
+                break;
+            }
+        }
+        let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+        (1..labels.len()).rev().map(|k| labels[k]).find_map(|(s, e)| {
+            let tld = &bytes[s..e];
+            let tld_ok = (2..=24).contains(&tld.len()) && tld.iter().all(u8::is_ascii_alphabetic);
+            (tld_ok && !bytes.get(e).copied().is_some_and(is_word)).then_some(e)
+        })
+    }
+
+    #[test]
+    fn credential_scan_agrees_with_the_regex() {
+        const PIECES: &[&str] = &[
+            "password", "PassWord", "passwd", "pwd", "PWD", "passphrase", "secret", "Secret", "api_key", "api-key",
+            "api key", "apikey", "API_KEY", "api__key", "access_token", "access token", "Access-Token", "accesstoken",
+            "auth_token", "authtoken", "auth  token", "token", "TOKEN", "tokens", "xtoken", "_token", "pass", " ", "  ",
+            "\t", "\n", "\r", "\x0b", "\x0c", ":", "=", " : ", "=\"", "'", "\"", "is", "IS", " is ", "isn", "is:", "abc123",
+            "hunter2-S3cret!", "x", "1", "abcdef", "a1b2c3d4", ",", ";", "(", ")", "[", "]", "{", "}", "<", ">", "&", "#",
+            ".", "!", "?", "-", "_", "/", "[redacted]", "hmac:", "***",
+        ];
+        let mut rng = generators::Rng(0x5EED_C4ED);
+        let mut matches = 0;
+        for _ in 0..200_000 {
+            let pieces = 1 + rng.below(9);
+            let text: String = (0..pieces).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+            let mut scanned = Vec::new();
+            credential_values(text.as_bytes(), &mut |s, e| scanned.push((s, e)));
+            let regexed: Vec<_> = CREDENTIAL_IN_TEXT
+                .captures_iter(&text)
+                .filter_map(|c| c.get(1))
+                .map(|m| (m.start(), m.end()))
+                .collect();
+            assert_eq!(scanned, regexed, "credential scan and regex disagree on {text:?}");
+            matches += regexed.len();
+        }
+        assert!(matches > 5_000, "{matches} matches");
+    }
+
+    #[test]
+    fn email_domain_end_agrees_with_the_label_list() {
+        const PIECES: &[&str] = &[
+            "a", "ab", "example", "co", "uk", "x1", "1", "-", ".", "..", "_", "@", " ", "museum", "abcdefghijklmnopqrstuvwxyz",
+            "b-c", "-d", "e-", "\u{e9}",
+        ];
+        let mut rng = generators::Rng(0x5EED_E3A1);
+        let mut found = 0;
+        for _ in 0..100_000 {
+            let pieces = 1 + rng.below(8);
+            let text: String = (0..pieces).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+            let bytes = text.as_bytes();
+            for from in 0..=bytes.len() {
+                let want = email_domain_end_by_labels(bytes, from);
+                assert_eq!(email_domain_end(bytes, from), want, "{text:?} from {from}");
+                found += usize::from(want.is_some());
+            }
+        }
+        assert!(found > 10_000, "{found} domains");
+    }
+
+    #[test]
+    fn iban_and_ipv4_gates_hold_for_every_match() {
+        // The gates are necessary conditions: every match of the regex passes them.
+        let mut rng = generators::Rng(0x5EED_1BA4);
+        const PIECES: &[&str] = &[
+            "DE89", "GB82", "WEST", "3704", " ", "0044", "12", "1", "203.", "0.", "113.", "7", "255", "25", ".", "A", "Z9",
+            "v", "-",
+        ];
+        let (mut ibans, mut ips) = (0, 0);
+        for _ in 0..100_000 {
+            let pieces = 1 + rng.below(12);
+            let text: String = (0..pieces).map(|_| PIECES[rng.below(PIECES.len())]).collect();
+            let bytes = text.as_bytes();
+            if IBAN.is_match(&text) {
+                ibans += 1;
+                assert!(
+                    any_quad(bytes, |a, b, c, d| a.is_ascii_uppercase()
+                        & b.is_ascii_uppercase()
+                        & c.is_ascii_digit()
+                        & d.is_ascii_digit()),
+                    "{text:?}"
+                );
+            }
+            const OCTETS: &[&str] = &["1.", "23.", "203.", "255", "256.", "0.", "7", ".", "..", "v", "-", " ", "a", "1"];
+            let pieces = 1 + rng.below(12);
+            let text: String = (0..pieces).map(|_| OCTETS[rng.below(OCTETS.len())]).collect();
+            if IPV4.is_match(&text) {
+                ips += 1;
+                assert!(count_dotted_digits(text.as_bytes()) >= 3, "{text:?}");
+            }
+        }
+        assert!(ibans > 1000 && ips > 1000, "{ibans} IBANs, {ips} addresses");
     }
 
     #[test]
