@@ -14,8 +14,8 @@ pub struct TruncationRules {
     exact: HashMap<String, (usize, String)>,
     suffixes: Vec<(String, usize, String)>,
     marker: String,
-    /// The smallest `max_chars` of any rule (`usize::MAX` without rules; 0, deciding nothing, in `Default`): a value of at most this many bytes fits every limit,
-    /// so most strings are decided without hashing their key.
+    /// The smallest `max_chars` of any rule (`usize::MAX` without rules; 0, deciding nothing, in `Default`): a value
+    /// of at most this many bytes fits every limit, so most strings are decided without hashing their key.
     shortest: usize,
 }
 

@@ -1315,15 +1315,13 @@ fn number_boundary_after_card(bytes: &[u8], end: usize) -> bool {
     }
 }
 
-/// Tries the whole run of digit groups, then each window of whole groups, as a card number.
+/// Tries the whole run of digit groups (at most [`MAX_CARD_GROUPS`]: `find_cards` skips longer runs), then each
+/// window of whole groups, as a card number.
 fn card_windows(bytes: &[u8], groups: &[(usize, usize)], push: &mut dyn FnMut(usize, usize)) {
     let digits_in = |from: usize, to: usize| -> usize { groups[from..to].iter().map(|(s, e)| e - s).sum() };
     let total = digits_in(0, groups.len());
     if total < 13 {
         return;
-    }
-    if groups.len() > MAX_CARD_GROUPS {
-        return; // a long list of numbers, not a card
     }
     let mut from = 0;
     while from < groups.len() {
