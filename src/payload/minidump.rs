@@ -35,6 +35,11 @@ pub const MAX_INFLATED: usize = 100 * 1024 * 1024;
 /// Text runs shorter than this are not read: no detector matches fewer bytes, and binary data is full of short runs.
 const MIN_RUN: usize = 6;
 
+/// How many times [`scrub_within`] reads a dump at most. A pass that masks something is followed by one that checks
+/// nothing new appeared; every cascade the fuzzer has found settled on the second pass. Past the cap the dump is
+/// forwarded as the last pass left it, masked at least as much as one pass would.
+const MAX_PASSES: usize = 8;
+
 /// What overwrites a secret, byte for byte (UTF-16 runs get it as `*\0`).
 const FILL: u8 = b'*';
 
@@ -177,18 +182,29 @@ pub fn scrub_within(payload: &[u8], scrubber: &mut Scrubber<'_>, cap: usize) -> 
         start = start.max(p_end);
     }
     let user_path_rule = user_path_rule(scrubber);
-    let names = if user_path_rule.is_some() { learned_user_names(&data) } else { Vec::new() };
     let mut data = data.into_owned();
     let mut redactions = 0;
-    // Learned names first, so the detectors read what will be forwarded: `janeBearer S3...` is no bearer token, but
-    // `****Bearer S3...` is (the `minidump` fuzz target's idempotence check found the second pass masking it).
-    if let Some(rule) = user_path_rule {
-        for range in &free {
-            redactions += mask_learned_names(&mut data[range.clone()], &names, rule, scrubber);
+    // Masking changes what the next look sees: a masked `://` no longer makes the path after it a URL's, a masked
+    // name makes a word boundary before `Bearer`. What this relay forwards must hold nothing a second look (another
+    // relay, Sentry's own scrubbing) would still mask, so passes repeat until one changes nothing; each pass that
+    // counts something has overwritten at least one more byte. The `minidump` fuzz target checks that scrubbing a
+    // scrubbed dump leaves it as it is.
+    for _ in 0..MAX_PASSES {
+        let mut found = 0;
+        // Learned names first, so the detectors read what will be forwarded.
+        if let Some(rule) = user_path_rule {
+            let names = learned_user_names(&data);
+            for range in &free {
+                found += mask_learned_names(&mut data[range.clone()], &names, rule, scrubber);
+            }
         }
-    }
-    for range in &free {
-        redactions += scrub_region(&mut data[range.clone()], scrubber);
+        for range in &free {
+            found += scrub_region(&mut data[range.clone()], scrubber);
+        }
+        redactions += found;
+        if found == 0 {
+            break;
+        }
     }
     let bytes = (redactions > 0 || compression.is_some()).then_some(data);
     Ok(Scrubbed {
@@ -422,7 +438,7 @@ fn scrub_utf8_runs(region: &mut [u8], scrubber: &mut Scrubber<'_>, spans: &mut V
         let separated_by_one_nul = region.get(end) == Some(&0) && region.get(end + 1).is_some_and(|b| is_text_byte(*b));
         spans.clear();
         let mut flag = false;
-        if value_follows {
+        if value_follows && region[start..end].iter().any(|&b| b != FILL) {
             // The whole record is the flag's value.
             spans.push((0, end - start));
             scrubber.record(&[Seg::Key("minidump")], None, "sensitive_key", ChangeAction::Replaced, &[], None);
