@@ -5,12 +5,16 @@
 //! ```text
 //! cargo bench --bench load -- [--seconds 20] [--requests 300000] [--connections 32] [--warmup 3] \
 //!     [--only mix|single] [--capture py-error-event-rawpii] [--relay-cpu 0] [--relay-binary PATH] \
-//!     [--relay-arg=--upstream-encoding=identity ...] [--sink-latency-ms 0]
+//!     [--relay-arg=--upstream-encoding=identity ...] [--sink-latency-ms 0] [--rate 1500]
 //! ```
 //!
 //! Two scenarios, each against a fresh relay process: **mix** replays every capture round-robin, **single** replays
 //! one capture (by default the raw 1.8 KB gzip sentry-python error event, PII included, the issue #11 yardstick).
 //! The headline figure is envelopes answered per relay CPU-second, which stays meaningful on a shared machine.
+//! By default each connection sends its next request as soon as the last is answered (closed loop: the relay's
+//! capacity); with `--rate N` requests are sent on a fixed schedule of N per second whatever the answers do (open
+//! loop); a request that goes out late because every connection was busy counts its latency from its scheduled
+//! time, so a relay that falls behind shows its queueing in the percentiles instead of slowing the load down.
 //! Everything runs on 127.0.0.1 and stops by itself: after `--seconds` or `--requests`, whichever comes first.
 //! The load generator, the sink and the relay share the machine, so the figures are a floor for a dedicated host.
 //! The HTTP/1.1 client is written out by hand so that each capture is replayed with its own framing
@@ -60,6 +64,8 @@ struct Options {
     relay_binary: Option<PathBuf>,
     /// How long the sink takes to answer: the round trip to a remote Sentry, as the relay's delivery sees it.
     sink_latency: Duration,
+    /// Requests per second on a fixed schedule (open loop); `None`: as fast as the relay answers.
+    rate: Option<u64>,
 }
 
 impl Options {
@@ -75,6 +81,7 @@ impl Options {
             relay_cpu: None,
             relay_binary: None,
             sink_latency: Duration::ZERO,
+            rate: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -88,6 +95,7 @@ impl Options {
                 "--requests" => options.requests = number().expect("--requests takes a number"),
                 "--connections" => options.connections = number().expect("--connections takes a number") as usize,
                 "--warmup" => options.warmup = number().expect("--warmup takes a number"),
+                "--rate" => options.rate = Some(number().expect("--rate takes requests per second").max(1)),
                 "--sink-latency-ms" => {
                     options.sink_latency = Duration::from_millis(number().expect("--sink-latency-ms takes a number"))
                 }
@@ -368,13 +376,15 @@ async fn wait_until_ready(relay: SocketAddr, deadline: Duration) {
     }
 }
 
-/// Runs `connections` workers replaying captures round-robin until `until` or `budget` requests.
+/// Runs `connections` workers replaying captures round-robin until `until` or `budget` requests. With `rate`,
+/// request `i` is due at `i / rate` seconds after the start, and its latency counts from then if it goes out late.
 async fn drive(
     relay: SocketAddr,
     captures: Arc<Vec<Capture>>,
     connections: usize,
     until: Instant,
     budget: u64,
+    rate: Option<u64>,
 ) -> (Tally, Duration) {
     let next = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -391,6 +401,21 @@ async fn drive(
                     break;
                 }
                 let capture = &captures[index % captures.len()];
+                let due = rate.map(|rate| started + Duration::from_secs_f64(index as f64 / rate as f64));
+                // A request picked up late (every connection was busy: the relay is behind) counts from its due
+                // time. One picked up early waits and counts from when it is sent: the timer wakes up to a
+                // millisecond late, which is the load generator's delay, not the relay's.
+                let mut late_since = None;
+                if let Some(due) = due {
+                    if due >= until {
+                        break;
+                    }
+                    if due <= Instant::now() {
+                        late_since = Some(due);
+                    } else {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                }
                 if connection.is_none() {
                     match Connection::open(relay).await {
                         Ok(opened) => connection = Some(opened),
@@ -400,7 +425,7 @@ async fn drive(
                         }
                     }
                 }
-                let sent = Instant::now();
+                let sent = late_since.unwrap_or_else(Instant::now);
                 let result = connection.as_mut().expect("opened above").exchange(&capture.wire).await;
                 let elapsed = sent.elapsed();
                 match result {
@@ -531,7 +556,7 @@ async fn run(options: &Options, scenario: &str) {
 
     if options.warmup > 0 {
         let until = Instant::now() + Duration::from_secs(options.warmup);
-        let (warm, _) = drive(relay, Arc::clone(&captures), options.connections, until, u64::MAX).await;
+        let (warm, _) = drive(relay, Arc::clone(&captures), options.connections, until, u64::MAX, options.rate).await;
         println!("warm-up: {} requests in {} s", warm.latencies_us.len(), options.warmup);
     }
 
@@ -547,6 +572,7 @@ async fn run(options: &Options, scenario: &str) {
         options.connections,
         until,
         options.requests,
+        options.rate,
     )
     .await;
     let relay_cpu = process_cpu_seconds(pid).unwrap_or(0.0) - relay_cpu_before;
@@ -576,6 +602,9 @@ async fn run(options: &Options, scenario: &str) {
     println!("|---|---|");
     println!("| duration | {seconds:.1} s |");
     println!("| connections | {} |", options.connections);
+    if let Some(rate) = options.rate {
+        println!("| schedule | {rate} requests/s, open loop (a late request's latency from its due time) |");
+    }
     println!(
         "| requests answered | {} ({:.0} req/s) |",
         tally.latencies_us.len(),
