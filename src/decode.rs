@@ -7,6 +7,7 @@
 //! when memory is short. Synchronous on purpose: callers run it inline for small bodies, on a blocking thread
 //! otherwise. The body is already in memory, so the `bufread` decoders read it in place (no copy through a buffer).
 
+use std::cell::RefCell;
 use std::io::{self, Read};
 
 use base64::Engine as _;
@@ -117,7 +118,7 @@ pub fn decode_charged(
             }
             Ok(body.to_vec())
         }
-        ContentEncoding::Gzip => read_capped(flate2::bufread::MultiGzDecoder::new(body), cap, charge),
+        ContentEncoding::Gzip => gunzip(body, cap, charge),
         ContentEncoding::Deflate => match body {
             [cmf, flg, ..] if is_zlib_header(*cmf, *flg) => {
                 read_capped(flate2::bufread::ZlibDecoder::new(body), cap, charge)
@@ -165,6 +166,148 @@ fn read_capped(
         return Err(DecodeError::TooLarge { limit: cap });
     }
     Ok(out)
+}
+
+thread_local! {
+    /// One raw inflate state per thread, reset between bodies instead of allocated for each (issue #11). flate2
+    /// resets a raw state with the default window in place; a gzip-mode one (`Decompress::new_gzip`) it would build
+    /// anew, so the gzip framing is read here, as flate2's own gzip decoders do.
+    static INFLATE: RefCell<Option<flate2::Decompress>> = const { RefCell::new(None) };
+}
+
+/// gzip (RFC 1952), any number of members, as `flate2::bufread::MultiGzDecoder` reads it (each member's CRC-32 and
+/// length checked; anything after a member must be another member), with the thread's reused inflate state and the
+/// output written in place (no `read_to_end`, which zeroes every buffer it reads into).
+fn gunzip(body: &[u8], cap: usize, charge: &mut dyn FnMut(usize) -> bool) -> Result<Vec<u8>, DecodeError> {
+    INFLATE.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut slot) => {
+            let inflate = slot.get_or_insert_with(|| flate2::Decompress::new(false));
+            gunzip_with(inflate, body, cap, charge)
+        }
+        // Only if a `charge` callback decoded a body itself: that one gets a state of its own.
+        Err(_) => gunzip_with(&mut flate2::Decompress::new(false), body, cap, charge),
+    })
+}
+
+fn gunzip_with(
+    inflate: &mut flate2::Decompress,
+    body: &[u8],
+    cap: usize,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<Vec<u8>, DecodeError> {
+    let limit = cap.saturating_add(1);
+    // The last member's length (ISIZE) sizes the first step: a 4 KiB envelope gets a 4 KiB buffer, not 64 KiB. It
+    // is only a hint (a body can lie about it): the first step never exceeds `FIRST_STEP`, and more is charged as
+    // the output really grows.
+    let hint = match body {
+        [.., a, b, c, d] if body.len() >= 18 => u32::from_le_bytes([*a, *b, *c, *d]) as usize,
+        _ => 0,
+    };
+    let mut out: Vec<u8> = Vec::new();
+    let mut rest = body;
+    loop {
+        rest = &rest[gzip_header_len(rest)?..];
+        inflate.reset(false);
+        let member = out.len();
+        loop {
+            if out.len() == out.capacity() {
+                if out.len() >= limit {
+                    return Err(DecodeError::TooLarge { limit: cap });
+                }
+                let target = if out.capacity() == 0 {
+                    hint.saturating_add(1).clamp(MIN_STEP, FIRST_STEP)
+                } else {
+                    out.capacity().saturating_mul(2).max(FIRST_STEP)
+                }
+                .min(limit);
+                if !charge(target - out.capacity()) {
+                    return Err(DecodeError::OverBudget);
+                }
+                out.reserve_exact(target - out.len());
+            }
+            let (read_before, written_before) = (inflate.total_in(), out.len());
+            let status = inflate
+                .decompress_vec(rest, &mut out, flate2::FlushDecompress::None)
+                .map_err(|error| DecodeError::Invalid(io::Error::new(io::ErrorKind::InvalidInput, error)))?;
+            let read = usize::try_from(inflate.total_in() - read_before).unwrap_or(rest.len());
+            rest = &rest[read.min(rest.len())..];
+            if status == flate2::Status::StreamEnd {
+                break;
+            }
+            if out.len() < out.capacity() && (rest.is_empty() || (read == 0 && out.len() == written_before)) {
+                // Room left for output, so the stream stopped for want of input: it is cut short.
+                return Err(DecodeError::Invalid(io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+        if out.len() > cap {
+            return Err(DecodeError::TooLarge { limit: cap });
+        }
+        let Some((trailer, next)) = rest.split_first_chunk::<8>() else {
+            return Err(DecodeError::Invalid(io::ErrorKind::UnexpectedEof.into()));
+        };
+        let [c0, c1, c2, c3, l0, l1, l2, l3] = *trailer;
+        let length = (out.len() - member) as u32; // ISIZE is the length modulo 2^32
+        if u32::from_le_bytes([c0, c1, c2, c3]) != crc32fast::hash(&out[member..])
+            || u32::from_le_bytes([l0, l1, l2, l3]) != length
+        {
+            return Err(DecodeError::Invalid(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "gzip member checksum or length mismatch",
+            )));
+        }
+        rest = next;
+        if rest.is_empty() {
+            return Ok(out);
+        }
+    }
+}
+
+/// The smallest first output step of [`gunzip`].
+const MIN_STEP: usize = 1024;
+
+/// The length of the gzip member header at the start of `data` (RFC 1952 2.3: ID1 ID2 CM FLG MTIME XFL OS, then the
+/// optional extra field, name, comment and header CRC the flags announce). Refused as flate2 refuses them: wrong
+/// magic or method, a reserved flag set, a header cut short, or a header CRC that does not match.
+fn gzip_header_len(data: &[u8]) -> Result<usize, DecodeError> {
+    const FHCRC: u8 = 1 << 1;
+    const FEXTRA: u8 = 1 << 2;
+    const FNAME: u8 = 1 << 3;
+    const FCOMMENT: u8 = 1 << 4;
+    const FRESERVED: u8 = 0xe0;
+    let bad = || DecodeError::Invalid(io::Error::new(io::ErrorKind::InvalidInput, "invalid gzip header"));
+    let short = || DecodeError::Invalid(io::ErrorKind::UnexpectedEof.into());
+    let Some([0x1f, 0x8b, 8, flags, ..]) = data.first_chunk::<10>().copied() else {
+        return Err(bad());
+    };
+    if flags & FRESERVED != 0 {
+        return Err(bad());
+    }
+    let mut at = 10;
+    if flags & FEXTRA != 0 {
+        let Some(&[x0, x1]) = data.get(at..at + 2) else {
+            return Err(short());
+        };
+        at += 2 + usize::from(u16::from_le_bytes([x0, x1]));
+        if at > data.len() {
+            return Err(short());
+        }
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag != 0 {
+            let end = memchr::memchr(0, &data[at..]).ok_or_else(short)?;
+            at += end + 1;
+        }
+    }
+    if flags & FHCRC != 0 {
+        let Some(&[h0, h1]) = data.get(at..at + 2) else {
+            return Err(short());
+        };
+        if u16::from_le_bytes([h0, h1]) != crc32fast::hash(&data[..at]) as u16 {
+            return Err(bad());
+        }
+        at += 2;
+    }
+    Ok(at)
 }
 
 /// Zlib-compresses `data` (the legacy store endpoint's base64+zlib form, used in tests and the CLI).
@@ -280,6 +423,120 @@ mod tests {
         });
         assert!(matches!(result, Err(DecodeError::OverBudget)));
         assert!(charged <= 8 * 1024 * 1024);
+    }
+
+    /// flate2's multi-member gzip reader, as the relay decoded gzip before it read the framing itself.
+    fn reference_gunzip(body: &[u8], cap: usize) -> Result<Vec<u8>, DecodeError> {
+        read_capped(flate2::bufread::MultiGzDecoder::new(body), cap, &mut |_| true)
+    }
+
+    /// Same bytes out, or the same kind of refusal, as flate2's `MultiGzDecoder`.
+    fn assert_same_as_flate2(body: &[u8], cap: usize, what: &str) {
+        let ours = decode(ContentEncoding::Gzip, body, cap);
+        match (ours, reference_gunzip(body, cap)) {
+            (Ok(ours), Ok(reference)) => assert!(ours == reference, "{what}: different output"),
+            (Err(DecodeError::TooLarge { .. }), Err(DecodeError::TooLarge { .. }))
+            | (Err(DecodeError::Invalid(_)), Err(DecodeError::Invalid(_))) => {}
+            (ours, reference) => panic!(
+                "{what}: ours {:?}, flate2 {:?}",
+                ours.map(|out| out.len()),
+                reference.map(|out| out.len())
+            ),
+        }
+    }
+
+    /// A gzip member with every optional header field, the header CRC (`FHCRC`) last; `tamper` breaks that CRC.
+    fn gzip_with_all_fields(data: &[u8], tamper: bool) -> Vec<u8> {
+        let plain = flate2::GzBuilder::new()
+            .filename("event.json")
+            .comment("from an SDK")
+            .extra(vec![1, 2, 3, 4])
+            .write(Vec::new(), flate2::Compression::default());
+        let mut plain = plain;
+        plain.write_all(data).unwrap();
+        let plain = plain.finish().unwrap();
+        let header_len = gzip_header_len(&plain).unwrap();
+        let mut out = plain[..header_len].to_vec();
+        out[3] |= 1 << 1;
+        let crc = crc32fast::hash(&out) as u16 ^ u16::from(tamper);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&plain[header_len..]);
+        out
+    }
+
+    #[test]
+    fn gzip_reads_what_flate2_reads() {
+        let captures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdk");
+        let mut gzip_captures = 0;
+        for entry in std::fs::read_dir(captures).unwrap() {
+            let path = entry.unwrap().path();
+            let body = std::fs::read(&path).unwrap();
+            if path.extension().is_some_and(|e| e == "body") && ContentEncoding::sniff(&body) == ContentEncoding::Gzip {
+                gzip_captures += 1;
+                let decoded = reference_gunzip(&body, 64 << 20).unwrap();
+                assert_eq!(decode(ContentEncoding::Gzip, &body, 64 << 20).unwrap(), decoded);
+                for cap in [decoded.len(), decoded.len().saturating_sub(1), 100, 0] {
+                    assert_same_as_flate2(&body, cap, &format!("{} under {cap}", path.display()));
+                }
+            }
+        }
+        assert!(gzip_captures >= 10, "the SDK captures include gzip bodies");
+
+        let long: Vec<u8> = (0..300_000u32).flat_map(|n| format!("{n} ").into_bytes()).collect();
+        let mut cases: Vec<(String, Vec<u8>)> = vec![
+            ("text".into(), gzip(TEXT)),
+            ("empty member".into(), gzip(b"")),
+            ("all header fields".into(), gzip_with_all_fields(TEXT, false)),
+            ("bad header crc".into(), gzip_with_all_fields(TEXT, true)),
+            ("two members".into(), [gzip(TEXT), gzip(b"second\n")].concat()),
+            ("member, empty member, member".into(), [gzip(TEXT), gzip(b""), gzip_with_all_fields(TEXT, false)].concat()),
+            ("trailing zeros".into(), [gzip(TEXT), vec![0; 8]].concat()),
+            ("trailing garbage".into(), [gzip(TEXT), b"garbage".to_vec()].concat()),
+            ("long".into(), gzip(&long)),
+            ("long, two members".into(), [gzip(&long), gzip(&long)].concat()),
+            ("empty body".into(), Vec::new()),
+        ];
+        // Every truncation and every single-byte corruption of a small two-member body.
+        let small = [gzip_with_all_fields(b"{\"a\":1}", false), gzip(TEXT)].concat();
+        for end in 0..small.len() {
+            cases.push((format!("cut at {end}"), small[..end].to_vec()));
+        }
+        for at in 0..small.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut bad = small.clone();
+                bad[at] ^= flip;
+                cases.push((format!("byte {at} ^ {flip:#x}"), bad));
+            }
+        }
+        for (what, body) in &cases {
+            for cap in [1 << 24, 4_000_000, 1_000, TEXT.len(), TEXT.len() - 1, 0] {
+                assert_same_as_flate2(body, cap, &format!("{what} under {cap}"));
+            }
+        }
+    }
+
+    #[test]
+    fn gzip_output_starts_at_the_size_the_trailer_gives() {
+        let body = gzip(&[b'x'; 4131]);
+        let mut steps = Vec::new();
+        let out = decode_charged(ContentEncoding::Gzip, &body, 1 << 20, &mut |n| {
+            steps.push(n);
+            true
+        })
+        .unwrap();
+        assert_eq!(out.len(), 4131);
+        assert_eq!(steps, [4132], "one step, the envelope's size");
+        // A trailer that lies (claims 4 GiB) gets no more than the usual first step.
+        let mut lying = body.clone();
+        let len = lying.len();
+        lying[len - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        steps.clear();
+        let result = decode_charged(ContentEncoding::Gzip, &lying, 1 << 20, &mut |n| {
+            steps.push(n);
+            true
+        });
+        assert!(matches!(result, Err(DecodeError::Invalid(_))), "the length is checked");
+        assert_eq!(steps, [FIRST_STEP]);
     }
 
     #[test]
