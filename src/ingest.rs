@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
@@ -287,11 +287,22 @@ fn accepted(endpoint: Endpoint, event_id: Option<&str>, rate_limits: Option<&str
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return response;
     }
+    // Written straight into one buffer, not built as a `serde_json::Value` (a map and its entries) and then printed.
     let body = match event_id {
-        Some(id) => serde_json::json!({ "id": id }),
-        None => serde_json::json!({}),
+        Some(id) => {
+            let mut body = Vec::with_capacity(id.len() + 10);
+            body.extend_from_slice(b"{\"id\":");
+            // A string always serializes, and writing into a Vec cannot fail.
+            serde_json::to_writer(&mut body, id).expect("a string serializes into a Vec");
+            body.push(b'}');
+            Bytes::from(body)
+        }
+        None => Bytes::from_static(b"{}"),
     };
-    let mut response = crate::server::json(StatusCode::OK, &body);
+    let mut response = Response::new(Full::new(body));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(value) = rate_limits.and_then(|limits| HeaderValue::from_str(limits).ok()) {
         response.headers_mut().insert("x-sentry-rate-limits", value);
     }
@@ -969,6 +980,28 @@ pub(crate) fn new_event_id() -> String {
 mod tests {
     use super::*;
     use base64::Engine as _;
+
+    async fn reply(response: Response<Full<Bytes>>) -> (Option<String>, String) {
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|value| value.to_str().unwrap().to_owned());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (content_type, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// The reply is written by hand: byte for byte what serde_json printed for `{"id": ...}` before.
+    #[tokio::test]
+    async fn accepted_reply_is_the_event_id_as_json() {
+        let json = Some("application/json".to_owned());
+        for id in ["9ec79c33ec9942ab8353589fcb2e04dc", "quote \" and \\ backslash"] {
+            let expected = serde_json::json!({ "id": id }).to_string();
+            assert_eq!(reply(accepted(Endpoint::Envelope, Some(id), None)).await, (json.clone(), expected));
+        }
+        assert_eq!(reply(accepted(Endpoint::Store, None, None)).await, (json, "{}".to_owned()));
+        let limited = accepted(Endpoint::Envelope, Some("ab"), Some("60:error:project"));
+        assert_eq!(limited.headers()["x-sentry-rate-limits"], "60:error:project");
+    }
 
     #[test]
     fn event_ids() {
