@@ -328,6 +328,57 @@ async fn every_content_encoding_is_decoded() {
     }
 }
 
+/// Whatever the upstream encoding, the upstream decodes the same envelope bytes. Each body is read here with its
+/// format's own reference decoder (flate2's single-member gzip reader, the zstd library's frame reader), not with the
+/// relay's decoder; the relays' compression states are reused from one envelope to the next.
+#[tokio::test]
+async fn every_upstream_encoding_decodes_to_the_same_envelope() {
+    use scrub_relay::config::UpstreamEncoding;
+    let mini = MiniSentry::start().await;
+    let start = |encoding| {
+        let mut config = relay_config(&mini);
+        config.upstream_encoding = encoding;
+        start_relay(config)
+    };
+    let relays = [
+        (start(UpstreamEncoding::Identity).await, None),
+        (start(UpstreamEncoding::Gzip).await, Some("gzip")),
+        (start(UpstreamEncoding::Zstd).await, Some("zstd")),
+    ];
+    // Raw PII (scrubbed, so recompressed), a clean python event, node and rust events, a transaction.
+    let names = [
+        "py-error-event-rawpii",
+        "py-error-event",
+        "node-error-1",
+        "rust-event-1",
+        "py-transaction",
+        "py-error-exception-rawpii",
+    ];
+    for name in names {
+        let capture = Capture::load(name);
+        let mut bodies = Vec::new();
+        for (relay, encoding) in &relays {
+            let response = capture.replay(relay).await;
+            assert_eq!(response.status, 200, "{name}: {}", response.detail());
+            let upstream = mini.next().await;
+            assert_eq!(upstream.header("content-encoding"), *encoding, "{name}");
+            let mut decoded = Vec::new();
+            match *encoding {
+                None => decoded.extend_from_slice(&upstream.raw_body),
+                Some("gzip") => {
+                    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&upstream.raw_body[..]), &mut decoded)
+                        .unwrap();
+                }
+                Some(_) => decoded = zstd::decode_all(&upstream.raw_body[..]).unwrap(),
+            }
+            bodies.push(decoded);
+        }
+        assert!(!bodies[0].is_empty());
+        assert!(bodies[1] == bodies[0], "{name}: gzip decodes to the envelope sent without compression");
+        assert!(bodies[2] == bodies[0], "{name}: zstd decodes to the envelope sent without compression");
+    }
+}
+
 /// When the relay changes nothing and the SDK sent one gzip member, the SDK's own compressed bytes go upstream (no
 /// recompression); anything else is recompressed from what the relay checked.
 #[tokio::test]
