@@ -323,9 +323,22 @@ fn zstd(data: &[u8]) -> std::io::Result<Vec<u8>> {
 thread_local! {
     /// One deflate state per thread, reset between envelopes. A new one allocates and zeroes a few hundred KiB of
     /// window and hash tables (glibc serves that with mmap, so every envelope also paid page faults and munmap),
-    /// which cost more than compressing a typical 4 KiB envelope (issue #11).
-    static DEFLATE: RefCell<Option<flate2::Compress>> = const { RefCell::new(None) };
+    /// which cost more than compressing a typical 4 KiB envelope (issue #11). The reset still zeroes zlib-rs' 128 KiB
+    /// hash table, whatever the input's size (about 4 µs of the python event's 17; no option of zlib-rs or flate2
+    /// sizes it, `benches/codec.rs`).
+    static DEFLATE: RefCell<Option<Deflater>> = const { RefCell::new(None) };
 }
+
+struct Deflater {
+    state: flate2::Compress,
+    /// Where the stream is written, reused: the envelope's body is then one allocation of exactly its size, after
+    /// one pass of deflate. A guessed size (a third of the input) was too short for the python event (2,302 bytes
+    /// of 4,131): a second pass, a realloc, and a queued body of 5.5 KiB for 2.3 KiB of bytes.
+    scratch: Vec<u8>,
+}
+
+/// The scratch buffer is given back after an envelope that needed more than this.
+const SCRATCH_KEEP: usize = 256 * 1024;
 
 /// gzip (RFC 1952): a fixed header, the raw deflate stream, CRC-32 and length.
 ///
@@ -337,29 +350,43 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
     DEFLATE.with(|cell| {
         let mut slot = cell.borrow_mut();
-        let deflate = slot.get_or_insert_with(|| flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false));
-        deflate.reset();
-        let mut out = Vec::with_capacity(HEADER.len() + data.len() / 3 + 64);
-        out.extend_from_slice(&HEADER);
-        loop {
-            let consumed = usize::try_from(deflate.total_in())
-                .unwrap_or(usize::MAX)
-                .min(data.len());
-            if out.capacity() - out.len() < 64 {
-                out.reserve(out.capacity().max(4096));
-            }
-            let status = deflate
-                .compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Finish)
-                .map_err(std::io::Error::other)?;
-            if status == flate2::Status::StreamEnd {
-                break;
-            }
+        let Deflater { state, scratch } = slot.get_or_insert_with(|| Deflater {
+            state: flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false),
+            scratch: Vec::new(),
+        });
+        state.reset();
+        scratch.clear();
+        let deflated = deflate_into(state, data, scratch);
+        let out = deflated.map(|()| {
+            let mut out = Vec::with_capacity(HEADER.len() + scratch.len() + 8);
+            out.extend_from_slice(&HEADER);
+            out.extend_from_slice(scratch);
+            out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+            // ISIZE is the length modulo 2^32.
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out
+        });
+        if scratch.capacity() > SCRATCH_KEEP {
+            *scratch = Vec::new();
         }
-        out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-        // ISIZE is the length modulo 2^32.
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        Ok(out)
+        out
     })
+}
+
+/// The whole of `data` as one finished raw deflate stream, appended to `out`.
+fn deflate_into(state: &mut flate2::Compress, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        let consumed = usize::try_from(state.total_in()).unwrap_or(usize::MAX).min(data.len());
+        if out.capacity() - out.len() < 64 {
+            out.reserve(out.capacity().max(data.len() - consumed).max(4096));
+        }
+        let status = state
+            .compress_vec(&data[consumed..], out, flate2::FlushCompress::Finish)
+            .map_err(std::io::Error::other)?;
+        if status == flate2::Status::StreamEnd {
+            return Ok(());
+        }
+    }
 }
 
 /// Why the HTTP client could not be built, for the one start-up error line. reqwest's own text is only "builder
@@ -451,6 +478,10 @@ mod tests {
                 .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
                 .collect(),
             b"{\"message\":\"[Filtered]\"}\n".repeat(3),
+            // Larger than the scratch buffer kept between envelopes.
+            (0..400_000u32)
+                .map(|n| (n.wrapping_mul(2_246_822_519) >> 24) as u8)
+                .collect(),
         ];
         for data in inputs.iter().chain(inputs.iter().rev()) {
             let compressed = compress(UpstreamEncoding::Gzip, data).unwrap();
