@@ -6,7 +6,8 @@
 //! reports what the upstream said, including `Retry-After` and `X-Sentry-Rate-Limits`.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -100,9 +101,16 @@ const INLINE_COMPRESS_LIMIT: usize = 64 * 1024;
 pub struct Upstream {
     client: reqwest::Client,
     base: Arc<str>,
+    /// Parsed request URLs by destination and project: a request clones one instead of formatting and parsing its
+    /// URL (6.4 k instructions, about 0.6 % of the python event's requests; `benches/codec.rs`). Project ids come
+    /// from requests, so the map is emptied when it reaches [`URL_CACHE_MAX`].
+    urls: Arc<Mutex<HashMap<(crate::delivery::Destination, u64), url::Url>>>,
     encoding: UpstreamEncoding,
     metrics: Arc<Metrics>,
 }
+
+/// At most this many parsed URLs are kept (a few hundred KiB).
+const URL_CACHE_MAX: usize = 1024;
 
 impl Upstream {
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Upstream, reqwest::Error> {
@@ -118,6 +126,7 @@ impl Upstream {
         Ok(Upstream {
             client,
             base,
+            urls: Arc::default(),
             encoding: config.upstream_encoding,
             metrics,
         })
@@ -132,6 +141,24 @@ impl Upstream {
     /// validated project id.
     pub fn url(&self, destination: crate::delivery::Destination, project_id: u64) -> String {
         format!("{}{}", self.base, destination.path(project_id))
+    }
+
+    /// [`Upstream::url`], parsed; from the cache when it was asked for before. The text when it does not parse
+    /// (the configured upstream is a valid URL, so it always does; reqwest then reports the error as before).
+    fn request_url(&self, destination: crate::delivery::Destination, project_id: u64) -> Result<url::Url, String> {
+        let key = (destination, project_id);
+        let cached = self.urls.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
+        if let Some(url) = cached {
+            return Ok(url);
+        }
+        let text = self.url(destination, project_id);
+        let url = url::Url::parse(&text).map_err(|_| text)?;
+        let mut urls = self.urls.lock().unwrap_or_else(PoisonError::into_inner);
+        if urls.len() >= URL_CACHE_MAX {
+            urls.clear();
+        }
+        urls.insert(key, url.clone());
+        Ok(url)
     }
 
     /// One attempt. Any HTTP answer, 2xx or not, is `Ok`.
@@ -201,8 +228,10 @@ impl Upstream {
             .with_label_values(&["wire"])
             .inc_by(body.len() as u64);
         let started = Instant::now();
-        let url = self.url(request.destination, request.project_id);
-        let result = self.post(url, headers, body).await;
+        let result = match self.request_url(request.destination, request.project_id) {
+            Ok(url) => self.post(url, headers, body).await,
+            Err(text) => self.post(text, headers, body).await,
+        };
         self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(response) => status_outcome(response.status),
@@ -215,7 +244,12 @@ impl Upstream {
         result
     }
 
-    async fn post(&self, url: String, headers: HeaderMap, body: Bytes) -> Result<UpstreamResponse, UpstreamError> {
+    async fn post(
+        &self,
+        url: impl reqwest::IntoUrl,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let response = self
             .client
             .post(url)
@@ -444,6 +478,24 @@ mod tests {
             prefixed.envelope_url(7),
             "https://sentry.example.com/relay/api/7/envelope/"
         );
+    }
+
+    #[test]
+    fn request_urls_are_parsed_once_and_kept_bounded() {
+        let client = upstream("https://sentry.example.com/relay/", UpstreamEncoding::Gzip);
+        let otlp = crate::delivery::Destination::OtlpTraces(crate::otlp::Encoding::Protobuf);
+        for _ in 0..2 {
+            for (destination, project) in [(crate::delivery::Destination::Envelope, 7), (otlp, 7), (otlp, 8)] {
+                let url = client.request_url(destination, project).unwrap();
+                assert_eq!(url.as_str(), client.url(destination, project));
+            }
+        }
+        assert_eq!(client.urls.lock().unwrap().len(), 3);
+        for project in 0..(URL_CACHE_MAX as u64 * 3) {
+            let url = client.request_url(crate::delivery::Destination::Envelope, project).unwrap();
+            assert_eq!(url.path(), format!("/relay/api/{project}/envelope/"));
+        }
+        assert!(client.urls.lock().unwrap().len() <= URL_CACHE_MAX);
     }
 
     #[test]
