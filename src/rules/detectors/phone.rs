@@ -153,15 +153,83 @@ fn longest_valid(text: &str, start: usize, groups: &[(usize, usize)], region: Op
         if tries > 4 {
             return None;
         }
-        let candidate = &text[start..end];
-        if may_be_valid(candidate, region)
-            && let Ok(number) = phonenumber::parse(region, candidate)
-            && phonenumber::is_valid(&number)
-        {
+        if is_valid_number(&text[start..end], region) {
             return Some(end);
         }
     }
     None
+}
+
+/// Whether `candidate` is a valid phone number read in `region` (`None`: international only). The same candidates come
+/// back in every event of an application (its support line, a test number), and the library's check costs thousands
+/// of instructions even behind [`may_be_valid`], so each thread remembers its last verdicts ([`VerdictMemo`]).
+fn is_valid_number(candidate: &str, region: Option<Id>) -> bool {
+    let check = || {
+        may_be_valid(candidate, region)
+            && phonenumber::parse(region, candidate).is_ok_and(|number| phonenumber::is_valid(&number))
+    };
+    if candidate.len() > MEMO_KEY_LEN {
+        return check();
+    }
+    VERDICTS.with(|memo| {
+        let Ok(mut memo) = memo.try_borrow_mut() else {
+            return check();
+        };
+        memo.get_or_insert(candidate, region, check)
+    })
+}
+
+/// The longest candidate [`VerdictMemo`] keeps (`+49 (0)30 1234 5678 9` is 22 bytes).
+const MEMO_KEY_LEN: usize = 32;
+/// Its slots: direct-mapped by a hash of the candidate.
+const MEMO_SLOTS: usize = 64;
+
+/// A fixed-size, per-thread memo of [`is_valid_number`]: the verdict is a pure function of the candidate and the
+/// region, so a remembered one is the one the library would give. Bounded: a slot is overwritten by the next
+/// candidate that hashes to it.
+struct VerdictMemo {
+    slots: [Option<MemoSlot>; MEMO_SLOTS],
+}
+
+#[derive(Clone, Copy)]
+struct MemoSlot {
+    key: [u8; MEMO_KEY_LEN],
+    len: u8,
+    region: Option<Id>,
+    valid: bool,
+}
+
+impl VerdictMemo {
+    fn get_or_insert(&mut self, candidate: &str, region: Option<Id>, check: impl FnOnce() -> bool) -> bool {
+        let bytes = candidate.as_bytes();
+        // FNV-1a: the key is a few bytes of digits and separators.
+        let hash = bytes
+            .iter()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let slot = &mut self.slots[(hash >> 32) as usize % MEMO_SLOTS];
+        if let Some(kept) = slot
+            && usize::from(kept.len) == bytes.len()
+            && kept.region == region
+            && kept.key[..bytes.len()] == *bytes
+        {
+            return kept.valid;
+        }
+        let valid = check();
+        let mut key = [0u8; MEMO_KEY_LEN];
+        key[..bytes.len()].copy_from_slice(bytes);
+        *slot = Some(MemoSlot {
+            key,
+            len: bytes.len() as u8,
+            region,
+            valid,
+        });
+        valid
+    }
+}
+
+thread_local! {
+    static VERDICTS: std::cell::RefCell<VerdictMemo> =
+        const { std::cell::RefCell::new(VerdictMemo { slots: [None; MEMO_SLOTS] }) };
 }
 
 /// A necessary condition for `phonenumber::is_valid` on what `phonenumber::parse(region, candidate)` reads: the
@@ -405,6 +473,37 @@ mod tests {
         // And it does reject: NANP's fictional 555 exchange, unknown calling codes.
         assert!(!may_be_valid("+1 555-123-4567", None));
         assert!(!may_be_valid("+999 12345678", None));
+    }
+
+    #[test]
+    fn remembered_verdicts_are_the_library_s() {
+        // Valid and invalid candidates, national and international, more of them than the memo has slots (so slots
+        // are overwritten), each asked several times in a scrambled order: every answer is the library's.
+        let gb = parse_region("GB");
+        let mut candidates = Vec::new();
+        for i in 0..150u32 {
+            candidates.push((format!("+44 20 7946 {:04}", i * 37 % 10_000), None));
+            candidates.push((format!("+1 555-123-{:04}", i), None));
+            candidates.push((format!("+1 312 555 {:04}", i * 13 % 10_000), None));
+            candidates.push((format!("020 7946 {:04}", i * 7 % 10_000), gb));
+        }
+        let direct = |candidate: &str, region: Option<Id>| {
+            may_be_valid(candidate, region)
+                && phonenumber::parse(region, candidate).is_ok_and(|number| phonenumber::is_valid(&number))
+        };
+        let mut valid = 0;
+        for round in 0..3 {
+            for i in 0..candidates.len() {
+                let (candidate, region) = &candidates[(i * 7 + round * 11) % candidates.len()];
+                let want = direct(candidate, *region);
+                assert_eq!(is_valid_number(candidate, *region), want, "{candidate} in {region:?}");
+                valid += usize::from(want);
+            }
+        }
+        assert!(valid > 100 && valid < 3 * candidates.len() - 100, "{valid} valid answers");
+        // The same digits read in another region are another question.
+        assert_eq!(is_valid_number("020 7946 0958", gb), direct("020 7946 0958", gb));
+        assert_eq!(is_valid_number("020 7946 0958", parse_region("DE")), direct("020 7946 0958", parse_region("DE")));
     }
 
     #[test]
