@@ -229,11 +229,15 @@ fn starts_with_ci(bytes: &[u8], word: &[u8]) -> bool {
 
 /// Whether `bytes` may hold a label: `ssn`, `ss#`, `soc`, `tax`, `iti` or `tin` in any case (vectorized).
 pub fn maybe_labelled(bytes: &[u8]) -> bool {
-    super::any_trigram(bytes, |a, b, c| {
-        ((a == b's') & (((b == b's') & ((c == b'n') | (c == b'#' | 0x20))) | ((b == b'o') & (c == b'c'))))
-            | ((a == b't') & (((b == b'a') & (c == b'x')) | ((b == b'i') & (c == b'n'))))
-            | ((a == b'i') & (b == b't') & (c == b'i'))
-    })
+    super::any_trigram(bytes, label_trigram)
+}
+
+/// `ssn`, `ss#`, `soc`, `tax`, `tin` or `iti`, lower-cased as [`super::any_trigram`] passes them.
+#[inline(always)]
+pub(super) fn label_trigram(a: u8, b: u8, c: u8) -> bool {
+    ((a == b's') & (((b == b's') & ((c == b'n') | (c == b'#' | 0x20))) | ((b == b'o') & (c == b'c'))))
+        | ((a == b't') & (((b == b'a') & (c == b'x')) | ((b == b'i') & (c == b'n'))))
+        | ((a == b'i') & (b == b't') & (c == b'i'))
 }
 
 #[cfg(test)]

@@ -155,10 +155,14 @@ fn is_placeholder(name: &[u8]) -> bool {
 /// Whether `bytes` may hold a home root: a cheap, vectorized test for `/ho`, `/us`, `\us`, `\do` (any case), which
 /// every root holds. `\` lower-cased by `| 0x20` is `|`, so a `|us` also passes (a superset is fine).
 pub fn maybe(bytes: &[u8]) -> bool {
-    super::any_trigram(bytes, |a, b, c| {
-        let slash = (a == b'/') | (a == b'|');
-        slash & (((b == b'h') & (c == b'o')) | ((b == b'u') & (c == b's')) | ((b == b'd') & (c == b'o')))
-    })
+    super::any_trigram(bytes, root_trigram)
+}
+
+/// `/ho`, `/us`, `/do` (and `\` for `/`, which lower-cases to `|`), as [`super::any_trigram`] passes them.
+#[inline(always)]
+pub(super) fn root_trigram(a: u8, b: u8, c: u8) -> bool {
+    let slash = (a == b'/') | (a == b'|');
+    slash & (((b == b'h') & (c == b'o')) | ((b == b'u') & (c == b's')) | ((b == b'd') & (c == b'o')))
 }
 
 #[cfg(test)]
