@@ -203,9 +203,9 @@ impl VerdictMemo {
     fn get_or_insert(&mut self, candidate: &str, region: Option<Id>, check: impl FnOnce() -> bool) -> bool {
         let bytes = candidate.as_bytes();
         // FNV-1a: the key is a few bytes of digits and separators.
-        let hash = bytes
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         let slot = &mut self.slots[(hash >> 32) as usize % MEMO_SLOTS];
         if let Some(kept) = slot
             && usize::from(kept.len) == bytes.len()
@@ -500,10 +500,16 @@ mod tests {
                 valid += usize::from(want);
             }
         }
-        assert!(valid > 100 && valid < 3 * candidates.len() - 100, "{valid} valid answers");
+        assert!(
+            valid > 100 && valid < 3 * candidates.len() - 100,
+            "{valid} valid answers"
+        );
         // The same digits read in another region are another question.
         assert_eq!(is_valid_number("020 7946 0958", gb), direct("020 7946 0958", gb));
-        assert_eq!(is_valid_number("020 7946 0958", parse_region("DE")), direct("020 7946 0958", parse_region("DE")));
+        assert_eq!(
+            is_valid_number("020 7946 0958", parse_region("DE")),
+            direct("020 7946 0958", parse_region("DE"))
+        );
     }
 
     #[test]
