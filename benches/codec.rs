@@ -20,12 +20,15 @@ use std::cell::RefCell;
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use criterion::measurement::{Measurement, ValueFormatter, WallTime};
+use criterion::measurement::Measurement;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use scrub_relay::config::UpstreamEncoding;
 use scrub_relay::decode::{self, ContentEncoding};
+
+#[path = "support/thread_cpu_time.rs"]
+mod thread_cpu_time;
+use thread_cpu_time::ThreadCpuTime;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdk")
@@ -254,44 +257,6 @@ fn bench_small<M: Measurement>(c: &mut Criterion<M>) {
     let parsed = url::Url::parse("http://127.0.0.1:43121/api/42/envelope/").unwrap();
     group.bench_function("clone", |b| b.iter(|| black_box(&parsed).clone()));
     group.finish();
-}
-
-struct ThreadCpuTime;
-
-fn thread_cpu_now() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
-}
-
-static WALL_TIME: WallTime = WallTime;
-
-impl Measurement for ThreadCpuTime {
-    type Intermediate = Duration;
-    type Value = Duration;
-
-    fn start(&self) -> Duration {
-        thread_cpu_now()
-    }
-
-    fn end(&self, started: Duration) -> Duration {
-        thread_cpu_now().saturating_sub(started)
-    }
-
-    fn add(&self, a: &Duration, b: &Duration) -> Duration {
-        *a + *b
-    }
-
-    fn zero(&self) -> Duration {
-        Duration::ZERO
-    }
-
-    fn to_f64(&self, value: &Duration) -> f64 {
-        value.as_nanos() as f64
-    }
-
-    fn formatter(&self) -> &dyn ValueFormatter {
-        WALL_TIME.formatter()
-    }
 }
 
 criterion_group! {
