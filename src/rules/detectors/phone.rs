@@ -78,7 +78,7 @@ pub fn find(text: &str, region: Option<Id>, push: &mut dyn FnMut(usize, usize)) 
 }
 
 /// The digit groups starting at `from`: `(start, end)` of each run of digits, separated by one separator (a space,
-/// `-`, `.`, `/`) or by parentheses around a group, up to [`MAX_DIGITS`] + 1 digits.
+/// `-` or `.`) or by parentheses around a group, up to [`MAX_DIGITS`] + 1 digits.
 fn digit_groups(bytes: &[u8], from: usize) -> Vec<(usize, usize)> {
     let mut groups = Vec::new();
     let mut pos = from;
