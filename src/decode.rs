@@ -143,16 +143,7 @@ fn read_capped(
     let limit = cap.saturating_add(1);
     let mut out = Vec::new();
     loop {
-        if out.len() == out.capacity() {
-            if out.len() >= limit {
-                break;
-            }
-            let target = out.capacity().saturating_mul(2).max(FIRST_STEP).min(limit);
-            if !charge(target - out.capacity()) {
-                return Err(DecodeError::OverBudget);
-            }
-            out.reserve_exact(target - out.len());
-        }
+        grow_charged(&mut out, FIRST_STEP, cap, charge)?;
         let spare = (out.capacity() - out.len()).min(limit - out.len());
         let read = (&mut reader)
             .take(spare as u64)
@@ -166,6 +157,34 @@ fn read_capped(
         return Err(DecodeError::TooLarge { limit: cap });
     }
     Ok(out)
+}
+
+/// Makes room in `out` once it is full, in steps charged before they are taken: `first` for the first, then
+/// doubling (at least [`FIRST_STEP`]), never past `cap + 1` bytes. `TooLarge` when it already holds that many.
+fn grow_charged(
+    out: &mut Vec<u8>,
+    first: usize,
+    cap: usize,
+    charge: &mut dyn FnMut(usize) -> bool,
+) -> Result<(), DecodeError> {
+    let limit = cap.saturating_add(1);
+    if out.len() < out.capacity() {
+        return Ok(());
+    }
+    if out.len() >= limit {
+        return Err(DecodeError::TooLarge { limit: cap });
+    }
+    let target = if out.capacity() == 0 {
+        first
+    } else {
+        out.capacity().saturating_mul(2).max(FIRST_STEP)
+    }
+    .min(limit);
+    if !charge(target - out.capacity()) {
+        return Err(DecodeError::OverBudget);
+    }
+    out.reserve_exact(target - out.len());
+    Ok(())
 }
 
 thread_local! {
@@ -195,7 +214,6 @@ fn gunzip_with(
     cap: usize,
     charge: &mut dyn FnMut(usize) -> bool,
 ) -> Result<Vec<u8>, DecodeError> {
-    let limit = cap.saturating_add(1);
     // The last member's length (ISIZE) sizes the first step: a 4 KiB envelope gets a 4 KiB buffer, not 64 KiB. It
     // is only a hint (a body can lie about it): the first step never exceeds `FIRST_STEP`, and more is charged as
     // the output really grows.
@@ -210,21 +228,7 @@ fn gunzip_with(
         inflate.reset(false);
         let member = out.len();
         loop {
-            if out.len() == out.capacity() {
-                if out.len() >= limit {
-                    return Err(DecodeError::TooLarge { limit: cap });
-                }
-                let target = if out.capacity() == 0 {
-                    hint.saturating_add(1).clamp(MIN_STEP, FIRST_STEP)
-                } else {
-                    out.capacity().saturating_mul(2).max(FIRST_STEP)
-                }
-                .min(limit);
-                if !charge(target - out.capacity()) {
-                    return Err(DecodeError::OverBudget);
-                }
-                out.reserve_exact(target - out.len());
-            }
+            grow_charged(&mut out, hint.saturating_add(1).clamp(MIN_STEP, FIRST_STEP), cap, charge)?;
             let (read_before, written_before) = (inflate.total_in(), out.len());
             let status = inflate
                 .decompress_vec(rest, &mut out, flate2::FlushDecompress::None)

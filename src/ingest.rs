@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
@@ -299,10 +299,7 @@ fn accepted(endpoint: Endpoint, event_id: Option<&str>, rate_limits: Option<&str
         }
         None => Bytes::from_static(b"{}"),
     };
-    let mut response = Response::new(Full::new(body));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut response = crate::server::json_bytes(StatusCode::OK, body);
     if let Some(value) = rate_limits.and_then(|limits| HeaderValue::from_str(limits).ok()) {
         response.headers_mut().insert("x-sentry-rate-limits", value);
     }

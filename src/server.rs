@@ -507,7 +507,12 @@ fn empty(status: StatusCode) -> Response<Full<Bytes>> {
 
 /// A JSON answer.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    json_bytes(status, Bytes::from(value.to_string()))
+}
+
+/// [`json`] for a body already written as JSON.
+pub fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()
