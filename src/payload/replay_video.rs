@@ -88,14 +88,17 @@ pub(crate) fn scrub(bytes: &[u8], cx: &mut Ctx<'_, '_>) -> Result<Option<Vec<u8>
     Ok(changed.then(|| encode(&parts)))
 }
 
+/// One known entry of the map: its key and its bytes (borrowed unless the scrub changed them).
+type Part<'a> = (&'static str, std::borrow::Cow<'a, [u8]>);
+
 /// The known entries of the map, in their order; unknown keys are skipped. Every key is required.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<(&'static str, std::borrow::Cow<'_, [u8]>)>, VideoError> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Part<'_>>, VideoError> {
     let mut rest = bytes;
     let entries = rmp::decode::read_map_len(&mut rest).map_err(|_| VideoError::NotAMap)?;
     if entries > MAX_ENTRIES {
         return Err(VideoError::NotAMap);
     }
-    let mut parts: Vec<(&'static str, std::borrow::Cow<'_, [u8]>)> = Vec::with_capacity(KEYS.len());
+    let mut parts: Vec<Part<'_>> = Vec::with_capacity(KEYS.len());
     for _ in 0..entries {
         let key_len = rmp::decode::read_str_len(&mut rest).map_err(|_| VideoError::BadKey)?;
         let key = take(&mut rest, key_len)?;
@@ -147,7 +150,7 @@ fn take<'a>(rest: &mut &'a [u8], len: u32) -> Result<&'a [u8], VideoError> {
 }
 
 /// Writes the map: string keys, `bin` values.
-pub(crate) fn encode(parts: &[(&'static str, std::borrow::Cow<'_, [u8]>)]) -> Vec<u8> {
+pub(crate) fn encode(parts: &[Part<'_>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(parts.iter().map(|(k, v)| k.len() + v.len() + 10).sum::<usize>() + 5);
     // Writing into a Vec cannot fail; lengths fit u32 because the item is capped far below 4 GiB.
     rmp::encode::write_map_len(&mut out, parts.len() as u32).expect("msgpack into memory");

@@ -35,7 +35,6 @@ pub fn find(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
             continue;
         }
         // A sentence may end right after an address; an IPv4 tail may not end with a dot.
-        let mut end = end;
         while end > start && bytes[end - 1] == b'.' {
             end -= 1;
         }
