@@ -370,17 +370,9 @@ pub async fn handle(state: &Arc<AppState>, request: Request<Incoming>) -> Respon
     if route.wants_cors() {
         add_cors(response.headers_mut());
     }
-    let status = response.status();
     state
         .metrics
-        .requests
-        .with_label_values(&[endpoint, status.as_str()])
-        .inc();
-    state
-        .metrics
-        .request_duration
-        .with_label_values(&[endpoint])
-        .observe(started.elapsed().as_secs_f64());
+        .count_request(endpoint, response.status(), started.elapsed().as_secs_f64());
     response
 }
 

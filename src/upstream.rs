@@ -219,14 +219,8 @@ impl Upstream {
             );
         }
 
-        self.metrics
-            .forwarded_bytes
-            .with_label_values(&["uncompressed"])
-            .inc_by(uncompressed as u64);
-        self.metrics
-            .forwarded_bytes
-            .with_label_values(&["wire"])
-            .inc_by(body.len() as u64);
+        self.metrics.forwarded_uncompressed_bytes().inc_by(uncompressed as u64);
+        self.metrics.forwarded_wire_bytes().inc_by(body.len() as u64);
         let started = Instant::now();
         let result = match self.request_url(request.destination, request.project_id) {
             Ok(url) => self.post(url, headers, body).await,
@@ -237,7 +231,7 @@ impl Upstream {
             Ok(response) => status_outcome(response.status),
             Err(error) => error.outcome(),
         };
-        self.metrics.upstream_requests.with_label_values(&[outcome]).inc();
+        self.metrics.count_upstream_request(outcome);
         if let Err(error) = &result {
             tracing::warn!(project_id = request.project_id, outcome, error = %error_chain(error), "upstream request failed");
         }

@@ -197,10 +197,7 @@ impl Body {
     }
 
     fn finish<T>(self, decoded: Bytes, work: impl FnOnce(Bytes) -> Result<T, RelayError>) -> Result<T, RelayError> {
-        self.metrics
-            .received_bytes
-            .with_label_values(&["decompressed"])
-            .inc_by(decoded.len() as u64);
+        self.metrics.received_decompressed_bytes().inc_by(decoded.len() as u64);
         drop(self.wire);
         // The decoded body stays charged while `work` turns it into what is queued.
         let result = work(decoded);
@@ -225,7 +222,7 @@ pub(crate) fn scrub_envelope(
     project_id: u64,
 ) -> Envelope {
     for item in &envelope.items {
-        metrics.items_received.with_label_values(&[item.ty().as_str()]).inc();
+        metrics.item_received(item.ty()).inc();
     }
     let options = ProcessOptions {
         project_id: Some(project_id),
@@ -236,7 +233,7 @@ pub(crate) fn scrub_envelope(
     metrics.scrub_duration.observe(started.elapsed().as_secs_f64());
     ingest::record_report(metrics, &processed.report);
     for item in &processed.envelope.items {
-        metrics.items_forwarded.with_label_values(&[item.ty().as_str()]).inc();
+        metrics.item_forwarded(item.ty()).inc();
     }
     processed.envelope
 }
