@@ -166,9 +166,43 @@ impl Item {
     }
 
     /// The header as it goes on the wire: the original keys in order, with `length` set to the payload size.
+    /// The header as it goes on the wire, as a map: what [`Item::write_headers_with_length`] writes.
+    #[cfg(test)]
     pub(crate) fn headers_with_length(&self) -> Map<String, Value> {
         let mut headers = self.headers.clone();
         headers.insert("length".into(), Value::from(self.payload.len()));
         headers
+    }
+
+    /// Writes the header as it goes on the wire (the original keys in order, with `length` set to the payload size)
+    /// as compact JSON, without building that map (a copy of the header per item, about 1.6 k instructions on the
+    /// python event, issue #11): `length` keeps its place when the SDK sent one, as the map's insert does, and comes
+    /// last otherwise.
+    pub(crate) fn write_headers_with_length(&self, out: &mut Vec<u8>) {
+        let length = self.payload.len();
+        let mut wrote_length = false;
+        out.push(b'{');
+        for (at, (key, value)) in self.headers.iter().enumerate() {
+            if at > 0 {
+                out.push(b',');
+            }
+            // Writing a string or a `Value` into a Vec cannot fail.
+            serde_json::to_writer(&mut *out, key).expect("JSON string serializes");
+            out.push(b':');
+            if key == "length" {
+                serde_json::to_writer(&mut *out, &length).expect("a number serializes");
+                wrote_length = true;
+            } else {
+                serde_json::to_writer(&mut *out, value).expect("JSON value serializes");
+            }
+        }
+        if !wrote_length {
+            if !self.headers.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"length\":");
+            serde_json::to_writer(&mut *out, &length).expect("a number serializes");
+        }
+        out.push(b'}');
     }
 }

@@ -19,7 +19,7 @@ mod item;
 
 pub use item::{Item, ItemType};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 /// Why an envelope could not be parsed. Every variant names the byte offset where it went wrong, never the content.
@@ -119,21 +119,21 @@ impl Envelope {
 
     /// Writes the envelope with a correct `length` on every item and a final newline.
     pub fn to_bytes(&self) -> Bytes {
-        let size: usize = 64 + self.items.iter().map(|i| i.payload().len() + 96).sum::<usize>();
-        let mut out = BytesMut::with_capacity(size).writer();
-        // Serializing a `Map<String, Value>` cannot fail: keys are strings and values are already JSON.
+        // Room for the header lines too: an SDK's envelope header (trace context, sdk) is a few hundred bytes, and a
+        // guess short of them grew (and copied) the whole buffer once per envelope.
+        let items: usize = self.items.iter().map(|i| i.payload().len() + 128).sum();
+        let mut out = Vec::with_capacity(512 + items);
+        // Serializing a `Map<String, Value>` into a Vec cannot fail: keys are strings and values are already JSON.
         serde_json::to_writer(&mut out, &self.headers).expect("JSON map serializes");
-        let mut out = out.into_inner();
-        out.put_u8(b'\n');
+        out.push(b'\n');
+        out.reserve(items);
         for item in &self.items {
-            let mut writer = out.writer();
-            serde_json::to_writer(&mut writer, &item.headers_with_length()).expect("JSON map serializes");
-            out = writer.into_inner();
-            out.put_u8(b'\n');
-            out.put_slice(item.payload());
-            out.put_u8(b'\n');
+            item.write_headers_with_length(&mut out);
+            out.push(b'\n');
+            out.extend_from_slice(item.payload());
+            out.push(b'\n');
         }
-        out.freeze()
+        Bytes::from(out)
     }
 
     /// The envelope's `event_id` header, as the SDK wrote it (Rust SDKs hyphenate it).

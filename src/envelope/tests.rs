@@ -76,3 +76,34 @@ fn header_only_envelope() {
     assert!(env.items.is_empty());
     assert_eq!(env.to_bytes().as_ref(), b"{}\n");
 }
+
+/// The item header is written without building the map with `length`: the bytes are what serializing that map gave,
+/// with `length` in the SDK's place or last, whatever the other keys hold.
+#[test]
+fn item_headers_are_written_as_the_map_with_length_serializes() {
+    let headers = [
+        r#"{"type":"event","length":3}"#,
+        r#"{"type":"event","content_type":"application/json","length":99999}"#,
+        r#"{"length":1,"type":"attachment","filename":"a \"b\" \\ é\n.txt"}"#,
+        r#"{"type":"event"}"#,
+        r#"{"type":"span","length":null,"nested":{"a":[1,2.5,-3,true,null]},"x":"\u0000"}"#,
+        r#"{"type":"log","length":"7","big":18446744073709551615}"#,
+    ];
+    for header in headers {
+        let mut item = Item::from_parts(serde_json::from_str(header).unwrap(), Bytes::from_static(b"{}"));
+        for payload in [&b""[..], b"{}", &[b'x'; 1000]] {
+            item.set_payload(Bytes::copy_from_slice(payload));
+            let mut written = Vec::new();
+            item.write_headers_with_length(&mut written);
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&item.headers_with_length()).unwrap(),
+                "{header}"
+            );
+        }
+    }
+    let empty = Item::from_parts(serde_json::Map::new(), Bytes::from_static(b"abc"));
+    let mut written = Vec::new();
+    empty.write_headers_with_length(&mut written);
+    assert_eq!(written, br#"{"length":3}"#);
+}
