@@ -50,6 +50,9 @@ pub struct Identity {
     pub dsn: Option<Dsn>,
 }
 
+/// `X-Sentry-Auth`, parsed once: a name given as a string is parsed and validated on every lookup.
+pub(crate) const X_SENTRY_AUTH: http::HeaderName = http::HeaderName::from_static("x-sentry-auth");
+
 /// Reads the request-level auth (headers and query). `Ok(None)` when there is none.
 pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Result<Option<RequestAuth>, RelayError> {
     let mut found: Option<RequestAuth> = None;
@@ -59,7 +62,7 @@ pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Result<Option<R
         }
         Ok(())
     };
-    for value in headers.get_all("x-sentry-auth") {
+    for value in headers.get_all(X_SENTRY_AUTH) {
         let text = value
             .to_str()
             .map_err(|_| RelayError::InvalidAuth("header is not ASCII"))?;

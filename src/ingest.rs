@@ -301,7 +301,7 @@ fn accepted(endpoint: Endpoint, event_id: Option<&str>, rate_limits: Option<&str
     };
     let mut response = crate::server::json_bytes(StatusCode::OK, body);
     if let Some(value) = rate_limits.and_then(|limits| HeaderValue::from_str(limits).ok()) {
-        response.headers_mut().insert("x-sentry-rate-limits", value);
+        response.headers_mut().insert(crate::upstream::X_SENTRY_RATE_LIMITS, value);
     }
     response
 }
@@ -312,7 +312,7 @@ pub(crate) fn rate_limited(limited: RateLimited) -> Response<Full<Bytes>> {
     let headers = response.headers_mut();
     headers.insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs));
     if let Ok(value) = HeaderValue::from_str(&limited.header) {
-        headers.insert("x-sentry-rate-limits", value);
+        headers.insert(crate::upstream::X_SENTRY_RATE_LIMITS, value);
     }
     response
 }

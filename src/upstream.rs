@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::config::{Config, UpstreamEncoding};
 use crate::metrics::Metrics;
@@ -89,6 +89,10 @@ impl UpstreamError {
         }
     }
 }
+
+/// Header names, parsed once: a name given as a string is parsed and validated on every insert or lookup.
+pub(crate) const X_SENTRY_RATE_LIMITS: HeaderName = HeaderName::from_static("x-sentry-rate-limits");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The largest upstream answer body we keep; Sentry's answers are a few dozen bytes.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -183,14 +187,16 @@ impl Upstream {
             .sentry_client
             .as_deref()
             .unwrap_or(concat!("scrub-relay/", env!("CARGO_PKG_VERSION")));
-        let auth = format!(
-            "Sentry sentry_key={}, sentry_version=7, sentry_client={client}",
-            request.public_key
-        );
+        // Appended rather than formatted: `format!` costs more than the copies.
+        let mut auth = String::with_capacity(64 + request.public_key.len() + client.len());
+        auth.push_str("Sentry sentry_key=");
+        auth.push_str(&request.public_key);
+        auth.push_str(", sentry_version=7, sentry_client=");
+        auth.push_str(client);
         let mut headers = HeaderMap::new();
         // Key and client were validated to header-safe characters (`auth::safe_client`, `dsn::is_valid_public_key`).
         headers.insert(
-            "x-sentry-auth",
+            crate::auth::X_SENTRY_AUTH,
             HeaderValue::from_str(&auth).map_err(|_| invalid_header())?,
         );
         headers.insert(
@@ -214,7 +220,7 @@ impl Upstream {
         if let Some(ip) = request.forwarded_for {
             // An IP address always formats to a valid header value.
             headers.insert(
-                "x-forwarded-for",
+                X_FORWARDED_FOR,
                 HeaderValue::from_str(&ip.to_string()).expect("IP is a header value"),
             );
         }
@@ -222,10 +228,7 @@ impl Upstream {
         self.metrics.forwarded_uncompressed_bytes().inc_by(uncompressed as u64);
         self.metrics.forwarded_wire_bytes().inc_by(body.len() as u64);
         let started = Instant::now();
-        let result = match self.request_url(request.destination, request.project_id) {
-            Ok(url) => self.post(url, headers, body).await,
-            Err(text) => self.post(text, headers, body).await,
-        };
+        let result = self.post(self.request_url(request.destination, request.project_id), headers, body).await;
         self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(response) => status_outcome(response.status),
@@ -238,25 +241,30 @@ impl Upstream {
         result
     }
 
+    /// POSTs `body` to `url` (the text when it did not parse: reqwest reports that error).
     async fn post(
         &self,
-        url: impl reqwest::IntoUrl,
+        url: Result<url::Url, String>,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let response = self
-            .client
-            .post(url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(classify)?;
+        let sent = match url {
+            Ok(url) => {
+                // The request built whole, its header map moved in: `RequestBuilder::headers` copies the map entry by
+                // entry into the request's own (empty) one.
+                let mut request = reqwest::Request::new(reqwest::Method::POST, url);
+                *request.headers_mut() = headers;
+                *request.body_mut() = Some(body.into());
+                self.client.execute(request).await
+            }
+            Err(text) => self.client.post(text).headers(headers).body(body).send().await,
+        };
+        let response = sent.map_err(classify)?;
         let status = response.status();
-        let header = |name: &str| response.headers().get(name).cloned();
-        let retry_after = header("retry-after");
-        let rate_limits = header("x-sentry-rate-limits");
-        let content_type = header("content-type");
+        let header = |name: &HeaderName| response.headers().get(name).cloned();
+        let retry_after = header(&http::header::RETRY_AFTER);
+        let rate_limits = header(&X_SENTRY_RATE_LIMITS);
+        let content_type = header(&http::header::CONTENT_TYPE);
         let mut response = response;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
