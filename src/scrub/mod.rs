@@ -152,26 +152,26 @@ thread_local! {
     static KEY_VERDICTS: std::cell::RefCell<Option<KeyVerdicts>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Recent verdicts of the key matcher for one engine. Payloads repeat a few dozen keys (every span has the same
-/// attribute names), and normalising and matching a key costs several times more than hashing it. Two-way set
-/// associative (a direct-mapped table of 256 slots missed on about one key in six of the raw python event: keys
-/// that collide evicted each other at every event) and bounded, so keys chosen to collide only cost a recomputation.
+/// Recent verdicts of the key matcher for one engine, and what the walk decided for a key in a scope. Payloads
+/// repeat a few dozen keys (every span has the same attribute names), and normalising and matching a key costs
+/// several times more than hashing it; so does working out a field's fate (skip lists, id and IP keys, header
+/// names, the child scope: about a tenth of the scrub of a raw python event, issue #11).
 struct KeyVerdicts {
     /// [`Engine::id`] of the rules the verdicts came from.
     engine: u64,
-    slots: Vec<Option<(Box<str>, bool)>>,
+    sensitive: Memo<bool>,
+    fields: Memo<walk::KeyFacts>,
 }
 
 impl KeyVerdicts {
-    /// Sets of two slots each.
-    const SETS: usize = 256;
-    /// Longer keys are matched every time rather than kept.
+    /// Longer keys are worked out every time rather than kept.
     const MAX_KEY_LEN: usize = 64;
 
     fn new(engine: u64) -> KeyVerdicts {
         KeyVerdicts {
             engine,
-            slots: Vec::new(),
+            sensitive: Memo::default(),
+            fields: Memo::default(),
         }
     }
 
@@ -184,39 +184,61 @@ impl KeyVerdicts {
             .filter(|verdicts| verdicts.engine == engine)
             .unwrap_or_else(|| KeyVerdicts::new(engine))
     }
+}
+
+/// A memo of values by key (and a small tag, such as a scope), two-way set associative (a direct-mapped table of 256
+/// slots missed on about one key in six of the raw python event: keys that collide evicted each other at every
+/// event) and bounded, so keys chosen to collide only cost a recomputation.
+struct Memo<V> {
+    slots: Vec<Option<(Box<str>, u16, V)>>,
+}
+
+impl<V> Default for Memo<V> {
+    fn default() -> Self {
+        Memo { slots: Vec::new() }
+    }
+}
+
+impl<V: Copy> Memo<V> {
+    /// Sets of two slots each.
+    const SETS: usize = 256;
 
     /// The first slot of a key's set (FNV-1a), allocating the table on first use.
-    fn set(&mut self, key: &str) -> usize {
+    fn set(&mut self, key: &str, tag: u16) -> usize {
         if self.slots.is_empty() {
-            self.slots.resize(KeyVerdicts::SETS * 2, None);
+            self.slots.resize_with(Self::SETS * 2, || None);
         }
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in key.bytes() {
             hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
         }
-        (hash as usize) % KeyVerdicts::SETS * 2
+        if tag != 0 {
+            hash = (hash ^ u64::from(tag)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (hash as usize) % Self::SETS * 2
     }
 
-    /// The cached verdict; a hit in the second slot moves to the first, so the slot a miss evicts is the colder.
-    fn get(&mut self, set: usize, key: &str) -> Option<bool> {
+    /// The cached value; a hit in the second slot moves to the first, so the slot a miss evicts is the colder.
+    fn get(&mut self, set: usize, key: &str, tag: u16) -> Option<V> {
         for way in 0..2 {
-            if let Some((cached, verdict)) = &self.slots[set + way]
+            if let Some((cached, cached_tag, value)) = &self.slots[set + way]
+                && *cached_tag == tag
                 && **cached == *key
             {
-                let verdict = *verdict;
+                let value = *value;
                 if way == 1 {
                     self.slots.swap(set, set + 1);
                 }
-                return Some(verdict);
+                return Some(value);
             }
         }
         None
     }
 
-    /// Keeps a verdict in the first slot of its set, moving the one there to the second (evicting the colder).
-    fn put(&mut self, set: usize, key: &str, verdict: bool) {
+    /// Keeps a value in the first slot of its set, moving the one there to the second (evicting the colder).
+    fn put(&mut self, set: usize, key: &str, tag: u16, value: V) {
         self.slots[set + 1] = self.slots[set].take();
-        self.slots[set] = Some((key.into(), verdict));
+        self.slots[set] = Some((key.into(), tag, value));
     }
 }
 
@@ -255,13 +277,30 @@ impl<'e> Scrubber<'e> {
         if key.len() > KeyVerdicts::MAX_KEY_LEN {
             return self.engine.keys.is_sensitive_with(key, &mut self.scratch);
         }
-        let set = self.key_verdicts.set(key);
-        if let Some(verdict) = self.key_verdicts.get(set, key) {
+        let set = self.key_verdicts.sensitive.set(key, 0);
+        if let Some(verdict) = self.key_verdicts.sensitive.get(set, key, 0) {
             return verdict;
         }
         let verdict = self.engine.keys.is_sensitive_with(key, &mut self.scratch);
-        self.key_verdicts.put(set, key, verdict);
+        self.key_verdicts.sensitive.put(set, key, 0, verdict);
         verdict
+    }
+
+    /// What the walk does with `key` in `scope` ([`walk::KeyFacts`]), from the memo when it was worked out before:
+    /// it depends on nothing else (the rules are the memo's own).
+    pub(crate) fn key_facts(&mut self, scope: Scope, key: &str) -> walk::KeyFacts {
+        if key.len() > KeyVerdicts::MAX_KEY_LEN {
+            return self.work_out_key_facts(scope, key);
+        }
+        // Never 0 (the tag of the sensitive-key memo), though the tables are apart anyway.
+        let tag = scope as u16 + 1;
+        let set = self.key_verdicts.fields.set(key, tag);
+        if let Some(facts) = self.key_verdicts.fields.get(set, key, tag) {
+            return facts;
+        }
+        let facts = self.work_out_key_facts(scope, key);
+        self.key_verdicts.fields.put(set, key, tag, facts);
+        facts
     }
 
     /// What the key rules put in place of a whole value: its HMAC when keys are hashed, else the key replacement;

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
-use super::walk::{AttributeRule, Field, attribute_value_scope, is_scalar_typed, removed_without_pii};
+use super::walk::{AttributeRule, Field, attribute_value_scope, is_scalar_typed};
 use super::{Scope, Scrubber, Seg, Tally, merge_meta, meta};
 use crate::filter;
 
@@ -220,11 +220,12 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         self.pos += 1;
         self.out.push(b'{');
         while let Some(key) = self.next_key(&mut first_read)? {
-            if key_rules && key.contains('@') {
+            let facts = self.scrubber.key_facts(scope, key);
+            if key_rules && facts.has_at {
                 // Keys holding emails are renamed, which needs the whole object (collisions): tree walk.
                 return Err(Bail::NeedsTree);
             }
-            if strip_pii && removed_without_pii(engine, scope, key) && !self.at_null() {
+            if strip_pii && facts.removed_without_pii && !self.at_null() {
                 self.skip_value()?;
                 self.scrubber.record_pii_removal(path, key);
                 continue;
@@ -243,7 +244,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             }
             self.write_key(key, &mut first_written);
             path.push(Seg::Key(key));
-            let result = match self.scrubber.classify(scope, key, key_rules) {
+            let result = match facts.field {
                 Field::Skip => self.copy_value(),
                 Field::Redact(rule) => self.redact(rule, path),
                 Field::Walk(child) => self.value(child, path, Some(key)),

@@ -73,6 +73,17 @@ pub(super) enum Field {
     Walk(Scope),
 }
 
+/// What the walk needs to know of an object key in a scope. A function of the rules, the scope and the key alone,
+/// so [`Scrubber::key_facts`] keeps it for the keys that come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyFacts {
+    pub(super) field: Field,
+    /// Whether `send_default_pii: false` removes the field ([`removed_without_pii`]).
+    pub(super) removed_without_pii: bool,
+    /// Whether the key holds an `@` (it may be an email, which key rules rename).
+    pub(super) has_at: bool,
+}
+
 /// Keys whose values are ids, never PII, wherever they appear.
 pub(super) fn is_id_key(key: &str) -> bool {
     // Versions (`process.runtime.engine.version: 11.3.244.8-node.38`) look like IPs and dates but never hold PII.
@@ -400,7 +411,7 @@ impl<'e> Scrubber<'e> {
             self.scrub_keys(map, path);
         }
         for (key, value) in map.iter_mut() {
-            let field = self.classify(scope, key, key_rules);
+            let field = self.classify(scope, key);
             path.push(Seg::Key(key));
             match field {
                 Field::Skip => {}
@@ -417,7 +428,22 @@ impl<'e> Scrubber<'e> {
         }
     }
 
-    pub(super) fn classify(&mut self, scope: Scope, key: &str, key_rules: bool) -> Field {
+    /// What to do with the field `key` of an object in `scope` (whose key rules apply by
+    /// [`Scope::applies_key_rules`]).
+    pub(super) fn classify(&mut self, scope: Scope, key: &str) -> Field {
+        self.key_facts(scope, key).field
+    }
+
+    /// Works out [`KeyFacts`] (see [`Scrubber::key_facts`], which keeps them).
+    pub(super) fn work_out_key_facts(&mut self, scope: Scope, key: &str) -> KeyFacts {
+        KeyFacts {
+            field: self.work_out_field(scope, key, scope.applies_key_rules()),
+            removed_without_pii: removed_without_pii(self.engine, scope, key),
+            has_at: key.contains('@'),
+        }
+    }
+
+    fn work_out_field(&mut self, scope: Scope, key: &str, key_rules: bool) -> Field {
         if scope.skips(key) {
             return Field::Skip;
         }
