@@ -11,7 +11,7 @@ use crate::envelope::{Item, ItemType};
 use crate::filter;
 use crate::pipeline::DropReason;
 use crate::rules::UnparseablePolicy;
-use crate::scrub::stream::{self, DropCheck};
+use crate::scrub::stream::{self, Bail, DropCheck};
 use crate::scrub::{Scope, Scrubber, merge_meta};
 
 /// The scope a JSON item's payload is walked in, or `None` when the item is not walked as JSON.
@@ -97,10 +97,18 @@ pub fn process(mut item: Item, ty: ItemType, scope: Scope, cx: &mut Ctx<'_, '_>)
             ItemType::Span => DropCheck::SegmentSpans,
             _ => DropCheck::None,
         };
-        // When the stream gives up (not JSON, a shape it leaves to the tree, an item a drop rule removes), the tree
+        // When the stream gives up (not JSON, a shape it leaves to the tree, spans a drop rule removes), the tree
         // walk below decides, from a clean slate.
-        if streamed(&mut item, scope, check, cx) {
-            return Some(item);
+        match stream_item(&mut item, scope, check, cx) {
+            Ok(()) => return Some(item),
+            // A transaction on a drop route, read by the stream as the tree walk reads it: parsing it into a tree
+            // only to drop it was a third of the scrub of the raw SDK captures (issue #11). One over the tree's node
+            // budget still follows the unparseable policy below, as it always has.
+            Err(Bail::Dropped) if !json_nodes_exceed(item.payload(), TREE_WALK_MAX_NODES) => {
+                cx.report.dropped.push((ty, DropReason::FilteredRoute));
+                return None;
+            }
+            Err(_) => cx.report.tree_walked_items += 1,
         }
     }
     let Some(mut value) = parse_tree(item.payload()) else {
@@ -134,17 +142,19 @@ pub fn process(mut item: Item, ty: ItemType, scope: Scope, cx: &mut Ctx<'_, '_>)
 /// Scrubs a JSON payload with the streaming walk, storing the result if something changed. `false` (item and
 /// scrubber untouched) when the stream gave up and the tree walk must decide.
 pub(crate) fn streamed(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut Ctx<'_, '_>) -> bool {
-    match stream::scrub_item_json(cx.scrubber, item.payload(), scope, check) {
-        Ok(None) => true,
-        Ok(Some(scrubbed)) => {
-            item.set_payload(Bytes::from(scrubbed));
-            true
-        }
-        Err(_) => {
-            cx.report.tree_walked_items += 1;
-            false
-        }
+    let done = stream_item(item, scope, check, cx).is_ok();
+    if !done {
+        cx.report.tree_walked_items += 1;
     }
+    done
+}
+
+/// [`streamed`], saying why the stream gave up, without counting it.
+fn stream_item(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut Ctx<'_, '_>) -> Result<(), Bail> {
+    if let Some(scrubbed) = stream::scrub_item_json(cx.scrubber, item.payload(), scope, check)? {
+        item.set_payload(Bytes::from(scrubbed));
+    }
+    Ok(())
 }
 
 /// Scrubs JSON bytes that are part of a larger payload (a `replay_video`'s event): `Ok(None)` when nothing changed,

@@ -27,6 +27,9 @@ pub(crate) enum Bail {
     Invalid,
     /// Valid so far, but the tree walk must handle it (see the module docs).
     NeedsTree,
+    /// Valid, and a transaction that a drop route removes ([`DropCheck::Transaction`]): its name and `request.url`
+    /// read as the tree walk reads them (the last of duplicate keys wins, whatever its type).
+    Dropped,
 }
 
 /// Which drop rule the stream checks while it reads an item, giving up when one applies (the tree walk removes).
@@ -174,7 +177,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
                 facts.url.as_deref(),
                 &self.scrubber.engine.routes,
             ) {
-                return Err(Bail::NeedsTree);
+                return Err(Bail::Dropped);
             }
         }
         Ok(())
@@ -500,14 +503,20 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         Ok(())
     }
 
+    /// Notes the transaction's name and `request.url` as `filter::should_drop_transaction` reads them from the tree:
+    /// a later duplicate key replaces an earlier one whatever it holds (a name that is not a string is none), and a
+    /// later `request` brings its own `url` or none.
     fn note_transaction_field(&mut self, scope: Scope, key: &'a str) -> Result<(), Bail> {
-        if self.peek() != Some(b'"') {
-            return Ok(());
-        }
+        let string = |stream: &mut Self| match stream.peek() {
+            Some(b'"') => stream.peek_string().map(Some),
+            _ => Ok(None),
+        };
         if self.depth == 1 && key == "transaction" {
-            self.transaction.name = Some(self.peek_string()?);
+            self.transaction.name = string(self)?;
+        } else if self.depth == 1 && key == "request" {
+            self.transaction.url = None;
         } else if self.depth == 2 && scope == Scope::Request && key == "url" {
-            self.transaction.url = Some(self.peek_string()?);
+            self.transaction.url = string(self)?;
         }
         Ok(())
     }

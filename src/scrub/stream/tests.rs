@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{Bail, DropCheck, scrub_item_json};
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, ItemType};
 use crate::pipeline::{DropReason, ProcessOptions, Processed, process};
 use crate::rules::CompiledRules;
 use crate::scrub::tests::envelope_with as item;
@@ -106,12 +106,13 @@ fn the_stream_handles_every_capture_that_no_drop_rule_removes() {
     for (name, envelope) in captures() {
         let processed = run(envelope, &rules, false);
         let report = &processed.report;
-        // Items a drop rule removes, or removes spans from, are walked by the tree (which drops them); no capture
-        // needs it otherwise. The captures hold at most one span container each.
+        // Span containers a drop rule removes, or removes spans from, are walked by the tree (which drops them); no
+        // capture needs it otherwise (the stream drops transactions itself). The captures hold at most one span
+        // container each.
         let dropped_by_route = report
             .dropped
             .iter()
-            .filter(|(_, why)| *why == DropReason::FilteredRoute);
+            .filter(|(ty, why)| *why == DropReason::FilteredRoute && *ty != ItemType::Transaction);
         let filtered = dropped_by_route.count() as u64 + u64::from(report.dropped_spans > 0);
         assert_eq!(
             report.tree_walked_items, filtered,
@@ -350,7 +351,7 @@ fn mutated_payloads_never_panic_and_validate_like_serde_json() {
         let serde_accepts = serde_json::from_slice::<Value>(&bytes).is_ok();
         match result {
             Err(Bail::Invalid) => assert!(!serde_accepts, "round {round}: refused valid JSON"),
-            Err(Bail::NeedsTree) => {}
+            Err(Bail::NeedsTree | Bail::Dropped) => {}
             Ok(written) => {
                 assert!(serde_accepts, "round {round}: accepted invalid JSON");
                 if let Some(written) = written {
@@ -361,5 +362,34 @@ fn mutated_payloads_never_panic_and_validate_like_serde_json() {
                 }
             }
         }
+    }
+}
+
+/// The stream drops a transaction on a drop route itself (without the tree walk) when it reads its name and
+/// `request.url` as the tree walk reads them: the last of duplicate keys wins, whatever it holds.
+#[test]
+fn the_stream_drops_transactions_as_the_tree_walk_does() {
+    let rules = CompiledRules::defaults();
+    let cases = [
+        (r#"{"transaction":"GET /health/","spans":[]}"#, true),
+        (r#"{"transaction":"/checkout","request":{"url":"https://shop.example/health_check"}}"#, true),
+        (r#"{"transaction":"GET /health/","transaction":5}"#, false),
+        (r#"{"transaction":5,"transaction":"GET /health/"}"#, true),
+        (r#"{"transaction":"GET /health/","transaction":"/checkout"}"#, false),
+        (r#"{"request":{"url":"https://shop.example/healthz"},"request":{"method":"GET"}}"#, false),
+        (r#"{"request":{"url":"https://shop.example/healthz","url":null}}"#, false),
+        (r#"{"request":{"method":"GET"},"request":{"url":"https://shop.example/healthz"}}"#, true),
+        (r#"{"request":"https://shop.example/healthz","transaction":"/c","extra":{"url":"/health/"}}"#, false),
+        (r#"{"transaction":"GET \/health\/","user":{"email":"jane.doe@example.com"}}"#, true),
+    ];
+    for (json, dropped) in cases {
+        let mut envelope = Envelope::new(serde_json::Map::new());
+        envelope
+            .items
+            .push(crate::envelope::Item::new("transaction", Bytes::from(json)));
+        let processed = assert_same(json, &envelope, &rules);
+        assert_eq!(processed.envelope.items.is_empty(), dropped, "{json}");
+        assert_eq!(processed.report.tree_walked_items, 0, "{json}");
+        assert!(processed.report.redactions.is_empty(), "{json}: a dropped item counts nothing");
     }
 }
