@@ -173,7 +173,7 @@ impl Direct {
             let (parts, mut incoming) = response.into_parts();
             let mut body = Vec::new();
             while let Some(frame) = incoming.frame().await {
-                let frame = frame.map_err(|error| classify_direct(error))?;
+                let frame = frame.map_err(classify_direct)?;
                 let Ok(chunk) = frame.into_data() else {
                     continue; // trailers carry nothing we use
                 };
