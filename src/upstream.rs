@@ -122,8 +122,8 @@ pub struct Upstream {
 /// client under a redirect policy, a retry policy (for HTTP/2 refusals, which plain HTTP/1 never sends), a proxy
 /// matcher and a conversion of the URI back into a URL twice per request: about 27 k instructions per envelope, as
 /// much again as the client itself (issue #11). The request is the one reqwest sends: the same headers (plus the
-/// `Accept: */*` reqwest adds), pool, `TCP_NODELAY`, connect timeout and total timeout, with errors classified as
-/// reqwest classifies them. HTTPS upstreams, and any a proxy variable applies to, go through reqwest.
+/// `Accept: */*` reqwest adds), pool, `TCP_NODELAY`, TCP keepalive, connect timeout and total timeout, with errors
+/// classified as reqwest classifies them. HTTPS upstreams, and any a proxy variable applies to, go through reqwest.
 #[derive(Clone)]
 struct Direct {
     client: hyper_util::client::legacy::Client<
@@ -146,8 +146,12 @@ impl Direct {
             return None;
         }
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        // reqwest's defaults.
+        // reqwest's defaults: no Nagle delay, and TCP keepalive probes (15 s idle, every 15 s, 3 tries) so a pooled
+        // connection whose peer vanished is found out.
         connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(15)));
+        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
+        connector.set_keepalive_retries(Some(3));
         connector.set_connect_timeout(Some(config.upstream_connect_timeout));
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
