@@ -72,9 +72,9 @@ pub enum UpstreamError {
     #[error("upstream request timed out")]
     Timeout,
     #[error("could not connect to the upstream")]
-    Connect(#[source] BoxError),
+    Connect(#[source] reqwest::Error),
     #[error("upstream request failed")]
-    Request(#[source] BoxError),
+    Request(#[source] reqwest::Error),
     #[error("could not compress the envelope")]
     Compress(#[source] std::io::Error),
 }
@@ -94,9 +94,6 @@ impl UpstreamError {
 pub(crate) const X_SENTRY_RATE_LIMITS: HeaderName = HeaderName::from_static("x-sentry-rate-limits");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// An HTTP client's error: reqwest's, or hyper's on the direct path.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// The largest upstream answer body we keep; Sentry's answers are a few dozen bytes.
 const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
@@ -111,136 +108,9 @@ pub struct Upstream {
     /// Parsed request URLs by destination and project: a request clones one instead of formatting and parsing its
     /// URL (6.4 k instructions, about 0.6 % of the python event's requests; `benches/codec.rs`). Project ids come
     /// from requests, so the map is emptied when it reaches [`URL_CACHE_MAX`].
-    urls: Arc<Mutex<HashMap<(crate::delivery::Destination, u64), Target>>>,
+    urls: Arc<Mutex<HashMap<(crate::delivery::Destination, u64), url::Url>>>,
     encoding: UpstreamEncoding,
     metrics: Arc<Metrics>,
-    /// Set when the upstream is plain HTTP and no proxy setting applies to it (see [`Direct`]).
-    direct: Option<Direct>,
-}
-
-/// hyper's pooled client, for a plain-HTTP upstream that reqwest would reach without a proxy. reqwest is this same
-/// client under a redirect policy, a retry policy (for HTTP/2 refusals, which plain HTTP/1 never sends), a proxy
-/// matcher and a conversion of the URI back into a URL twice per request: about 27 k instructions per envelope, as
-/// much again as the client itself (issue #11). The request is the one reqwest sends: the same headers (plus the
-/// `Accept: */*` reqwest adds), pool, `TCP_NODELAY`, TCP keepalive, connect timeout and total timeout, with errors
-/// classified as reqwest classifies them. HTTPS upstreams, and any a proxy variable applies to, go through reqwest.
-#[derive(Clone)]
-struct Direct {
-    client: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<Bytes>,
-    >,
-    /// The total timeout: from sending until the answer's body is read, as reqwest's `timeout`.
-    timeout: Duration,
-}
-
-impl Direct {
-    /// `Some` for an `http://` upstream that the proxy settings (`HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY`, ... read
-    /// as reqwest reads them) leave alone.
-    fn for_upstream(config: &Config) -> Option<Direct> {
-        if config.upstream.scheme() != "http" {
-            return None;
-        }
-        let uri: http::Uri = config.upstream.as_str().parse().ok()?;
-        if hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri).is_some() {
-            return None;
-        }
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        // reqwest's defaults: no Nagle delay, and TCP keepalive probes (15 s idle, every 15 s, 3 tries) so a pooled
-        // connection whose peer vanished is found out.
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(15)));
-        connector.set_keepalive_interval(Some(Duration::from_secs(15)));
-        connector.set_keepalive_retries(Some(3));
-        connector.set_connect_timeout(Some(config.upstream_connect_timeout));
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(connector);
-        Some(Direct {
-            client,
-            timeout: config.upstream_timeout,
-        })
-    }
-
-    async fn post(&self, uri: http::Uri, mut headers: HeaderMap, body: Bytes) -> Result<UpstreamResponse, UpstreamError> {
-        use http_body_util::BodyExt;
-        headers
-            .entry(http::header::ACCEPT)
-            .or_insert(HeaderValue::from_static("*/*"));
-        let mut request = http::Request::new(http_body_util::Full::new(body));
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(classify_direct)?;
-            let (parts, mut incoming) = response.into_parts();
-            let mut body = Vec::new();
-            while let Some(frame) = incoming.frame().await {
-                let frame = frame.map_err(classify_direct)?;
-                let Ok(chunk) = frame.into_data() else {
-                    continue; // trailers carry nothing we use
-                };
-                let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if room <= chunk.len() {
-                    break;
-                }
-            }
-            Ok(answer(parts.status, &parts.headers, body))
-        };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| UpstreamError::Timeout)?
-    }
-}
-
-/// What the upstream answered, from its status, headers and (capped) body.
-fn answer(status: StatusCode, headers: &HeaderMap, body: Vec<u8>) -> UpstreamResponse {
-    let header = |name: &HeaderName| headers.get(name).cloned();
-    UpstreamResponse {
-        status,
-        retry_after: header(&http::header::RETRY_AFTER),
-        rate_limits: header(&X_SENTRY_RATE_LIMITS),
-        content_type: header(&http::header::CONTENT_TYPE),
-        body: Bytes::from(body),
-    }
-}
-
-/// A direct request's error, as [`classify`] sorts reqwest's: a timed-out I/O operation anywhere in the chain is a
-/// timeout, then a failed connection, then anything else.
-fn classify_direct(error: impl std::error::Error + Send + Sync + 'static) -> UpstreamError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-    let mut connect = false;
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return UpstreamError::Timeout;
-            }
-        }
-        if let Some(hyper) = cause.downcast_ref::<hyper::Error>() {
-            if hyper.is_timeout() {
-                return UpstreamError::Timeout;
-            }
-        }
-        if let Some(client) = cause.downcast_ref::<hyper_util::client::legacy::Error>() {
-            connect |= client.is_connect();
-        }
-        source = cause.source();
-    }
-    if connect {
-        UpstreamError::Connect(Box::new(error))
-    } else {
-        UpstreamError::Request(Box::new(error))
-    }
-}
-
-/// A request URL, parsed: for reqwest, and as a URI for the direct path (parsed once too, 0.8 k instructions).
-#[derive(Clone)]
-struct Target {
-    url: url::Url,
-    /// Set on the direct path (a URL always parses as a URI; reqwest reports the error if one did not).
-    uri: Option<http::Uri>,
 }
 
 /// At most this many parsed URLs are kept (a few hundred KiB).
@@ -263,7 +133,6 @@ impl Upstream {
             urls: Arc::default(),
             encoding: config.upstream_encoding,
             metrics,
-            direct: Direct::for_upstream(config),
         })
     }
 
@@ -280,22 +149,20 @@ impl Upstream {
 
     /// [`Upstream::url`], parsed; from the cache when it was asked for before. The text when it does not parse
     /// (the configured upstream is a valid URL, so it always does; reqwest then reports the error as before).
-    fn request_url(&self, destination: crate::delivery::Destination, project_id: u64) -> Result<Target, String> {
+    fn request_url(&self, destination: crate::delivery::Destination, project_id: u64) -> Result<url::Url, String> {
         let key = (destination, project_id);
         let cached = self.urls.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
-        if let Some(target) = cached {
-            return Ok(target);
+        if let Some(url) = cached {
+            return Ok(url);
         }
         let text = self.url(destination, project_id);
         let url = url::Url::parse(&text).map_err(|_| text)?;
-        let uri = self.direct.as_ref().and_then(|_| url.as_str().parse().ok());
-        let target = Target { url, uri };
         let mut urls = self.urls.lock().unwrap_or_else(PoisonError::into_inner);
         if urls.len() >= URL_CACHE_MAX {
             urls.clear();
         }
-        urls.insert(key, target.clone());
-        Ok(target)
+        urls.insert(key, url.clone());
+        Ok(url)
     }
 
     /// One attempt. Any HTTP answer, 2xx or not, is `Ok`.
@@ -374,16 +241,15 @@ impl Upstream {
         result
     }
 
-    /// POSTs `body` to the target (the text when it did not parse: reqwest reports that error).
+    /// POSTs `body` to `url` (the text when it did not parse: reqwest reports that error).
     async fn post(
         &self,
-        target: Result<Target, String>,
+        url: Result<url::Url, String>,
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let sent = match (target, &self.direct) {
-            (Ok(Target { uri: Some(uri), .. }), Some(direct)) => return direct.post(uri, headers, body).await,
-            (Ok(Target { url, .. }), _) => {
+        let sent = match url {
+            Ok(url) => {
                 // The request built whole, its header map moved in: `RequestBuilder::headers` copies the map entry by
                 // entry into the request's own (empty) one.
                 let mut request = reqwest::Request::new(reqwest::Method::POST, url);
@@ -391,9 +257,15 @@ impl Upstream {
                 *request.body_mut() = Some(body.into());
                 self.client.execute(request).await
             }
-            (Err(text), _) => self.client.post(text).headers(headers).body(body).send().await,
+            Err(text) => self.client.post(text).headers(headers).body(body).send().await,
         };
-        let mut response = sent.map_err(classify)?;
+        let response = sent.map_err(classify)?;
+        let status = response.status();
+        let header = |name: &HeaderName| response.headers().get(name).cloned();
+        let retry_after = header(&http::header::RETRY_AFTER);
+        let rate_limits = header(&X_SENTRY_RATE_LIMITS);
+        let content_type = header(&http::header::CONTENT_TYPE);
+        let mut response = response;
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(classify)? {
             let room = MAX_RESPONSE_BODY.saturating_sub(body.len());
@@ -402,7 +274,13 @@ impl Upstream {
                 break;
             }
         }
-        Ok(answer(response.status(), response.headers(), body))
+        Ok(UpstreamResponse {
+            status,
+            retry_after,
+            rate_limits,
+            content_type,
+            body: Bytes::from(body),
+        })
     }
 }
 
@@ -414,9 +292,9 @@ fn classify(error: reqwest::Error) -> UpstreamError {
     if error.is_timeout() {
         UpstreamError::Timeout
     } else if error.is_connect() {
-        UpstreamError::Connect(Box::new(error))
+        UpstreamError::Connect(error)
     } else {
-        UpstreamError::Request(Box::new(error))
+        UpstreamError::Request(error)
     }
 }
 
@@ -610,13 +488,13 @@ mod tests {
         let otlp = crate::delivery::Destination::OtlpTraces(crate::otlp::Encoding::Protobuf);
         for _ in 0..2 {
             for (destination, project) in [(crate::delivery::Destination::Envelope, 7), (otlp, 7), (otlp, 8)] {
-                let url = client.request_url(destination, project).unwrap().url;
+                let url = client.request_url(destination, project).unwrap();
                 assert_eq!(url.as_str(), client.url(destination, project));
             }
         }
         assert_eq!(client.urls.lock().unwrap().len(), 3);
         for project in 0..(URL_CACHE_MAX as u64 * 3) {
-            let url = client.request_url(crate::delivery::Destination::Envelope, project).unwrap().url;
+            let url = client.request_url(crate::delivery::Destination::Envelope, project).unwrap();
             assert_eq!(url.path(), format!("/relay/api/{project}/envelope/"));
         }
         assert!(client.urls.lock().unwrap().len() <= URL_CACHE_MAX);
@@ -683,155 +561,6 @@ mod tests {
         assert_eq!(status_outcome(StatusCode::FORBIDDEN), "4xx");
         assert_eq!(status_outcome(StatusCode::BAD_GATEWAY), "5xx");
         assert_eq!(status_outcome(StatusCode::SWITCHING_PROTOCOLS), "other");
-    }
-
-    /// A loopback upstream that answers `answer` to every request and sends back each request's text (up to the end
-    /// of its body, by `Content-Length`).
-    async fn recording_upstream(answer: &'static str) -> (String, tokio::sync::mpsc::UnboundedReceiver<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    let mut seen = Vec::new();
-                    let mut buffer = [0u8; 4096];
-                    loop {
-                        let read = stream.read(&mut buffer).await.unwrap_or(0);
-                        if read == 0 {
-                            return;
-                        }
-                        seen.extend_from_slice(&buffer[..read]);
-                        let text = String::from_utf8_lossy(&seen).into_owned();
-                        let Some(end) = text.find("\r\n\r\n") else { continue };
-                        let length: usize = text[..end]
-                            .lines()
-                            .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
-                            .map_or(0, |value| value.trim().parse().unwrap());
-                        if seen.len() < end + 4 + length {
-                            continue;
-                        }
-                        let _ = tx.send(text);
-                        seen.clear();
-                        stream.write_all(answer.as_bytes()).await.unwrap();
-                    }
-                });
-            }
-        });
-        (url, rx)
-    }
-
-    /// The request head as a sorted list of lowercased header lines, after the request line.
-    fn head(request: &str) -> (String, Vec<String>, String) {
-        let (head, body) = request.split_once("\r\n\r\n").unwrap();
-        let mut lines = head.lines();
-        let request_line = lines.next().unwrap().to_owned();
-        let mut headers: Vec<String> = lines.map(str::to_ascii_lowercase).collect();
-        headers.sort();
-        (request_line, headers, body.to_owned())
-    }
-
-    fn request(envelope: &'static [u8]) -> UpstreamRequest {
-        UpstreamRequest {
-            project_id: 42,
-            public_key: "publickey123".into(),
-            sentry_client: Some("sentry.python/2.75.0".into()),
-            user_agent: Some(HeaderValue::from_static("sentry.python/2.75.0")),
-            forwarded_for: Some(std::net::IpAddr::from([203, 0, 113, 7])),
-            envelope: Bytes::from_static(envelope),
-            destination: crate::delivery::Destination::Envelope,
-            encoded: None,
-        }
-    }
-
-    /// A plain-HTTP upstream is sent to through hyper directly: the upstream sees the request reqwest sends, byte for
-    /// byte once header order is set aside, and the relay reads the answer the same way.
-    #[tokio::test]
-    async fn the_direct_path_sends_what_reqwest_sends() {
-        let answer = "HTTP/1.1 429 Too Many Requests\r\nretry-after: 60\r\nx-sentry-rate-limits: 60:error:project\r\n\
-                      content-type: application/json\r\ncontent-length: 15\r\n\r\n{\"detail\":\"no\"}";
-        let (url, mut requests) = recording_upstream(answer).await;
-        let direct = upstream(&url, UpstreamEncoding::Identity);
-        if direct.direct.is_none() {
-            // A proxy variable in this environment applies to loopback: reqwest's path is the one in use.
-            let uri: http::Uri = url.parse().unwrap();
-            assert!(hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri).is_some());
-            return;
-        }
-        let through_reqwest = Upstream {
-            direct: None,
-            ..direct.clone()
-        };
-        let mut seen = Vec::new();
-        for client in [&direct, &through_reqwest] {
-            let response = client.send(request(b"{}\n{\"type\":\"event\"}\n{}\n")).await.unwrap();
-            assert_eq!(response.status, StatusCode::TOO_MANY_REQUESTS);
-            assert_eq!(response.retry_after.unwrap(), "60");
-            assert_eq!(response.rate_limits.unwrap(), "60:error:project");
-            assert_eq!(response.content_type.unwrap(), "application/json");
-            assert_eq!(&response.body[..], b"{\"detail\":\"no\"}");
-            seen.push(head(&requests.recv().await.unwrap()));
-        }
-        assert_eq!(seen[0], seen[1]);
-        let (request_line, headers, body) = &seen[0];
-        assert_eq!(request_line, "POST /api/42/envelope/ HTTP/1.1");
-        assert!(headers.contains(&"accept: */*".to_owned()), "{headers:?}");
-        assert!(headers.contains(&"x-forwarded-for: 203.0.113.7".to_owned()), "{headers:?}");
-        assert_eq!(body, "{}\n{\"type\":\"event\"}\n{}\n");
-    }
-
-    /// HTTPS upstreams keep reqwest (and its TLS); so does an upstream a proxy setting applies to.
-    #[test]
-    fn only_plain_http_without_a_proxy_goes_direct() {
-        let https = Config {
-            upstream: url::Url::parse("https://sentry.example.com").unwrap(),
-            ..Config::default()
-        };
-        assert!(Direct::for_upstream(&https).is_none());
-        let http = Config {
-            upstream: url::Url::parse("http://sentry.internal:9000/relay/").unwrap(),
-            ..Config::default()
-        };
-        let uri: http::Uri = http.upstream.as_str().parse().unwrap();
-        let proxied = hyper_util::client::proxy::matcher::Matcher::from_system().intercept(&uri).is_some();
-        assert_eq!(Direct::for_upstream(&http).is_none(), proxied);
-    }
-
-    /// Errors on the direct path are sorted as reqwest's are: a refused connection is a network error, and an
-    /// upstream that never answers is a timeout.
-    #[tokio::test]
-    async fn direct_errors_are_classified_as_reqwests() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let refused = upstream(&format!("http://127.0.0.1:{port}"), UpstreamEncoding::Identity);
-        let error = refused.send(request(b"{}\n")).await.unwrap_err();
-        assert!(matches!(error, UpstreamError::Connect(_)), "{error:?}");
-        assert_eq!(error.outcome(), "network_error");
-
-        // Accepts and reads, never answers.
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = silent.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = silent.accept().await {
-                held.push(stream);
-            }
-        });
-        let config = Config {
-            upstream: url::Url::parse(&format!("http://{address}")).unwrap(),
-            upstream_encoding: UpstreamEncoding::Identity,
-            upstream_timeout: Duration::from_millis(200),
-            ..Config::default()
-        };
-        let client = Upstream::new(&config, Arc::new(Metrics::new())).unwrap();
-        let error = client.send(request(b"{}\n")).await.unwrap_err();
-        assert!(matches!(error, UpstreamError::Timeout), "{error:?}");
     }
 
     #[tokio::test]
