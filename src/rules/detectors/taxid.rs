@@ -145,7 +145,7 @@ fn number_starts(bytes: &[u8], found: &mut dyn FnMut(usize)) {
 
 /// The first ASCII digit at or after `from`. Sixteen bytes at a time while there is none (a branch-free test per
 /// block, which the compiler vectorizes): prose between the numbers costs a fraction of a byte-by-byte scan.
-fn next_digit(bytes: &[u8], from: usize) -> Option<usize> {
+pub(super) fn next_digit(bytes: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(block) = bytes.get(i..i + 16) {
         if block.iter().fold(false, |any, b| any | b.is_ascii_digit()) {
