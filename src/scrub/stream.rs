@@ -4,8 +4,9 @@
 //! It follows the same [`Scope`]s and calls the same rule functions as the tree walk in `walk.rs`, so both apply one
 //! policy. Small subtrees whose rules need a whole object or list at once (header lists of pairs, values under
 //! sensitive keys) are parsed into a `Value` and handed to the tree walk. What it does not handle at all (keys with
-//! escapes or emails, very deep nesting, an item that a drop rule removes) makes it give up with
-//! [`Bail::NeedsTree`], and the caller walks that item as a tree. Both walks give the same JSON value; the streamed
+//! escapes or emails, very deep nesting, a span container a drop rule removes spans from) makes it give up with
+//! [`Bail::NeedsTree`], and the caller walks that item as a tree; a transaction on a drop route ends it with
+//! [`Bail::Dropped`], and the caller drops it without a tree. Both walks give the same JSON value; the streamed
 //! text differs only in whitespace, in where `_meta` sits among the root's keys, and in keeping numbers as written.
 //!
 //! Input is validated as strictly as `serde_json` does (UTF-8, escapes and surrogates, control characters, number
@@ -32,7 +33,7 @@ pub(crate) enum Bail {
     Dropped,
 }
 
-/// Which drop rule the stream checks while it reads an item, giving up when one applies (the tree walk removes).
+/// Which drop rule the stream checks while it reads an item, giving up when one applies (the caller removes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum DropCheck {
     None,
