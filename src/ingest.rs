@@ -716,7 +716,7 @@ fn prepare(
         }
         Endpoint::Minidump => {
             let cap = inflate_cap.unwrap_or(usize::MAX);
-            match crashpad::envelope_within(Bytes::from(decoded), content_type.as_deref(), new_event_id, cap) {
+            match crashpad::envelope_within(decoded, content_type.as_deref(), new_event_id, cap) {
                 Err(crashpad::CrashpadError::PastInflateCap) => return Ok(relane(kept_auth, charge)),
                 built => (built?, None),
             }

@@ -717,7 +717,7 @@ impl DetectorSet {
                 let Some((start, mut end)) = mapped.next() else {
                     continue;
                 };
-                if let Some((_, last_end)) = mapped.last() {
+                if let Some((_, last_end)) = mapped.next_back() {
                     end = last_end;
                 }
                 hits.push(Hit {
@@ -1592,7 +1592,7 @@ pub fn is_card_number(candidate: &[u8]) -> bool {
         4..=6 => true,
         _ => false,
     };
-    prefix_ok && luhn_valid(&digits)
+    prefix_ok && luhn_valid(digits)
 }
 
 /// The Luhn checksum over decimal digits (values 0-9).
