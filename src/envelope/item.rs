@@ -165,7 +165,6 @@ impl Item {
         self.payload = payload;
     }
 
-    /// The header as it goes on the wire: the original keys in order, with `length` set to the payload size.
     /// The header as it goes on the wire, as a map: what [`Item::write_headers_with_length`] writes.
     #[cfg(test)]
     pub(crate) fn headers_with_length(&self) -> Map<String, Value> {
