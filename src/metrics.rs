@@ -258,21 +258,18 @@ impl Metrics {
 
     /// Counts one answered request in `requests_total` and its duration in `request_duration_seconds`.
     pub fn count_request(&self, endpoint: &str, status: http::StatusCode, seconds: f64) {
-        match HOT_ENDPOINTS.iter().position(|hot| *hot == endpoint) {
-            Some(at) => {
-                if status == http::StatusCode::OK {
-                    child(&self.hot.requests_ok[at], &self.requests, &[endpoint, "200"]).inc();
-                } else {
-                    self.requests.with_label_values(&[endpoint, status.as_str()]).inc();
-                }
-                self.hot.request_duration[at]
-                    .get_or_init(|| self.request_duration.with_label_values(&[endpoint]))
-                    .observe(seconds);
+        let hot = HOT_ENDPOINTS.iter().position(|hot| *hot == endpoint);
+        match hot {
+            Some(at) if status == http::StatusCode::OK => {
+                child(&self.hot.requests_ok[at], &self.requests, &[endpoint, "200"]).inc();
             }
-            None => {
-                self.requests.with_label_values(&[endpoint, status.as_str()]).inc();
-                self.request_duration.with_label_values(&[endpoint]).observe(seconds);
-            }
+            _ => self.requests.with_label_values(&[endpoint, status.as_str()]).inc(),
+        }
+        match hot {
+            Some(at) => self.hot.request_duration[at]
+                .get_or_init(|| self.request_duration.with_label_values(&[endpoint]))
+                .observe(seconds),
+            None => self.request_duration.with_label_values(&[endpoint]).observe(seconds),
         }
     }
 
