@@ -3,14 +3,16 @@
 //! Sentry's UI reads these to show which rule removed what. Entries mirror the path of the changed field (array
 //! indices as string keys) and are merged into whatever `_meta` the SDK already sent.
 //!
-//! The walk records entries in a [`MetaLog`]: every path segment and rule id goes into one string buffer, so a change
-//! costs no allocation of its own (an owned `String` per segment and per rule id was about 7 % of the scrub of a
-//! PII-dense event, half of it in freeing them; issue #11).
+//! The walk records entries in a [`MetaLog`]: every path segment and remark goes into one string buffer, already as
+//! the JSON text that will be written, so a change costs no allocation of its own (an owned `String` per segment and
+//! per rule id was about 7 % of the scrub of a PII-dense event, half of it in freeing them; issue #11).
 //!
 //! Two ways to the same JSON: [`merge_meta`] builds a `Value` tree (needed to merge into the SDK's own `_meta`, and by
 //! the tree walk), and [`write_meta`] writes the object straight from the log, for the common case of an item
 //! without a `_meta` of its own. On PII-dense events the tree cost about 40 % of the scrub: a `String` and a hashed
-//! map per path segment, serialized and then freed (issue #11).
+//! map per path segment, serialized and then freed (issue #11). Entries come in document order, so `write_meta`
+//! mostly writes them in one pass, closing and opening objects as paths change; a trie over the paths handles the
+//! rest (a path that comes back after another one, duplicate keys).
 
 use std::collections::HashMap;
 
@@ -19,56 +21,86 @@ use serde_json::{Map, Value};
 use super::{Remark, Seg};
 
 /// The `_meta` entries of one item, in the order they were recorded. Each entry is a path, remarks and maybe the
-/// original length; path segments and rule ids are ranges of one string buffer. Cleared, not dropped, between
-/// items, so its buffers are reused.
+/// original length. Path segments and remarks are kept as the JSON text [`write_meta`] writes (`"key"`,
+/// `,["rule","s",0,10]`), rendered once when recorded, so writing the object is mostly copying ranges of one buffer.
+/// Cleared, not dropped, between items, so its buffers are reused.
 #[derive(Debug, Default)]
 pub struct MetaLog {
-    /// Path segments and rule ids, back to back.
-    text: String,
-    /// Path segments of all entries, in order: byte ranges of `text`.
-    segments: Vec<(usize, usize)>,
+    /// Rendered path segments and remarks, back to back; the raw text of a segment that needed escapes follows its
+    /// JSON. UTF-8 (made of `str`s and their JSON escapes), kept as bytes because pushing bytes is cheaper.
+    text: Vec<u8>,
+    /// The raw text of rule ids that needed escapes (apart, so an entry's remarks stay one range of `text`).
+    escaped_rules: String,
+    /// Path segments of all entries, in order.
+    segments: Vec<Segment>,
     entries: Vec<LogEntry>,
     remarks: Vec<LogRemark>,
+}
+
+/// One path segment: byte ranges of `MetaLog::text`.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    /// The segment as a JSON string, quotes included.
+    json: (usize, usize),
+    /// The segment itself: inside the quotes of `json` unless it needed escapes.
+    raw: (usize, usize),
 }
 
 #[derive(Debug, Clone, Copy)]
 struct LogEntry {
     /// Range of `MetaLog::segments`.
     segments: (usize, usize),
+    /// How many leading segments are the same as the previous entry's.
+    shared: usize,
     /// Range of `MetaLog::remarks`.
     remarks: (usize, usize),
+    /// Byte range of `MetaLog::text`: the remarks as JSON arrays, each after a comma.
+    remarks_json: (usize, usize),
     len: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct LogRemark {
-    /// Byte range of `MetaLog::text`.
-    rule: (usize, usize),
+    rule: RuleText,
     ty: &'static str,
     range: Option<(usize, usize)>,
+}
+
+/// Where a remark's rule id is kept.
+#[derive(Debug, Clone, Copy)]
+enum RuleText {
+    /// Byte range of `MetaLog::text`, inside the remark's JSON.
+    Text(usize, usize),
+    /// Byte range of `MetaLog::escaped_rules`.
+    Escaped(usize, usize),
 }
 
 /// One entry of a [`MetaLog`], borrowed.
 #[derive(Clone, Copy)]
 pub(crate) struct EntryRef<'l> {
     log: &'l MetaLog,
+    /// `log.text`, checked to be UTF-8 once for all entries.
+    text: &'l str,
     entry: LogEntry,
 }
 
 impl<'l> EntryRef<'l> {
     pub(crate) fn path(self) -> impl Iterator<Item = &'l str> {
-        let log = self.log;
+        let (log, text) = (self.log, self.text);
         log.segments[self.entry.segments.0..self.entry.segments.1]
             .iter()
-            .map(move |&(start, end)| &log.text[start..end])
+            .map(move |segment| &text[segment.raw.0..segment.raw.1])
     }
 
     pub(crate) fn remarks(self) -> impl Iterator<Item = Remark<'l>> {
-        let log = self.log;
+        let (log, text) = (self.log, self.text);
         log.remarks[self.entry.remarks.0..self.entry.remarks.1]
             .iter()
             .map(move |remark| Remark {
-                rule: &log.text[remark.rule.0..remark.rule.1],
+                rule: match remark.rule {
+                    RuleText::Text(start, end) => &text[start..end],
+                    RuleText::Escaped(start, end) => &log.escaped_rules[start..end],
+                },
                 ty: remark.ty,
                 range: remark.range,
             })
@@ -83,6 +115,11 @@ impl<'l> EntryRef<'l> {
     }
 }
 
+/// Whether `text` needs escapes as a JSON string (a `"`, `\` or control character).
+fn needs_escape(text: &str) -> bool {
+    super::stream::find_string_special(text.as_bytes(), 0).is_some()
+}
+
 impl MetaLog {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -90,13 +127,19 @@ impl MetaLog {
 
     pub fn clear(&mut self) {
         self.text.clear();
+        self.escaped_rules.clear();
         self.segments.clear();
         self.entries.clear();
         self.remarks.clear();
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
-        self.entries.iter().map(|&entry| EntryRef { log: self, entry })
+        // Only `str`s and their JSON escapes were pushed; checked once here rather than per segment (a check per
+        // segment cost about as much as the rest of `merge_meta`).
+        let text = std::str::from_utf8(&self.text).expect("the log holds whole strs");
+        self.entries
+            .iter()
+            .map(move |&entry| EntryRef { log: self, text, entry })
     }
 
     /// Adds an entry for `path` (and `extra`, a last segment). With `merge`, an entry for the same path as the last
@@ -109,34 +152,45 @@ impl MetaLog {
         len: Option<usize>,
         merge: bool,
     ) {
-        let text_start = self.text.len();
         let first_segment = self.segments.len();
-        for seg in path {
-            let start = self.text.len();
-            match *seg {
-                Seg::Key(key) => self.text.push_str(key),
-                Seg::Index(index) => push_decimal(&mut self.text, index),
+        let previous = self.entries.last().map_or((0, 0), |last| last.segments);
+        let previous_len = previous.1 - previous.0;
+        let count = path.len() + usize::from(extra.is_some());
+        let mut shared = 0;
+        let mut digits = [0u8; 20];
+        for at in 0..count {
+            let raw: &str = match path.get(at) {
+                Some(Seg::Key(key)) => key,
+                Some(&Seg::Index(index)) => decimal_str(index, &mut digits),
+                None => extra.unwrap_or_default(),
+            };
+            // Entries come in document order, so a path mostly starts as the last one did: those segments are
+            // compared, not copied again.
+            if shared == at && at < previous_len {
+                let segment = self.segments[previous.0 + at];
+                if self.text[segment.raw.0..segment.raw.1] == *raw.as_bytes() {
+                    self.segments.push(segment);
+                    shared += 1;
+                    continue;
+                }
             }
-            self.segments.push((start, self.text.len()));
-        }
-        if let Some(extra) = extra {
-            let start = self.text.len();
-            self.text.push_str(extra);
-            self.segments.push((start, self.text.len()));
+            let segment = self.push_segment(raw);
+            self.segments.push(segment);
         }
         let segments = (first_segment, self.segments.len());
-        if merge
-            && let Some(last) = self.entries.last()
-            && self.same_path(last.segments, segments)
-        {
-            // The path is already there: drop the copy just written.
+        if merge && shared == count && shared == previous_len && !self.entries.is_empty() {
+            // The path is the last entry's: drop the copy just made (it holds no text of its own).
             self.segments.truncate(first_segment);
-            self.text.truncate(text_start);
+            let first_remark = self.remarks.len();
+            let json_start = self.text.len();
             self.push_remarks(remarks);
-            let remarks_end = self.remarks.len();
+            let (remarks_end, json_end) = (self.remarks.len(), self.text.len());
             if let Some(last) = self.entries.last_mut() {
-                // Only the last entry is ever extended, so its remarks are the last ones pushed.
+                // Only the last entry is ever extended, so its remarks are the last ones pushed, and so is their
+                // JSON (this path pushed no segment text).
+                debug_assert_eq!((last.remarks.1, last.remarks_json.1), (first_remark, json_start));
                 last.remarks.1 = remarks_end;
+                last.remarks_json.1 = json_end;
                 if last.len.is_none() {
                     last.len = len;
                 }
@@ -144,38 +198,90 @@ impl MetaLog {
             return;
         }
         let first_remark = self.remarks.len();
+        let json_start = self.text.len();
         self.push_remarks(remarks);
         self.entries.push(LogEntry {
             segments,
+            shared,
             remarks: (first_remark, self.remarks.len()),
+            remarks_json: (json_start, self.text.len()),
             len,
         });
     }
 
+    /// Writes a segment as a JSON string (and its raw text after it when that needed escapes).
+    fn push_segment(&mut self, raw: &str) -> Segment {
+        let start = self.text.len();
+        if needs_escape(raw) {
+            push_escaped(&mut self.text, raw);
+            let json_end = self.text.len();
+            self.text.extend_from_slice(raw.as_bytes());
+            Segment {
+                json: (start, json_end),
+                raw: (json_end, self.text.len()),
+            }
+        } else {
+            self.text.reserve(raw.len() + 2);
+            self.text.push(b'"');
+            self.text.extend_from_slice(raw.as_bytes());
+            self.text.push(b'"');
+            Segment {
+                json: (start, self.text.len()),
+                raw: (start + 1, self.text.len() - 1),
+            }
+        }
+    }
+
+    /// Renders remarks as `,["rule","s",start,end]` each, as serde_json writes the `Value` [`merge_meta`] builds.
     fn push_remarks(&mut self, remarks: &[Remark<'_>]) {
         for remark in remarks {
-            let start = self.text.len();
-            self.text.push_str(remark.rule);
+            let text = &mut self.text;
+            text.reserve(remark.rule.len() + 56);
+            let rule = if needs_escape(remark.rule) {
+                text.extend_from_slice(b",[");
+                push_escaped(text, remark.rule);
+                let start = self.escaped_rules.len();
+                self.escaped_rules.push_str(remark.rule);
+                RuleText::Escaped(start, self.escaped_rules.len())
+            } else {
+                text.extend_from_slice(b",[\"");
+                let start = text.len();
+                text.extend_from_slice(remark.rule.as_bytes());
+                text.push(b'"');
+                RuleText::Text(start, start + remark.rule.len())
+            };
+            // `s`, `x` or `p`: nothing to escape.
+            match *remark.ty.as_bytes() {
+                [ty] => text.extend_from_slice(&[b',', b'"', ty, b'"']),
+                ref ty => {
+                    text.extend_from_slice(b",\"");
+                    text.extend_from_slice(ty);
+                    text.push(b'"');
+                }
+            }
+            if let Some((start, end)) = remark.range {
+                text.push(b',');
+                push_number(text, start);
+                text.push(b',');
+                push_number(text, end);
+            }
+            text.push(b']');
             self.remarks.push(LogRemark {
-                rule: (start, self.text.len()),
+                rule,
                 ty: remark.ty,
                 range: remark.range,
             });
         }
     }
 
-    fn same_path(&self, a: (usize, usize), b: (usize, usize)) -> bool {
-        let (a, b) = (&self.segments[a.0..a.1], &self.segments[b.0..b.1]);
-        a.len() == b.len()
-            && a.iter()
-                .zip(b)
-                .all(|(&(a0, a1), &(b0, b1))| self.text.as_bytes()[a0..a1] == self.text.as_bytes()[b0..b1])
-    }
-
     /// Whether [`write_meta`] can write this log: not when a path has an empty segment, because its node would be
     /// the same key as a field's remark leaf (`""`), which only the `Value` route merges the way it always has.
     pub fn writable(&self) -> bool {
-        !self.segments.iter().any(|(start, end)| start == end)
+        !self.segments.iter().any(|segment| segment.raw.0 == segment.raw.1)
+    }
+
+    fn json(&self, segment: &Segment) -> &[u8] {
+        &self.text[segment.json.0..segment.json.1]
     }
 }
 
@@ -194,10 +300,26 @@ fn decimal(value: usize, digits: &mut [u8; 20]) -> &[u8] {
     &digits[at..]
 }
 
-fn push_decimal(text: &mut String, value: usize) {
-    for &digit in decimal(value, &mut [0; 20]) {
-        text.push(char::from(digit));
+fn decimal_str(value: usize, digits: &mut [u8; 20]) -> &str {
+    // ASCII digits: always UTF-8.
+    std::str::from_utf8(decimal(value, digits)).unwrap_or_default()
+}
+
+/// Appends `value` in decimal; the small numbers most ranges and lengths are without a copy of a digit buffer.
+fn push_number(out: &mut Vec<u8>, value: usize) {
+    if value < 10 {
+        out.push(b'0' + value as u8);
+    } else if value < 100 {
+        out.extend_from_slice(&[b'0' + (value / 10) as u8, b'0' + (value % 10) as u8]);
+    } else {
+        out.extend_from_slice(decimal(value, &mut [0; 20]));
     }
+}
+
+/// `text` as a JSON string with its escapes, as serde_json writes it.
+fn push_escaped(out: &mut Vec<u8>, text: &str) {
+    // Writing a `str` into a `Vec` cannot fail.
+    serde_json::to_writer(out, text).expect("a string serializes");
 }
 
 /// Merges the log's remarks into the root object's `_meta`, creating it if needed.
@@ -268,29 +390,123 @@ fn descend<'a>(node: &'a mut Value, segment: &str) -> &'a mut Value {
     }
 }
 
+/// Children of one node the writers compare in place; a node with more goes to a map (trie) or gives up the direct
+/// route. At most this many comparisons per segment, and few events have a node this wide (the raw python event's
+/// widest has 12 children; with 8 here, hashing their keys cost more than comparing them).
+const NARROW: usize = 32;
+
 /// Writes the `_meta` object for `log` (which must be [`MetaLog::writable`]) as JSON, byte for byte what [`merge_meta`]
 /// into an empty object followed by `serde_json::to_writer` would give: the same keys in the same first-insertion
 /// order, remarks concatenated, the first `len` kept.
 pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
     debug_assert!(log.writable());
-    let entries: Vec<EntryRef<'_>> = log.entries().collect();
-    let entries = entries.as_slice();
+    // Roughly what is written: the rendered segments and remarks, and the fixed text around them.
+    out.reserve(log.text.len() + 16 * log.entries.len());
+    let start = out.len();
+    if !write_in_order(log, out) {
+        out.truncate(start);
+        write_through_trie(log, out);
+    }
+}
+
+/// The leaf object of one entry alone: `{"rem":[...],"len":n}`.
+fn write_leaf(log: &MetaLog, entry: &LogEntry, out: &mut Vec<u8>) {
+    out.push(b'{');
+    let (start, end) = entry.remarks_json;
+    if start < end {
+        out.extend_from_slice(b"\"rem\":[");
+        // Skips the comma before the first remark.
+        out.extend_from_slice(&log.text[start + 1..end]);
+        out.push(b']');
+        if let Some(len) = entry.len {
+            out.extend_from_slice(b",\"len\":");
+            push_number(out, len);
+        }
+    } else if let Some(len) = entry.len {
+        out.extend_from_slice(b"\"len\":");
+        push_number(out, len);
+    }
+    out.push(b'}');
+}
+
+/// The common case, written in one pass without a tree: every node's entries are consecutive (entries come in
+/// document order), so each entry closes the objects it does not share with the previous one and opens its own.
+/// Returns false, having written part of the object, when a node comes back after it was closed (a path revisited,
+/// duplicate keys) or has more than [`NARROW`] children: the trie handles those.
+fn write_in_order(log: &MetaLog, out: &mut Vec<u8>) -> bool {
+    /// The `""` key of a field's remarks, among a node's children.
+    const LEAF: (usize, usize) = (usize::MAX, usize::MAX);
+    // The JSON ranges of the children written so far of each open node, the deepest last; `levels[d]` is where the
+    // children of the open node at depth `d` (0: the root) start.
+    let mut children: Vec<(usize, usize)> = Vec::with_capacity(32);
+    let mut levels: Vec<usize> = Vec::with_capacity(8);
+    levels.push(0);
+    let text = &log.text;
+    let mut open = 0;
+    out.push(b'{');
+    for entry in &log.entries {
+        let path = &log.segments[entry.segments.0..entry.segments.1];
+        let shared = entry.shared.min(open);
+        for _ in shared..open {
+            out.push(b'}');
+        }
+        if let Some(&end) = levels.get(shared + 1) {
+            children.truncate(end);
+        }
+        levels.truncate(shared + 1);
+        // The new child of the node at depth `shared`: a segment, or the leaf when the path ends there.
+        let child = path.get(shared).map_or(LEAF, |segment| segment.json);
+        let siblings = &children[levels[shared]..];
+        if siblings.len() >= NARROW {
+            return false;
+        }
+        let seen = siblings.iter().any(|&(start, end)| {
+            if child == LEAF || (start, end) == LEAF {
+                child == (start, end)
+            } else {
+                text[start..end] == text[child.0..child.1]
+            }
+        });
+        if seen {
+            return false;
+        }
+        if !siblings.is_empty() {
+            out.push(b',');
+        }
+        children.push(child);
+        for (depth, segment) in path.iter().enumerate().skip(shared) {
+            out.extend_from_slice(log.json(segment));
+            out.extend_from_slice(b":{");
+            levels.push(children.len());
+            children.push(path.get(depth + 1).map_or(LEAF, |next| next.json));
+        }
+        out.extend_from_slice(b"\"\":");
+        write_leaf(log, entry, out);
+        open = path.len();
+    }
+    for _ in 0..open {
+        out.push(b'}');
+    }
+    out.push(b'}');
+    true
+}
+
+/// Any log: a trie over the paths, then written depth first.
+fn write_through_trie(log: &MetaLog, out: &mut Vec<u8>) {
+    let entries = log.entries.as_slice();
     // A trie over the paths in an arena; children are kept in first-insertion order as a linked list. Entries
     // arrive in document order, so the child wanted is nearly always the last one made, and most nodes have a few
     // children: those are searched in place. Only the children of wide nodes (a list of many scrubbed objects, or an
     // attacker's object with thousands of keys) go into a map, so no input makes this quadratic.
     const NONE: u32 = u32::MAX;
-    /// Children searched in place; a node with more has them in `wide`. At most this many comparisons per segment,
-    /// and few events have a node this wide (the raw python event's widest has 12 children; with 8 here, hashing
-    /// their keys cost more than comparing them).
-    const NARROW: u32 = 32;
     struct Node<'a> {
-        segment: &'a str,
+        /// The segment as JSON (`b""` for the root and the leaves, which are the key `""`).
+        segment: &'a [u8],
         first_child: u32,
         last_child: u32,
         next_sibling: u32,
         children: u32,
-        /// Entries ending here, chained through `next_entry`; only on leaf nodes (segment `""`).
+        /// Entries ending here, chained through `next_entry`; only on leaf nodes.
         first_entry: u32,
         last_entry: u32,
     }
@@ -303,17 +519,23 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
         first_entry: NONE,
         last_entry: NONE,
     };
+    const LEAF: &[u8] = b"\"\"";
     let mut nodes: Vec<Node<'_>> = Vec::with_capacity(entries.len() * 2 + 1);
-    nodes.push(node(""));
-    let mut wide: HashMap<(u32, &str), u32> = HashMap::new();
+    nodes.push(node(b""));
+    let mut wide: HashMap<(u32, &[u8]), u32> = HashMap::new();
     let mut next_entry = vec![NONE; entries.len()];
     for (position, entry) in entries.iter().enumerate() {
         let mut parent = 0u32;
-        for segment in entry.path().chain(std::iter::once("")) {
+        let path = &log.segments[entry.segments.0..entry.segments.1];
+        for segment in path
+            .iter()
+            .map(|segment| log.json(segment))
+            .chain(std::iter::once(LEAF))
+        {
             let at = &nodes[parent as usize];
             let found = if at.last_child != NONE && nodes[at.last_child as usize].segment == segment {
                 Some(at.last_child)
-            } else if at.children > NARROW {
+            } else if at.children as usize > NARROW {
                 wide.get(&(parent, segment)).copied()
             } else {
                 let mut child = at.first_child;
@@ -330,7 +552,7 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
                     let at = &mut nodes[parent as usize];
                     let previous = std::mem::replace(&mut at.last_child, id);
                     at.children += 1;
-                    let children = at.children;
+                    let children = at.children as usize;
                     if previous == NONE {
                         at.first_child = id;
                     } else {
@@ -358,14 +580,7 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
         leaf.last_entry = position as u32;
     }
 
-    fn string(out: &mut Vec<u8>, text: &str) {
-        // Paths and rule ids rarely need escapes; serde_json writes the rest exactly as the `Value` route did.
-        super::stream::write_json_string(out, text);
-    }
-    fn number(out: &mut Vec<u8>, value: usize) {
-        out.extend_from_slice(decimal(value, &mut [0; 20]));
-    }
-    fn object(nodes: &[Node<'_>], entries: &[EntryRef<'_>], next_entry: &[u32], id: u32, out: &mut Vec<u8>) {
+    fn object(log: &MetaLog, nodes: &[Node<'_>], next_entry: &[u32], id: u32, out: &mut Vec<u8>) {
         out.push(b'{');
         let mut child = nodes[id as usize].first_child;
         let mut first = true;
@@ -375,34 +590,43 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
             }
             first = false;
             let node = &nodes[child as usize];
-            string(out, node.segment);
+            out.extend_from_slice(node.segment);
             out.push(b':');
             if node.first_entry == NONE {
-                object(nodes, entries, next_entry, child, out);
+                object(log, nodes, next_entry, child, out);
+            } else if next_entry[node.first_entry as usize] == NONE {
+                write_leaf(log, &log.entries[node.first_entry as usize], out);
             } else {
-                leaf(entries, next_entry, node.first_entry, out);
+                leaf(log, next_entry, node.first_entry, out);
             }
             child = node.next_sibling;
         }
         out.push(b'}');
     }
-    fn leaf(entries: &[EntryRef<'_>], next_entry: &[u32], first_entry: u32, out: &mut Vec<u8>) {
+    /// The leaf object of several entries with the same path.
+    fn leaf(log: &MetaLog, next_entry: &[u32], first_entry: u32, out: &mut Vec<u8>) {
+        let entries = || {
+            std::iter::successors(Some(first_entry), move |&at| {
+                Some(next_entry[at as usize]).filter(|&next| next != NONE)
+            })
+            .map(move |at| &log.entries[at as usize])
+        };
         // `merge_meta` adds `rem` at the first entry with remarks and `len` at the first with a length, so the key
         // that comes first is the one whose entry comes first.
         let mut rem_at = None;
         let mut len = None;
-        for (n, entry) in entries_from(entries, next_entry, first_entry).enumerate() {
-            if rem_at.is_none() && entry.has_remarks() {
+        for (n, entry) in entries().enumerate() {
+            if rem_at.is_none() && entry.remarks_json.0 < entry.remarks_json.1 {
                 rem_at = Some(n);
             }
             if len.is_none() {
-                len = entry.len().map(|len| (n, len));
+                len = entry.len.map(|len| (n, len));
             }
         }
         out.push(b'{');
         let write_len = |out: &mut Vec<u8>, len: usize| {
             out.extend_from_slice(b"\"len\":");
-            number(out, len);
+            out.extend_from_slice(decimal(len, &mut [0; 20]));
         };
         match (rem_at, len) {
             (None, None) => {}
@@ -415,25 +639,14 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
                     out.push(b',');
                 }
                 out.extend_from_slice(b"\"rem\":[");
-                let remarks = entries_from(entries, next_entry, first_entry).flat_map(|entry| entry.remarks());
-                for (n, remark) in remarks.enumerate() {
-                    if n > 0 {
-                        out.push(b',');
+                let mut first = true;
+                for entry in entries() {
+                    let (start, end) = entry.remarks_json;
+                    if start < end {
+                        // Each remark follows a comma; the first one's is skipped.
+                        out.extend_from_slice(&log.text[if first { start + 1 } else { start }..end]);
+                        first = false;
                     }
-                    out.push(b'[');
-                    string(out, remark.rule);
-                    out.push(b',');
-                    // `s`, `x` or `p`: nothing to escape.
-                    out.push(b'"');
-                    out.extend_from_slice(remark.ty.as_bytes());
-                    out.push(b'"');
-                    if let Some((start, end)) = remark.range {
-                        out.push(b',');
-                        number(out, start);
-                        out.push(b',');
-                        number(out, end);
-                    }
-                    out.push(b']');
                 }
                 out.push(b']');
                 if let Some((len_at, len)) = len
@@ -446,19 +659,7 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
         }
         out.push(b'}');
     }
-    fn entries_from<'e, 'l>(
-        entries: &'e [EntryRef<'l>],
-        next_entry: &'e [u32],
-        first: u32,
-    ) -> impl Iterator<Item = EntryRef<'l>> + 'e {
-        std::iter::successors(Some(first), move |&at| {
-            Some(next_entry[at as usize]).filter(|&next| next != NONE)
-        })
-        .map(move |at| entries[at as usize])
-    }
-    // Roughly what is written: the segments and rule ids, quoted, and the fixed text around them.
-    out.reserve(log.text.len() + 32 * log.entries.len() + 16 * log.remarks.len());
-    object(&nodes, entries, &next_entry, 0, out);
+    object(log, &nodes, &next_entry, 0, out);
 }
 
 #[cfg(test)]
@@ -502,6 +703,24 @@ mod tests {
         let mut out = Vec::new();
         write_meta(&log_of(entries, false), &mut out);
         out
+    }
+
+    /// The one-pass writer alone: `None` when it hands the log to the trie.
+    fn in_order(log: &MetaLog) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        write_in_order(log, &mut out).then_some(out)
+    }
+
+    fn through_trie(log: &MetaLog) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_through_trie(log, &mut out);
+        out
+    }
+
+    fn tree_of(log: &MetaLog) -> Vec<u8> {
+        let mut root = Map::new();
+        merge_meta(&mut root, log);
+        serde_json::to_vec(&root["_meta"]).unwrap()
     }
 
     fn writable(entries: &[Owned]) -> bool {
@@ -594,6 +813,142 @@ mod tests {
         wide.push(entry(&["list", "39", "phone"], &["@phone"], Some(2)));
         wide.push(entry(&["list", "7"], &["@x"], None));
         assert_eq!(direct(&wide), via_tree(&wide));
+    }
+
+    /// Both writers, each on its own, against the `Value` tree: the one-pass writer on logs in document order
+    /// (random trees walked depth first, with index segments, escapes, extra segments, entries without remarks,
+    /// merged entries), and the trie on the same logs and on logs the one-pass writer must give up on.
+    #[test]
+    fn each_writer_matches_the_value_tree() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let keys = ["a", "request", "q\"uote", "back\\slash", "ctl\u{1}", "é", "0"];
+        let rules = ["@email", "sensitive_key", "!limit", "ru\"le", "line\nfeed"];
+        let mut written_in_order = 0;
+        for round in 0..2000 {
+            // A random tree, walked depth first: every node's entries are consecutive.
+            let mut log = MetaLog::default();
+            fn walk(
+                rng: &mut fastrand::Rng,
+                log: &mut MetaLog,
+                path: &mut Vec<Seg<'static>>,
+                keys: &[&'static str],
+                rules: &[&'static str],
+                depth: usize,
+            ) {
+                let children = if depth == 0 { rng.usize(1..6) } else { rng.usize(0..4) };
+                let arrays = rng.bool();
+                // Keys unique among siblings, as in a JSON object the walk reads.
+                let mut used: Vec<usize> = Vec::new();
+                // The field's own entry (its leaf) before or after its children, or none.
+                let leaf_first = rng.bool();
+                let leaf = depth > 0 && (children == 0 || rng.u8(..4) == 0);
+                let add_leaf = |rng: &mut fastrand::Rng, log: &mut MetaLog, path: &[Seg<'static>]| {
+                    let remarks: Vec<Remark<'_>> = (0..rng.usize(0..3))
+                        .map(|n| Remark {
+                            rule: rules[rng.usize(..rules.len())],
+                            ty: if n == 0 { "s" } else { "x" },
+                            range: rng.bool().then(|| (rng.usize(..50), rng.usize(50..5000))),
+                        })
+                        .collect();
+                    let len = rng.bool().then(|| rng.usize(..100_000));
+                    // Sometimes the last segment comes as `extra` (a removed key), sometimes the field is recorded
+                    // twice in a row (scrubbed, then truncated), which `add` joins.
+                    match (path.split_last(), rng.u8(..4)) {
+                        (Some((&Seg::Key(key), parent)), 0) => log.add(parent, Some(key), &remarks, len, true),
+                        (_, 1) => {
+                            log.add(path, None, &remarks, len, true);
+                            log.add(path, None, &remarks[..remarks.len().min(1)], Some(3), true);
+                        }
+                        _ => log.add(path, None, &remarks, len, true),
+                    }
+                };
+                if leaf && leaf_first {
+                    add_leaf(rng, log, path);
+                }
+                let mut index = 0;
+                for _ in 0..children {
+                    let segment = if arrays {
+                        // Ascending, as a list is read.
+                        index += rng.usize(1..200);
+                        Seg::Index(index)
+                    } else {
+                        let mut key = rng.usize(..keys.len());
+                        while used.contains(&key) {
+                            key = (key + 1) % keys.len();
+                        }
+                        used.push(key);
+                        Seg::Key(keys[key])
+                    };
+                    path.push(segment);
+                    if depth < 4 {
+                        walk(rng, log, path, keys, rules, depth + 1);
+                    }
+                    path.pop();
+                    if used.len() == keys.len() {
+                        break;
+                    }
+                }
+                if leaf && !leaf_first {
+                    add_leaf(rng, log, path);
+                }
+            }
+            walk(&mut rng, &mut log, &mut Vec::new(), &keys, &rules, 0);
+            if log.is_empty() || !log.writable() {
+                continue;
+            }
+            let expected = tree_of(&log);
+            assert_eq!(through_trie(&log), expected, "round {round}");
+            assert_eq!(in_order(&log), Some(expected), "round {round}");
+            written_in_order += 1;
+        }
+        assert!(written_in_order > 1000, "{written_in_order}");
+
+        // Revisits, in every shape the one-pass writer must hand to the trie.
+        let revisits = [
+            vec![
+                entry(&["a", "b"], &["r1"], None),
+                entry(&["c"], &["r2"], None),
+                entry(&["a", "d"], &["r3"], None),
+            ],
+            vec![
+                entry(&["a"], &["r1"], None),
+                entry(&["a", "b"], &["r2"], None),
+                entry(&["a"], &["r3"], Some(4)),
+            ],
+            vec![entry(&["a", "b"], &["r1"], None), entry(&["a", "b"], &["r2"], Some(2))],
+            vec![
+                entry(&["a", "b"], &["r1"], None),
+                entry(&["a"], &["r2"], None),
+                entry(&["a", "b", "c"], &[], Some(1)),
+            ],
+        ];
+        for entries in &revisits {
+            let log = log_of(entries, false);
+            assert!(in_order(&log).is_none(), "{entries:?}");
+            assert_eq!(through_trie(&log), tree_of(&log), "{entries:?}");
+            assert_eq!(direct(entries), via_tree(entries), "{entries:?}");
+        }
+        // A node wider than NARROW: handed over too, and written right.
+        let indices: Vec<String> = (0..=NARROW).map(|n| n.to_string()).collect();
+        let wide: Vec<Owned> = indices
+            .iter()
+            .map(|n| entry(&["list", n], &["@email"], Some(9)))
+            .collect();
+        let log = log_of(&wide, false);
+        assert!(in_order(&log).is_none());
+        assert_eq!(direct(&wide), via_tree(&wide));
+        let narrow = log_of(&wide[..NARROW], false);
+        assert_eq!(in_order(&narrow), Some(tree_of(&narrow)));
+    }
+
+    #[test]
+    fn numbers_are_written_as_display_writes_them() {
+        let values = (0..1200).chain([9_999, 10_000, 123_456_789, u32::MAX as usize, usize::MAX]);
+        for value in values {
+            let mut out = b"x".to_vec();
+            push_number(&mut out, value);
+            assert_eq!(out, format!("x{value}").into_bytes());
+        }
     }
 
     /// Random paths over a small alphabet, so prefixes are shared, revisited and interleaved.

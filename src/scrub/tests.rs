@@ -710,7 +710,8 @@ fn a_detector_hit_overlapping_a_key_value_is_masked_with_it() {
     // Found by the `security_report` fuzz target: `token=` made a key span up to `|`, `credential_in_text` a hit from
     // the same byte over the address behind it (taking it from the email detector); the key span won the overlap,
     // the hit was dropped, and the address was forwarded. Overlapping spans are joined now.
-    let text = "https1//shop.example/reset?token=Zq81TokenVaexample:||||///users/jale.roe@example.org/reset/9f8a7b6c5d4e3f";
+    let text =
+        "https1//shop.example/reset?token=Zq81TokenVaexample:||||///users/jale.roe@example.org/reset/9f8a7b6c5d4e3f";
     let out = event(json!({"extra": {"note": text}}));
     let note = out["extra"]["note"].as_str().unwrap();
     assert_eq!(note, "https1//shop.example/reset?token=[FILTERED]");
@@ -782,4 +783,58 @@ fn kept_key_facts_are_what_the_walk_works_out() {
             }
         }
     }
+}
+
+/// The memo's last word of a key tells apart every two tails of one length (a collision would only cost a
+/// recomputation, but all keys of a family colliding would make the memo useless), and the memo finds what it kept
+/// for keys of every length, in every scope.
+#[test]
+fn memo_keys_of_every_length_are_told_apart_and_found() {
+    let mut rng = fastrand::Rng::with_seed(3);
+    for len in 0..8 {
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..2000 {
+            let tail: Vec<u8> = (0..len).map(|_| rng.u8(b'a'..b'e')).collect();
+            let word = super::tail_word(&tail);
+            assert_eq!(*seen.entry(word).or_insert_with(|| tail.clone()), tail, "len {len}");
+        }
+    }
+    let mut memo: super::Memo<usize> = super::Memo::with_sets(1024);
+    let keys: Vec<String> = (0..300).map(|n| "k".repeat(n % 40) + &n.to_string()).collect();
+    for (n, key) in keys.iter().enumerate() {
+        let set = memo.set(key, 1);
+        memo.put(set, key, 1, n);
+    }
+    // The most recent keys are still there (two ways per set, 1024 sets); a key under another tag is not.
+    for (n, key) in keys.iter().enumerate().rev().take(50) {
+        let set = memo.set(key, 1);
+        assert_eq!(memo.get(set, key, 1), Some(n), "{key}");
+        let other = memo.set(key, 2);
+        assert_eq!(memo.get(other, key, 2), None, "{key}");
+    }
+}
+
+/// Redactions counted in the tally's recent list and in its map (past its size) add up to what a map alone counts,
+/// after a settle and across settles.
+#[test]
+fn tally_counts_every_redaction_once() {
+    let mut rng = fastrand::Rng::with_seed(5);
+    let rules: Vec<String> = (0..40).map(|n| format!("rule_{}", "x".repeat(n % 7)) + &n.to_string()).collect();
+    let mut tally = super::Tally::default();
+    let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
+    for step in 0..5000 {
+        // Skewed: the first rules come most often, as on a real payload.
+        let upto = rng.usize(1..=rules.len());
+        let rule = &rules[rng.usize(..upto)];
+        tally.count_redaction(rule);
+        *expected.entry(rule.clone()).or_default() += 1;
+        if step % 997 == 0 {
+            tally.settle();
+            assert_eq!(tally.redactions, expected);
+        }
+    }
+    tally.settle();
+    assert_eq!(tally.redactions, expected);
+    tally.settle();
+    assert_eq!(tally.redactions, expected, "a second settle adds nothing");
 }

@@ -409,7 +409,10 @@ impl Scrubber<'_> {
         let changed_before = self.changed;
         // Only the top-level `_meta` entry compares counts; cloning the tally for every JSON string cost a map of
         // owned keys per message in gen_ai payloads.
-        let redactions_before = (self.collect_meta && self.nested == 0).then(|| self.tally.redactions.clone());
+        let redactions_before = (self.collect_meta && self.nested == 0).then(|| {
+            self.tally.settle();
+            self.tally.redactions.clone()
+        });
         self.changed = false;
         self.nested += 1;
         let scrubbed = match super::stream::scrub_nested_json(self, trimmed, path) {
@@ -429,6 +432,7 @@ impl Scrubber<'_> {
             return Some(None);
         };
         if let Some(redactions_before) = redactions_before {
+            self.tally.settle();
             let mut remarks = Vec::new();
             for (rule, count) in &self.tally.redactions {
                 if redactions_before.get(rule) != Some(count) {
