@@ -115,9 +115,35 @@ impl<'l> EntryRef<'l> {
     }
 }
 
-/// Whether `text` needs escapes as a JSON string (a `"`, `\` or control character).
+/// Whether `text` needs escapes as a JSON string (a `"`, `\` or control character). Segments and rule ids are
+/// short: their last bytes are read as one word (overlapping bytes already read, which does not change a yes/no),
+/// not byte by byte.
 fn needs_escape(text: &str) -> bool {
-    super::stream::find_string_special(text.as_bytes(), 0).is_some()
+    let bytes = text.as_bytes();
+    let len = bytes.len();
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    match len {
+        0 => false,
+        1..=3 => bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
+        4..=7 => {
+            let low = u32::from_le_bytes(bytes[..4].try_into().expect("four bytes"));
+            let high = u32::from_le_bytes(bytes[len - 4..].try_into().expect("four bytes"));
+            has_special(u64::from(low) | u64::from(high) << 32)
+        }
+        _ => (0..len / 8).any(|n| has_special(word(n * 8))) || has_special(word(len - 8)),
+    }
+}
+
+/// Whether any byte of `word` is a `"`, `\` or control character (the test of `stream::find_string_special`).
+fn has_special(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let flags = (quote.wrapping_sub(ONES) & !quote)
+        | (backslash.wrapping_sub(ONES) & !backslash)
+        | (word.wrapping_sub(ONES * 0x20) & !word);
+    flags & HIGHS != 0
 }
 
 impl MetaLog {
@@ -285,17 +311,25 @@ impl MetaLog {
     }
 }
 
-/// `value` in decimal, as `usize`'s `Display` (and serde_json) writes it, without the formatting machinery.
+/// `value` in decimal, as `usize`'s `Display` (and serde_json) writes it, without the formatting machinery; two
+/// digits per division (offsets into long strings have four or five).
 fn decimal(value: usize, digits: &mut [u8; 20]) -> &[u8] {
+    const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849\
+                                5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
     let mut at = digits.len();
     let mut rest = value;
-    loop {
+    while rest >= 100 {
+        let pair = (rest % 100) * 2;
+        rest /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if rest >= 10 {
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&PAIRS[rest * 2..rest * 2 + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+        digits[at] = b'0' + rest as u8;
     }
     &digits[at..]
 }
@@ -942,12 +976,44 @@ mod tests {
     }
 
     #[test]
+    fn escapes_are_found_at_every_position_of_every_length() {
+        for len in 0..40 {
+            let plain = "k".repeat(len);
+            assert!(!needs_escape(&plain), "{len}");
+            assert!(!needs_escape(&"é".repeat(len)), "{len}");
+            for at in 0..len {
+                for special in ['"', '\\', '\n', '\u{1f}', '\0'] {
+                    let mut text: Vec<char> = plain.chars().collect();
+                    text[at] = special;
+                    let text: String = text.into_iter().collect();
+                    assert!(needs_escape(&text), "{text:?}");
+                    assert_eq!(
+                        needs_escape(&text),
+                        serde_json::to_string(&text).unwrap() != format!("\"{text}\"")
+                    );
+                }
+            }
+        }
+        for byte in 0..=0x7fu8 {
+            let text = format!("abcdefghij{}", char::from(byte));
+            assert_eq!(
+                needs_escape(&text),
+                serde_json::to_string(&text).unwrap() != format!("\"{text}\""),
+                "{byte}"
+            );
+        }
+    }
+
+    #[test]
     fn numbers_are_written_as_display_writes_them() {
-        let values = (0..1200).chain([9_999, 10_000, 123_456_789, u32::MAX as usize, usize::MAX]);
+        let values = (0..1200)
+            .chain((0..64).map(|n| 1usize << n))
+            .chain([9_999, 10_000, 123_456_789, usize::MAX]);
         for value in values {
             let mut out = b"x".to_vec();
             push_number(&mut out, value);
             assert_eq!(out, format!("x{value}").into_bytes());
+            assert_eq!(decimal(value, &mut [0; 20]), value.to_string().as_bytes());
         }
     }
 

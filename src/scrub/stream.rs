@@ -806,7 +806,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
 
 /// The position of the first `"`, `\\` or control character at or after `from`, eight bytes at a time: most
 /// strings are short, where a SIMD search costs more to set up than it saves.
-pub(super) fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
+fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     let mut i = from;
