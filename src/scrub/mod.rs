@@ -202,11 +202,18 @@ struct KeyVerdicts {
     engine: u64,
     sensitive: Memo<bool>,
     fields: Memo<walk::KeyFacts>,
+    /// Strings the text pass left as they were, by [`TextMode`]: an SDK sends the same frame names, context lines,
+    /// module names and SDK metadata in every event, and reading one again through every detector costs a hundred
+    /// times more than finding it here ([`Scrubber::scrub_str`]).
+    clean: Memo<()>,
 }
 
 impl KeyVerdicts {
     /// Longer keys are worked out every time rather than kept.
     const MAX_KEY_LEN: usize = 64;
+    /// Longer strings are read every time rather than kept: a full table then holds at most 2 x 1,024 x 128 bytes
+    /// of text per thread, and the long strings that repeat (stack traces, queries) are seldom free of findings.
+    const MAX_CLEAN_LEN: usize = 128;
 
     fn new(engine: u64) -> KeyVerdicts {
         KeyVerdicts {
@@ -215,6 +222,7 @@ impl KeyVerdicts {
             // A scope and key per set: a raw python event asks about a hundred, and three keys in one set of two
             // evict each other at every event.
             fields: Memo::with_sets(1024),
+            clean: Memo::with_sets(1024),
         }
     }
 
@@ -350,6 +358,26 @@ impl<'e> Scrubber<'e> {
         let verdict = self.engine.keys.is_sensitive_with(key, &mut self.scratch);
         self.key_verdicts.sensitive.put(set, key, 0, verdict);
         verdict
+    }
+
+    /// Whether the text pass of [`Scrubber::scrub_str`] found nothing in `text` read as `mode` before, and the memo's
+    /// set to keep the verdict in otherwise. That pass depends on the text, the mode and the rules only (the memo is
+    /// the rules' own), and only its "nothing found" is kept: what changes a string is worked out every time.
+    pub(crate) fn known_clean(&mut self, text: &str, mode: TextMode) -> Result<(), Option<usize>> {
+        if text.len() > KeyVerdicts::MAX_CLEAN_LEN {
+            return Err(None);
+        }
+        let tag = mode as u16;
+        let set = self.key_verdicts.clean.set(text, tag);
+        match self.key_verdicts.clean.get(set, text, tag) {
+            Some(()) => Ok(()),
+            None => Err(Some(set)),
+        }
+    }
+
+    /// Keeps that the text pass found nothing in `text` read as `mode` (`set` from [`Scrubber::known_clean`]).
+    pub(crate) fn remember_clean(&mut self, set: usize, text: &str, mode: TextMode) {
+        self.key_verdicts.clean.put(set, text, mode as u16, ());
     }
 
     /// What the walk does with `key` in `scope` ([`walk::KeyFacts`]), from the memo when it was worked out before:

@@ -579,6 +579,51 @@ fn key_verdicts_do_not_outlive_the_rules_they_came_from() {
 }
 
 #[test]
+fn clean_strings_are_remembered_only_for_the_rules_and_reading_they_were_found_clean_in() {
+    // Strings the text pass found clean are cached per thread across envelopes (`Scrubber::known_clean`).
+    let reloaded = |sensitive: bool| {
+        let words = if sensitive { "[tenant]" } else { "[other_word]" };
+        let yaml = crate::rules::DEFAULT_RULES_YAML.replace(
+            "projects: {}",
+            &format!("projects:\n  42:\n    sensitive_keys: {words}"),
+        );
+        CompiledRules::from_yaml(&yaml).unwrap()
+    };
+    let options = ProcessOptions {
+        project_id: Some(42),
+        ..ProcessOptions::default()
+    };
+    let scrubbed = |rules: &CompiledRules, payload: &Value| {
+        let processed = process(envelope_with("event", payload), rules, &options);
+        serde_json::from_slice::<Value>(processed.envelope.items[0].payload()).unwrap()
+    };
+    // A reload that makes a clean string sensitive wins over what the old rules found.
+    let message = json!({"message": "tenant=acme"});
+    let (sensitive, plain) = (reloaded(true), reloaded(false));
+    assert_eq!(scrubbed(&plain, &message)["message"], "tenant=acme");
+    assert_eq!(scrubbed(&plain, &message)["message"], "tenant=acme");
+    assert_eq!(scrubbed(&sensitive, &message)["message"], "tenant=[FILTERED]");
+    assert_eq!(scrubbed(&plain, &message)["message"], "tenant=acme");
+    // Clean as source code (detectors only) is not clean as a query string (key rules on every pair), in either
+    // order.
+    let engine = sensitive.engine(Some(42));
+    for _ in 0..2 {
+        let mut scrubber = super::Scrubber::new(engine, false);
+        assert_eq!(scrubber.scrub_str("tenant=acme", super::TextMode::Source, &[]), None);
+        assert_eq!(
+            scrubber.scrub_str("tenant=acme", super::TextMode::Query, &[]).as_deref(),
+            Some("tenant=[FILTERED]")
+        );
+        assert_eq!(scrubber.scrub_str("tenant=acme", super::TextMode::Source, &[]), None);
+    }
+    // What a string's findings are is never remembered: the same secret is masked every time.
+    let email = json!({"message": "mail jane.doe@example.com"});
+    for _ in 0..3 {
+        assert_eq!(scrubbed(&plain, &email)["message"], "mail ***@example.com");
+    }
+}
+
+#[test]
 fn send_default_pii_true_keeps_ips_and_scrubs_cookies_by_name() {
     let yaml = crate::rules::DEFAULT_RULES_YAML.replace("send_default_pii: false", "send_default_pii: true");
     let rules = CompiledRules::from_yaml(&yaml).unwrap();

@@ -90,6 +90,10 @@ impl Scrubber<'_> {
         {
             return result;
         }
+        let memo_set = match self.known_clean(text, mode) {
+            Ok(()) => return None,
+            Err(set) => set,
+        };
         let mut spans: Vec<Span> = Vec::new();
         match mode {
             TextMode::Query => self.param_spans(text, 0, b'&', &mut spans),
@@ -106,6 +110,9 @@ impl Scrubber<'_> {
         }
         if hits.is_empty() && spans.is_empty() {
             self.hits = hits;
+            if let Some(set) = memo_set {
+                self.remember_clean(set, text, mode);
+            }
             return None;
         }
         if !hits.is_empty() {
