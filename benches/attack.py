@@ -20,10 +20,10 @@ Stdlib only (plus the two commands above). Every process is local and every loop
 the good client and the attacker are separate processes, so the attacker's Python does not slow the good client's.
 Open files: about 2,600 descriptors are needed (`ulimit -n`).
 """
-import argparse, gzip, http.client, http.server, json, multiprocessing, queue, shutil, socket, subprocess
+import argparse, gzip, http.client, json, multiprocessing, queue, shutil, socket, subprocess
 import threading, time, uuid, zlib
 
-from relay_process import start_relay, status_kib
+from relay_process import SentryLikeSink, start_relay, start_sink, status_kib
 
 GOOD_PREFIX = "600d"
 AUTH = "Sentry sentry_key=publickey123, sentry_version=7, sentry_client=attack/1.0"
@@ -36,9 +36,7 @@ def run_sink(port_out, stop):
     seen = set()
     lock = threading.Lock()
 
-    class Sink(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+    class Sink(SentryLikeSink):
         def do_GET(self):
             with lock:
                 body = json.dumps(sorted(seen)).encode()
@@ -47,8 +45,7 @@ def run_sink(port_out, stop):
             self.end_headers()
             self.wfile.write(body)
 
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        def received(self, body):
             encoding = self.headers.get("content-encoding", "")
             try:
                 if encoding == "gzip":
@@ -61,20 +58,9 @@ def run_sink(port_out, stop):
                         seen.add(event_id)
             except Exception:
                 pass
-            answer = b'{"id":"00000000000000000000000000000000"}'
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(answer)))
-            self.end_headers()
-            self.wfile.write(answer)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    server.daemon_threads = True
+    server = start_sink(Sink)
     port_out.put(server.server_address[1])
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     stop.wait()
     server.shutdown()
 

@@ -9,26 +9,9 @@ benches/LOAD.md ("Allocator"); `--kind` runs only the large bodies or only the b
 
 Stdlib only. Everything runs on 127.0.0.1.
 """
-import argparse, gzip, http.server, json, socket, threading, time
+import argparse, gzip, json, socket, threading, time
 
-from relay_process import start_relay, status_kib
-
-
-class Sink(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self):
-        length = int(self.headers.get("content-length", 0))
-        self.rfile.read(length)
-        body = b'{"id":"00000000000000000000000000000000"}'
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+from relay_process import start_relay, start_sink, status_kib
 
 
 def envelope(size):
@@ -82,8 +65,7 @@ def main():
     parser.add_argument("--relay-arg", action="append", default=[])
     args = parser.parse_args()
 
-    sink = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
-    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    sink = start_sink()
     relay, port = start_relay(args.binary, sink.server_address[1], args.env, args.relay_arg)
     try:
         idle = status_kib(relay.pid, "VmRSS")

@@ -1,6 +1,35 @@
-"""What benches/burst.py and benches/attack.py share: starting a release `scrub-relay` on a free loopback port
-against a local sink, and reading its memory from /proc. Stdlib only."""
-import os, socket, subprocess, time
+"""What benches/burst.py and benches/attack.py share: a sink that answers like Sentry, starting a release
+`scrub-relay` on a free loopback port against it, and reading the relay's memory from /proc. Stdlib only."""
+import http.server, os, socket, subprocess, threading, time
+
+
+class SentryLikeSink(http.server.BaseHTTPRequestHandler):
+    """Reads each POST completely, hands the body to `received` (a no-op here; override it to look inside) and
+    answers 200 with an event id, as Sentry does."""
+    protocol_version = "HTTP/1.1"
+
+    def received(self, body):
+        pass
+
+    def do_POST(self):
+        self.received(self.rfile.read(int(self.headers.get("content-length", 0))))
+        answer = b'{"id":"00000000000000000000000000000000"}'
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+def start_sink(handler=SentryLikeSink):
+    """A threading HTTP server on a free loopback port, serving in a daemon thread; `.shutdown()` stops it."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def free_port():
