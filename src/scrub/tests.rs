@@ -687,16 +687,22 @@ fn hashing_uses_hmac_key() {
     // process has as the key.
     let yaml = "hashing:\n  key_env: PATH\nsensitive_keys:\n  action: hash\n  words: [password]\n";
     let rules = CompiledRules::from_yaml(yaml).unwrap();
-    let run_once = |value: &str| {
+    let run_once = |value: Value| {
         let envelope = envelope_with("event", &json!({"extra": {"password": value}}));
         let processed = process(envelope, &rules, &ProcessOptions::default());
         let out: Value = serde_json::from_slice(processed.envelope.items[0].payload()).unwrap();
         out["extra"]["password"].as_str().unwrap().to_string()
     };
-    let hashed = run_once("hunter2");
+    let hashed = run_once(json!("hunter2"));
     assert!(hashed.starts_with("hmac:") && hashed.len() == 37, "{hashed}");
-    assert_eq!(hashed, run_once("hunter2"), "equal values hash equally");
-    assert_ne!(hashed, run_once("hunter3"));
+    assert_eq!(hashed, run_once(json!("hunter2")), "equal values hash equally");
+    assert_ne!(hashed, run_once(json!("hunter3")));
+    // A value that is not a string is hashed as its JSON text.
+    let object = run_once(json!({"old": "hunter2", "new": "hunter3"}));
+    assert!(object.starts_with("hmac:") && object.len() == 37, "{object}");
+    assert_eq!(object, run_once(json!({"old": "hunter2", "new": "hunter3"})));
+    assert_ne!(object, run_once(json!({"old": "hunter2", "new": "hunter4"})));
+    assert_ne!(run_once(json!(1234)), run_once(json!(1235)));
 }
 
 #[test]
