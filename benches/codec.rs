@@ -93,7 +93,8 @@ fn gzip_native(data: &[u8], bits: u8) -> Vec<u8> {
             if out.capacity() - out.len() < 64 {
                 out.reserve(out.capacity().max(4096));
             }
-            if z.compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Finish).unwrap()
+            if z.compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Finish)
+                .unwrap()
                 == flate2::Status::StreamEnd
             {
                 break;
@@ -146,7 +147,10 @@ fn inflate_reused(body: &[u8]) -> Vec<u8> {
             if out.len() == out.capacity() {
                 out.reserve(out.capacity());
             }
-            match z.decompress_vec(&body[consumed..], &mut out, flate2::FlushDecompress::None).unwrap() {
+            match z
+                .decompress_vec(&body[consumed..], &mut out, flate2::FlushDecompress::None)
+                .unwrap()
+            {
                 flate2::Status::StreamEnd => break,
                 _ => {}
             }
@@ -171,7 +175,8 @@ fn inflate_raw_reused(body: &[u8]) -> Vec<u8> {
             if out.len() == out.capacity() {
                 out.reserve(out.capacity());
             }
-            if z.decompress_vec(&deflate[consumed..], &mut out, flate2::FlushDecompress::None).unwrap()
+            if z.decompress_vec(&deflate[consumed..], &mut out, flate2::FlushDecompress::None)
+                .unwrap()
                 == flate2::Status::StreamEnd
             {
                 break;
@@ -190,12 +195,16 @@ fn bench_compress<M: Measurement>(c: &mut Criterion<M>) {
     let mut group = c.benchmark_group("compress");
     type F = fn(&[u8]) -> Vec<u8>;
     let variants: [(&str, F); 10] = [
-        ("gzip1_relay", |d| scrub_relay::upstream::compress(UpstreamEncoding::Gzip, d).unwrap()),
+        ("gzip1_relay", |d| {
+            scrub_relay::upstream::compress(UpstreamEncoding::Gzip, d).unwrap()
+        }),
         ("gzip1_new_state", |d| gzip_new_state(d, 1)),
         ("gzip6_new_state", |d| gzip_new_state(d, 6)),
         ("gzip1_native_w15", |d| gzip_native(d, 15)),
         ("gzip1_native_w9", |d| gzip_native(d, 9)),
-        ("zstd_relay", |d| scrub_relay::upstream::compress(UpstreamEncoding::Zstd, d).unwrap()),
+        ("zstd_relay", |d| {
+            scrub_relay::upstream::compress(UpstreamEncoding::Zstd, d).unwrap()
+        }),
         ("zstd3_encode_all", |d| zstd::encode_all(d, 3).unwrap()),
         ("zstd1_encode_all", |d| zstd::encode_all(d, 1).unwrap()),
         ("zstd1_bulk_reused", |d| zstd_bulk(d, 1)),
@@ -211,7 +220,9 @@ fn bench_compress<M: Measurement>(c: &mut Criterion<M>) {
             100.0 * size as f64 / total as f64
         );
         group.throughput(Throughput::Elements(1));
-        group.bench_with_input(BenchmarkId::new(name, "python_event"), &event, |b, d| b.iter(|| f(black_box(d))));
+        group.bench_with_input(BenchmarkId::new(name, "python_event"), &event, |b, d| {
+            b.iter(|| f(black_box(d)))
+        });
         group.throughput(Throughput::Bytes(total));
         group.bench_with_input(BenchmarkId::new(name, "captures"), &all, |b, all| {
             b.iter(|| {
@@ -237,7 +248,9 @@ fn bench_inflate<M: Measurement>(c: &mut Criterion<M>) {
     });
     group.bench_function("multigz_read_to_end", |b| b.iter(|| inflate_multigz(black_box(&body))));
     group.bench_function("gzip_state_sized", |b| b.iter(|| inflate_reused(black_box(&body))));
-    group.bench_function("raw_state_reused_sized", |b| b.iter(|| inflate_raw_reused(black_box(&body))));
+    group.bench_function("raw_state_reused_sized", |b| {
+        b.iter(|| inflate_raw_reused(black_box(&body)))
+    });
     group.finish();
 }
 
@@ -289,7 +302,12 @@ fn count(spec: &str) {
         "inflate_raw_reused" => Box::new(|| drop(inflate_raw_reused(&body))),
         "reply_json_value" => Box::new(|| drop(serde_json::json!({ "id": id }).to_string())),
         "reply_format" => Box::new(|| drop(format!("{{\"id\":\"{id}\"}}"))),
-        "url_parse" => Box::new(|| drop(url::Url::parse(&format!("{}/api/{}/envelope/", "http://127.0.0.1:43121", 42)))),
+        "url_parse" => Box::new(|| {
+            drop(url::Url::parse(&format!(
+                "{}/api/{}/envelope/",
+                "http://127.0.0.1:43121", 42
+            )))
+        }),
         other => panic!("unknown variant {other}"),
     };
     // The first call builds the thread's reused states, as the first envelope on a thread does.

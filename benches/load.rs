@@ -556,7 +556,15 @@ async fn run(options: &Options, scenario: &str) {
 
     if options.warmup > 0 {
         let until = Instant::now() + Duration::from_secs(options.warmup);
-        let (warm, _) = drive(relay, Arc::clone(&captures), options.connections, until, u64::MAX, options.rate).await;
+        let (warm, _) = drive(
+            relay,
+            Arc::clone(&captures),
+            options.connections,
+            until,
+            u64::MAX,
+            options.rate,
+        )
+        .await;
         println!("warm-up: {} requests in {} s", warm.latencies_us.len(), options.warmup);
     }
 

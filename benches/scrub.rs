@@ -170,7 +170,14 @@ fn bench_pipeline<M: Measurement>(c: &mut Criterion<M>) {
 }
 
 /// The detectors added for breadth (issue #12), by `rules.yaml` name.
-const BREADTH: &[&str] = &["user_path", "ipv6", "phone_intl", "itin", "labelled_tax_id", "provider_secret"];
+const BREADTH: &[&str] = &[
+    "user_path",
+    "ipv6",
+    "phone_intl",
+    "itin",
+    "labelled_tax_id",
+    "provider_secret",
+];
 
 /// The default rules with the named detectors switched off.
 fn rules_without(names: &[&str]) -> CompiledRules {
@@ -229,7 +236,10 @@ fn bench_detectors<M: Measurement>(c: &mut Criterion<M>) {
         ("bearer", "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.cGF5bG9hZA.c2ln"),
         ("phone_intl", "Rückruf unter +49 30 12345678 (Büro)"),
         ("ipv6", "client 2a00:1450:4001:82b::200e connected at 22:26:34"),
-        ("user_path", "File \"/home/jane/app/venv/lib/python3.11/site.py\", line 3"),
+        (
+            "user_path",
+            "File \"/home/jane/app/venv/lib/python3.11/site.py\", line 3",
+        ),
         ("labelled_ssn", "Customer SSN 219099999 on file"),
         (
             "provider_secret",

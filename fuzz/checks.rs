@@ -259,7 +259,12 @@ fn masks() -> &'static [String] {
     static MASKS: OnceLock<Vec<String>> = OnceLock::new();
     MASKS.get_or_init(|| {
         let engine = rules().engine(Some(42));
-        let mut masks: Vec<String> = engine.detectors.detectors.iter().map(|d| d.replacement.clone()).collect();
+        let mut masks: Vec<String> = engine
+            .detectors
+            .detectors
+            .iter()
+            .map(|d| d.replacement.clone())
+            .collect();
         masks.push(engine.key_replacement.clone());
         masks.retain(|m| !m.is_empty());
         masks.sort();
@@ -294,7 +299,9 @@ pub fn replay(data: &[u8]) {
     let video = pick & 1 == 1;
     let ty = if video { "replay_video" } else { "replay_recording" };
     let mut envelope = Envelope::new(Map::new());
-    envelope.items.push(Item::new("replay_event", Bytes::from_static(REPLAY_EVENT)));
+    envelope
+        .items
+        .push(Item::new("replay_event", Bytes::from_static(REPLAY_EVENT)));
     envelope.items.push(Item::new(ty, Bytes::copy_from_slice(payload)));
     let out = pipeline(envelope).envelope;
     let kept = out.items.iter().find(|item| item.ty().as_str() == ty);
@@ -308,7 +315,9 @@ pub fn replay(data: &[u8]) {
     }
     // Idempotent: what the relay forwarded, scrubbed again, is forwarded as it is.
     let mut again = Envelope::new(Map::new());
-    again.items.push(Item::new("replay_event", Bytes::from_static(REPLAY_EVENT)));
+    again
+        .items
+        .push(Item::new("replay_event", Bytes::from_static(REPLAY_EVENT)));
     again.items.push(Item::new(ty, kept.payload().clone()));
     let twice = pipeline(again).envelope;
     let second = twice
@@ -335,7 +344,10 @@ fn read_recording(bytes: &[u8]) -> Option<(&[u8], Vec<u8>)> {
                 .ok()?;
         }
         Some(0x1f) => {
-            flate2::read::GzDecoder::new(body).take(200 << 20).read_to_end(&mut json).ok()?;
+            flate2::read::GzDecoder::new(body)
+                .take(200 << 20)
+                .read_to_end(&mut json)
+                .ok()?;
         }
         _ => return None,
     }
@@ -395,12 +407,19 @@ fn check_video(input: &[u8], output: &[u8]) {
         .collect();
     assert_eq!(keys, keys_in, "the three keys, in the order they came");
     let get = |parts: &[(String, Vec<u8>)], key: &str| parts.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    assert_eq!(get(&parts_out, "replay_video"), get(&parts_in, "replay_video"), "the mp4 is kept byte for byte");
+    assert_eq!(
+        get(&parts_out, "replay_video"),
+        get(&parts_in, "replay_video"),
+        "the mp4 is kept byte for byte"
+    );
     let recording_in = get(&parts_in, "replay_recording").expect("recording");
     let recording_out = get(&parts_out, "replay_recording").expect("recording");
     check_recording(&recording_in, &recording_out);
     let event = get(&parts_out, "replay_event").expect("replay event");
-    assert!(serde_json::from_slice::<Value>(&event).is_ok(), "the replay event is JSON");
+    assert!(
+        serde_json::from_slice::<Value>(&event).is_ok(),
+        "the replay event is JSON"
+    );
 }
 
 /// A minidump (or a compressed one) through `payload::minidump::scrub` with the repository's rules:
@@ -483,9 +502,17 @@ pub fn crashpad(data: &[u8]) {
         return;
     };
     assert!(pick % 4 != 3, "an upload without a content type is refused");
-    let event_id = envelope.headers.get("event_id").and_then(Value::as_str).expect("event_id header").to_string();
+    let event_id = envelope
+        .headers
+        .get("event_id")
+        .and_then(Value::as_str)
+        .expect("event_id header")
+        .to_string();
     assert!(
-        event_id.len() == 32 && event_id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        event_id.len() == 32
+            && event_id
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
         "event id {event_id:?}"
     );
     let [event, dump, attachments @ ..] = &envelope.items[..] else {
@@ -498,8 +525,14 @@ pub fn crashpad(data: &[u8]) {
         assert!(breadcrumbs.len() <= 100, "{} breadcrumbs", breadcrumbs.len());
     }
     assert_eq!(dump.ty().as_str(), "attachment");
-    assert_eq!(dump.headers().get("attachment_type").and_then(Value::as_str), Some("event.minidump"));
-    assert!(dump.payload().starts_with(b"MDMP") || dump.payload().starts_with(b"PMDM"), "a minidump");
+    assert_eq!(
+        dump.headers().get("attachment_type").and_then(Value::as_str),
+        Some("event.minidump")
+    );
+    assert!(
+        dump.payload().starts_with(b"MDMP") || dump.payload().starts_with(b"PMDM"),
+        "a minidump"
+    );
     if pick % 4 != 0 {
         let (decompressed, _) = scrub_relay::payload::minidump::decompress(body).expect("decompresses");
         assert_eq!(dump.payload()[..], decompressed[..], "the raw body is the dump");
@@ -508,7 +541,10 @@ pub fn crashpad(data: &[u8]) {
     let reparsed = Envelope::parse(envelope.to_bytes()).expect("the crashpad envelope parses back");
     assert_eq!(reparsed.items.len(), envelope.items.len());
     let out = pipeline(envelope).envelope;
-    assert!(out.items.iter().any(|item| item.ty().as_str() == "event"), "the event is kept");
+    assert!(
+        out.items.iter().any(|item| item.ty().as_str() == "event"),
+        "the event is kept"
+    );
 }
 
 /// OTLP/HTTP through `otlp::process` with the repository's rules. Byte 0: bit 0 picks protobuf (0) or OTLP/JSON (1),
@@ -526,14 +562,22 @@ pub fn crashpad(data: &[u8]) {
 pub fn otlp(data: &[u8]) {
     use scrub_relay::otlp::{Encoding, Signal, process};
     let [pick, body @ ..] = data else { return };
-    let encoding = if pick & 1 == 0 { Encoding::Protobuf } else { Encoding::Json };
+    let encoding = if pick & 1 == 0 {
+        Encoding::Protobuf
+    } else {
+        Encoding::Json
+    };
     let signal = if pick & 2 == 0 { Signal::Traces } else { Signal::Logs };
     let Ok(processed) = process(signal, encoding, Bytes::copy_from_slice(body), rules(), 42) else {
         return;
     };
     let input = otlp_identities(signal, encoding, body).expect("an accepted body reads");
     assert_eq!(processed.received, input.len() as u64, "received");
-    assert_eq!(processed.received - processed.forwarded, processed.report.dropped.len() as u64, "dropped");
+    assert_eq!(
+        processed.received - processed.forwarded,
+        processed.report.dropped.len() as u64,
+        "dropped"
+    );
     if signal == Signal::Logs {
         assert_eq!(processed.forwarded, processed.received, "log records are never dropped");
     }
@@ -546,7 +590,10 @@ pub fn otlp(data: &[u8]) {
     assert_eq!(output.len() as u64, processed.forwarded, "forwarded");
     let mut rest = input.iter();
     for identity in &output {
-        assert!(rest.any(|i| i == identity), "span or record identity changed or reordered: {identity:?}");
+        assert!(
+            rest.any(|i| i == identity),
+            "span or record identity changed or reordered: {identity:?}"
+        );
     }
     bounded("otlp", out.len(), body.len());
     let again = process(signal, encoding, out.clone(), rules(), 42).expect("a forwarded body is accepted again");
@@ -581,7 +628,13 @@ fn otlp_identities(
                     .map(|s| {
                         format!(
                             "{:?} {:?} {:?} {} {} {} {}",
-                            s.trace_id, s.span_id, s.parent_span_id, s.kind, s.start_time_unix_nano, s.end_time_unix_nano, s.flags
+                            s.trace_id,
+                            s.span_id,
+                            s.parent_span_id,
+                            s.kind,
+                            s.start_time_unix_nano,
+                            s.end_time_unix_nano,
+                            s.flags
                         )
                     })
                     .collect(),
@@ -598,8 +651,13 @@ fn otlp_identities(
                     .map(|r| {
                         format!(
                             "{:?} {:?} {} {} {} {} {}",
-                            r.trace_id, r.span_id, r.time_unix_nano, r.observed_time_unix_nano, r.severity_number,
-                            r.severity_text, r.flags
+                            r.trace_id,
+                            r.span_id,
+                            r.time_unix_nano,
+                            r.observed_time_unix_nano,
+                            r.severity_number,
+                            r.severity_text,
+                            r.flags
                         )
                     })
                     .collect(),
@@ -614,16 +672,40 @@ fn otlp_identities(
                     &["resourceSpans", "resource_spans"],
                     &["scopeSpans", "scope_spans"],
                     &["spans"],
-                    &["traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id", "kind",
-                      "startTimeUnixNano", "start_time_unix_nano", "endTimeUnixNano", "end_time_unix_nano", "flags"],
+                    &[
+                        "traceId",
+                        "trace_id",
+                        "spanId",
+                        "span_id",
+                        "parentSpanId",
+                        "parent_span_id",
+                        "kind",
+                        "startTimeUnixNano",
+                        "start_time_unix_nano",
+                        "endTimeUnixNano",
+                        "end_time_unix_nano",
+                        "flags",
+                    ],
                 ),
                 Signal::Logs => (
                     &["resourceLogs", "resource_logs"],
                     &["scopeLogs", "scope_logs"],
                     &["logRecords", "log_records"],
-                    &["timeUnixNano", "time_unix_nano", "observedTimeUnixNano", "observed_time_unix_nano",
-                      "severityNumber", "severity_number", "severityText", "severity_text", "flags", "traceId",
-                      "trace_id", "spanId", "span_id"],
+                    &[
+                        "timeUnixNano",
+                        "time_unix_nano",
+                        "observedTimeUnixNano",
+                        "observed_time_unix_nano",
+                        "severityNumber",
+                        "severity_number",
+                        "severityText",
+                        "severity_text",
+                        "flags",
+                        "traceId",
+                        "trace_id",
+                        "spanId",
+                        "span_id",
+                    ],
                 ),
             };
             // The relay reads the camelCase name when both are present, so the check does too.
@@ -678,15 +760,24 @@ pub fn security_report(data: &[u8]) {
     assert_eq!(out.items.len(), reports.len(), "every report is forwarded");
     let mut forwarded = Vec::new();
     for (item, report) in out.items.iter().zip(&reports) {
-        let Value::Object(scrubbed) = serde_json::from_slice(item.payload()).expect("a forwarded report is JSON") else {
+        let Value::Object(scrubbed) = serde_json::from_slice(item.payload()).expect("a forwarded report is JSON")
+        else {
             panic!("a forwarded report is an object");
         };
         for (object, original) in [
             (Some(&scrubbed), Some(report)),
-            (scrubbed.get("csp-report").and_then(Value::as_object), report.get("csp-report").and_then(Value::as_object)),
-            (scrubbed.get("body").and_then(Value::as_object), report.get("body").and_then(Value::as_object)),
+            (
+                scrubbed.get("csp-report").and_then(Value::as_object),
+                report.get("csp-report").and_then(Value::as_object),
+            ),
+            (
+                scrubbed.get("body").and_then(Value::as_object),
+                report.get("body").and_then(Value::as_object),
+            ),
         ] {
-            let (Some(object), Some(original)) = (object, original) else { continue };
+            let (Some(object), Some(original)) = (object, original) else {
+                continue;
+            };
             for field in scrub_relay::scrub::security::KEPT_FIELDS {
                 assert_eq!(object.get(*field), original.get(*field), "{field} stays");
             }
@@ -696,7 +787,11 @@ pub fn security_report(data: &[u8]) {
         forwarded.push(scrubbed);
     }
     let again = pipeline(reports_envelope(forwarded.clone(), ty, &[], id)).envelope;
-    assert_eq!(again.items.len(), forwarded.len(), "every scrubbed report is forwarded again");
+    assert_eq!(
+        again.items.len(),
+        forwarded.len(),
+        "every scrubbed report is forwarded again"
+    );
     for (item, first) in again.items.iter().zip(&forwarded) {
         let second: Value = serde_json::from_slice(item.payload()).expect("a forwarded report is JSON");
         let (first, second) = (

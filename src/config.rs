@@ -177,7 +177,10 @@ impl Config {
             ("queue-max-envelopes", self.queue_max_envelopes),
             ("queue-max-bytes", self.queue_max_bytes),
             ("upstream-concurrency", self.upstream_concurrency),
-            ("spool-max-bytes", usize::try_from(self.spool_max_bytes).unwrap_or(usize::MAX)),
+            (
+                "spool-max-bytes",
+                usize::try_from(self.spool_max_bytes).unwrap_or(usize::MAX),
+            ),
             ("memory-limit", self.memory_limit.unwrap_or(1)),
             ("max-client-bytes", self.max_client_bytes.unwrap_or(1)),
         ] {

@@ -61,7 +61,11 @@ impl CrashpadError {
 const MAX_ATTACHMENTS: usize = 30;
 
 /// Builds the envelope for one upload. `content_type` is the request's `Content-Type`.
-pub fn envelope(body: Bytes, content_type: Option<&str>, new_event_id: impl FnOnce() -> String) -> Result<Envelope, CrashpadError> {
+pub fn envelope(
+    body: Bytes,
+    content_type: Option<&str>,
+    new_event_id: impl FnOnce() -> String,
+) -> Result<Envelope, CrashpadError> {
     envelope_within(body, content_type, new_event_id, dump::MAX_INFLATED)
 }
 
@@ -72,7 +76,13 @@ pub fn envelope_within(
     new_event_id: impl FnOnce() -> String,
     cap: usize,
 ) -> Result<Envelope, CrashpadError> {
-    let mime = content_type.unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let mime = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let upload = match mime.as_str() {
         "application/octet-stream" | "application/x-dmp" => Upload {
             minidump: Some((body, "Minidump".to_string())),
@@ -279,7 +289,9 @@ fn merge_form_field(event: &mut Map<String, Value>, name: &str, value: String) {
         if keys.iter().all(|k| !k.is_empty()) && keys.len() <= 8 {
             let mut target = event;
             for key in &keys[..keys.len() - 1] {
-                let slot = target.entry(key.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                let slot = target
+                    .entry(key.to_string())
+                    .or_insert_with(|| Value::Object(Map::new()));
                 if !slot.is_object() {
                     *slot = Value::Object(Map::new());
                 }
@@ -301,5 +313,12 @@ pub fn hyphenated(id: &str) -> String {
     if id.len() != 32 {
         return id.to_string();
     }
-    format!("{}-{}-{}-{}-{}", &id[0..8], &id[8..12], &id[12..16], &id[16..20], &id[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &id[0..8],
+        &id[8..12],
+        &id[12..16],
+        &id[16..20],
+        &id[20..32]
+    )
 }

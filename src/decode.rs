@@ -228,7 +228,12 @@ fn gunzip_with(
         inflate.reset(false);
         let member = out.len();
         loop {
-            grow_charged(&mut out, hint.saturating_add(1).clamp(MIN_STEP, FIRST_STEP), cap, charge)?;
+            grow_charged(
+                &mut out,
+                hint.saturating_add(1).clamp(MIN_STEP, FIRST_STEP),
+                cap,
+                charge,
+            )?;
             let (read_before, written_before) = (inflate.total_in(), out.len());
             let status = inflate
                 .decompress_vec(rest, &mut out, flate2::FlushDecompress::None)
@@ -493,7 +498,10 @@ mod tests {
             ("all header fields".into(), gzip_with_all_fields(TEXT, false)),
             ("bad header crc".into(), gzip_with_all_fields(TEXT, true)),
             ("two members".into(), [gzip(TEXT), gzip(b"second\n")].concat()),
-            ("member, empty member, member".into(), [gzip(TEXT), gzip(b""), gzip_with_all_fields(TEXT, false)].concat()),
+            (
+                "member, empty member, member".into(),
+                [gzip(TEXT), gzip(b""), gzip_with_all_fields(TEXT, false)].concat(),
+            ),
             ("trailing zeros".into(), [gzip(TEXT), vec![0; 8]].concat()),
             ("trailing garbage".into(), [gzip(TEXT), b"garbage".to_vec()].concat()),
             ("long".into(), gzip(&long)),

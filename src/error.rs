@@ -116,9 +116,7 @@ impl RelayError {
             | InvalidOtlp(_)
             | InvalidReport(_)
             | InvalidCheckIn(_)
-            | Crashpad(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            | Crashpad(_) => StatusCode::BAD_REQUEST,
             BodyTimeout | BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -185,7 +183,9 @@ impl RelayError {
         let mut response = json_error(status, &detail);
         if matches!(self, RelayError::MemoryBudget | RelayError::ClientBudget) {
             // Memory frees up as requests in flight finish: a second is a fair wait, and SDKs honour it.
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

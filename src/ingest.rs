@@ -25,8 +25,8 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use crate::auth::{self, AuthSource, Identity, RequestAuth};
-use crate::config::UpstreamEncoding;
 use crate::budget::{Charge, Exhausted};
+use crate::config::UpstreamEncoding;
 use crate::crashpad;
 use crate::decode::{self, ContentEncoding, DecodeError};
 use crate::delivery::{Job, RateLimited, Rejected};
@@ -122,7 +122,9 @@ pub async fn handle(
     let step = match decoded {
         Some(decoded) => {
             let _slot = slot;
-            prepare(input, Bytes::from(decoded), |identity| authorize(state, endpoint, identity))?
+            prepare(input, Bytes::from(decoded), |identity| {
+                authorize(state, endpoint, identity)
+            })?
         }
         None => {
             // A compressed body small on the wire may be a bomb: it is decoded in the small lane only as far as
@@ -136,7 +138,9 @@ pub async fn handle(
                     return decode_and_prepare(&blocking_state, input, endpoint);
                 }
                 match decode_small(&mut input)? {
-                    Some(decoded) => prepare(input, decoded, |identity| authorize(&blocking_state, endpoint, identity)),
+                    Some(decoded) => prepare(input, decoded, |identity| {
+                        authorize(&blocking_state, endpoint, identity)
+                    }),
                     None => Ok(Step::Relane(input)),
                 }
             })
@@ -301,7 +305,9 @@ fn accepted(endpoint: Endpoint, event_id: Option<&str>, rate_limits: Option<&str
     };
     let mut response = crate::server::json_bytes(StatusCode::OK, body);
     if let Some(value) = rate_limits.and_then(|limits| HeaderValue::from_str(limits).ok()) {
-        response.headers_mut().insert(crate::upstream::X_SENTRY_RATE_LIMITS, value);
+        response
+            .headers_mut()
+            .insert(crate::upstream::X_SENTRY_RATE_LIMITS, value);
     }
     response
 }
@@ -629,7 +635,13 @@ fn first_step<T>(decoded: Result<T, RelayError>, cap: usize, max: usize) -> Resu
 fn decode_and_prepare(state: &Arc<AppState>, mut input: Prepare, endpoint: Endpoint) -> Result<Step, RelayError> {
     // A reference to the wire bytes: `prepare` may forward them as they came when nothing changed.
     let wire = input.wire.clone();
-    let decoded = decode_body(input.encoding, wire, input.max_decompressed, &mut input.charge, &input.runtime)?;
+    let decoded = decode_body(
+        input.encoding,
+        wire,
+        input.max_decompressed,
+        &mut input.charge,
+        &input.runtime,
+    )?;
     prepare(input, decoded, |identity| authorize(state, endpoint, identity))
 }
 
@@ -995,9 +1007,15 @@ mod tests {
         let json = Some("application/json".to_owned());
         for id in ["9ec79c33ec9942ab8353589fcb2e04dc", "quote \" and \\ backslash"] {
             let expected = serde_json::json!({ "id": id }).to_string();
-            assert_eq!(reply(accepted(Endpoint::Envelope, Some(id), None)).await, (json.clone(), expected));
+            assert_eq!(
+                reply(accepted(Endpoint::Envelope, Some(id), None)).await,
+                (json.clone(), expected)
+            );
         }
-        assert_eq!(reply(accepted(Endpoint::Store, None, None)).await, (json, "{}".to_owned()));
+        assert_eq!(
+            reply(accepted(Endpoint::Store, None, None)).await,
+            (json, "{}".to_owned())
+        );
         let limited = accepted(Endpoint::Envelope, Some("ab"), Some("60:error:project"));
         assert_eq!(limited.headers()["x-sentry-rate-limits"], "60:error:project");
     }

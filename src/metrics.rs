@@ -124,90 +124,217 @@ fn child<'a>(cell: &'a OnceLock<IntCounter>, vec: &IntCounterVec, labels: &[&str
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    let metric =
+        IntCounterVec::new(Opts::new(name, help).namespace(NAMESPACE), labels).expect("valid metric definition");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let metric = IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let metric = IntGauge::with_opts(Opts::new(name, help).namespace(NAMESPACE)).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    let opts = HistogramOpts::new(name, help).namespace(NAMESPACE).buckets(buckets.to_vec());
+    let opts = HistogramOpts::new(name, help)
+        .namespace(NAMESPACE)
+        .buckets(buckets.to_vec());
     let metric = Histogram::with_opts(opts).expect("valid metric definition");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric registered once");
     metric
 }
 
 /// Scrubbing one envelope takes microseconds to a few milliseconds.
-const SCRUB_BUCKETS: &[f64] = &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
+const SCRUB_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
 /// Requests and upstream calls: milliseconds to the upstream timeout.
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("request_duration_seconds", "Time from the start of a request to its answer, by endpoint.")
-                .namespace(NAMESPACE)
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "request_duration_seconds",
+                "Time from the start of a request to its answer, by endpoint.",
+            )
+            .namespace(NAMESPACE)
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["endpoint"],
         )
         .expect("valid metric definition");
-        r.register(Box::new(request_duration.clone())).expect("metric registered once");
+        r.register(Box::new(request_duration.clone()))
+            .expect("metric registered once");
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Always 1; the version label carries the relay's version.").namespace(NAMESPACE),
             &["version"],
         )
         .expect("valid metric definition");
-        r.register(Box::new(build_info.clone())).expect("metric registered once");
+        r.register(Box::new(build_info.clone()))
+            .expect("metric registered once");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
         let metrics = Metrics {
-            requests: counter_vec(&r, "requests_total", "HTTP requests answered, by endpoint and status code.", &["endpoint", "status"]),
+            requests: counter_vec(
+                &r,
+                "requests_total",
+                "HTTP requests answered, by endpoint and status code.",
+                &["endpoint", "status"],
+            ),
             request_errors: counter_vec(&r, "request_errors_total", "Requests rejected, by cause.", &["reason"]),
             request_duration,
-            received_bytes: counter_vec(&r, "received_bytes_total", "Request body bytes, by stage (wire, decompressed).", &["stage"]),
-            forwarded_bytes: counter_vec(&r, "forwarded_bytes_total", "Envelope bytes sent upstream, by stage (uncompressed, wire).", &["stage"]),
+            received_bytes: counter_vec(
+                &r,
+                "received_bytes_total",
+                "Request body bytes, by stage (wire, decompressed).",
+                &["stage"],
+            ),
+            forwarded_bytes: counter_vec(
+                &r,
+                "forwarded_bytes_total",
+                "Envelope bytes sent upstream, by stage (uncompressed, wire).",
+                &["stage"],
+            ),
             envelopes_received: counter(&r, "envelopes_received_total", "Envelopes accepted from SDKs."),
             envelopes_forwarded: counter(&r, "envelopes_forwarded_total", "Envelopes delivered to the upstream."),
-            envelopes_dropped: counter_vec(&r, "envelopes_dropped_total", "Envelopes given up on, by reason.", &["reason"]),
-            items_received: counter_vec(&r, "items_received_total", "Envelope items received, by item type.", &["item_type"]),
-            items_forwarded: counter_vec(&r, "items_forwarded_total", "Envelope items kept for forwarding, by item type.", &["item_type"]),
-            items_dropped: counter_vec(&r, "items_dropped_total", "Envelope items dropped, by item type and reason.", &["item_type", "reason"]),
-            payloads: counter_vec(&r, "payloads_total", "Replay and attachment payloads, by format and outcome.", &["format", "outcome"]),
+            envelopes_dropped: counter_vec(
+                &r,
+                "envelopes_dropped_total",
+                "Envelopes given up on, by reason.",
+                &["reason"],
+            ),
+            items_received: counter_vec(
+                &r,
+                "items_received_total",
+                "Envelope items received, by item type.",
+                &["item_type"],
+            ),
+            items_forwarded: counter_vec(
+                &r,
+                "items_forwarded_total",
+                "Envelope items kept for forwarding, by item type.",
+                &["item_type"],
+            ),
+            items_dropped: counter_vec(
+                &r,
+                "items_dropped_total",
+                "Envelope items dropped, by item type and reason.",
+                &["item_type", "reason"],
+            ),
+            payloads: counter_vec(
+                &r,
+                "payloads_total",
+                "Replay and attachment payloads, by format and outcome.",
+                &["format", "outcome"],
+            ),
             redactions: counter_vec(&r, "redactions_total", "Values redacted, by rule id.", &["rule"]),
-            dry_run_redactions: counter_vec(&r, "dry_run_redactions_total", "Values that would have been redacted (dry run), by rule id.", &["rule"]),
+            dry_run_redactions: counter_vec(
+                &r,
+                "dry_run_redactions_total",
+                "Values that would have been redacted (dry run), by rule id.",
+                &["rule"],
+            ),
             truncations: counter_vec(&r, "truncations_total", "Values truncated, by field name.", &["field"]),
-            spans_dropped: counter(&r, "spans_dropped_total", "Spans removed by drop rules from span containers that were kept."),
-            items_tree_walked: counter(&r, "items_tree_walked_total", "JSON items the streaming walk left to the slower tree walk."),
-            lane_changes: counter(&r, "lane_changes_total", "Compressed bodies small on the wire (or compressed payloads in their items) that decompressed past 1 MiB and moved to the large bodies' processing lane."),
-            minidumps: counter_vec(&r, "minidumps_total", "Minidumps seen (attachments and crashpad uploads), by outcome.", &["outcome"]),
-            scrub_duration: histogram(&r, "scrub_duration_seconds", "Time to parse, filter, scrub and re-serialize one envelope.", SCRUB_BUCKETS),
-            upstream_requests: counter_vec(&r, "upstream_requests_total", "Requests to the upstream, by outcome.", &["outcome"]),
-            upstream_duration: histogram(&r, "upstream_duration_seconds", "Latency of requests to the upstream.", LATENCY_BUCKETS),
+            spans_dropped: counter(
+                &r,
+                "spans_dropped_total",
+                "Spans removed by drop rules from span containers that were kept.",
+            ),
+            items_tree_walked: counter(
+                &r,
+                "items_tree_walked_total",
+                "JSON items the streaming walk left to the slower tree walk.",
+            ),
+            lane_changes: counter(
+                &r,
+                "lane_changes_total",
+                "Compressed bodies small on the wire (or compressed payloads in their items) that decompressed past 1 MiB and moved to the large bodies' processing lane.",
+            ),
+            minidumps: counter_vec(
+                &r,
+                "minidumps_total",
+                "Minidumps seen (attachments and crashpad uploads), by outcome.",
+                &["outcome"],
+            ),
+            scrub_duration: histogram(
+                &r,
+                "scrub_duration_seconds",
+                "Time to parse, filter, scrub and re-serialize one envelope.",
+                SCRUB_BUCKETS,
+            ),
+            upstream_requests: counter_vec(
+                &r,
+                "upstream_requests_total",
+                "Requests to the upstream, by outcome.",
+                &["outcome"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "upstream_duration_seconds",
+                "Latency of requests to the upstream.",
+                LATENCY_BUCKETS,
+            ),
             upstream_retries: counter(&r, "upstream_retries_total", "Upstream deliveries retried."),
             queue_envelopes: gauge(&r, "queue_envelopes", "Envelopes waiting in memory for delivery."),
             queue_bytes: gauge(&r, "queue_bytes", "Bytes waiting in memory for delivery."),
             spool_envelopes: gauge(&r, "spool_envelopes", "Envelopes in the disk spool."),
             spool_bytes: gauge(&r, "spool_bytes", "Bytes in the disk spool."),
-            spool_corrupt: counter(&r, "spool_corrupt_total", "Spool entries that could not be read back and were moved aside."),
-            rules_reloads: counter_vec(&r, "rules_reloads_total", "Rule reloads, by result (ok, error).", &["result"]),
-            rules_version: gauge(&r, "rules_version", "Version of the rules in force: 1 at start, +1 per successful reload."),
-            rules_last_reload_ok: gauge(&r, "rules_last_reload_ok", "1 when the last reload succeeded or none was tried, 0 when it failed."),
+            spool_corrupt: counter(
+                &r,
+                "spool_corrupt_total",
+                "Spool entries that could not be read back and were moved aside.",
+            ),
+            rules_reloads: counter_vec(
+                &r,
+                "rules_reloads_total",
+                "Rule reloads, by result (ok, error).",
+                &["result"],
+            ),
+            rules_version: gauge(
+                &r,
+                "rules_version",
+                "Version of the rules in force: 1 at start, +1 per successful reload.",
+            ),
+            rules_last_reload_ok: gauge(
+                &r,
+                "rules_last_reload_ok",
+                "1 when the last reload succeeded or none was tried, 0 when it failed.",
+            ),
             ready: gauge(&r, "ready", "1 while the relay accepts traffic."),
-            memory_budget_bytes: gauge(&r, "memory_budget_bytes", "Memory budget for requests in flight, in bytes."),
-            memory_budget_used_bytes: gauge(&r, "memory_budget_used_bytes", "Bytes of the memory budget held by requests in flight."),
-            connections_refused: counter_vec(&r, "connections_refused_total", "Client connections closed by the relay's defences, by reason.", &["reason"]),
+            memory_budget_bytes: gauge(
+                &r,
+                "memory_budget_bytes",
+                "Memory budget for requests in flight, in bytes.",
+            ),
+            memory_budget_used_bytes: gauge(
+                &r,
+                "memory_budget_used_bytes",
+                "Bytes of the memory budget held by requests in flight.",
+            ),
+            connections_refused: counter_vec(
+                &r,
+                "connections_refused_total",
+                "Client connections closed by the relay's defences, by reason.",
+                &["reason"],
+            ),
             build_info,
             registry: r,
             hot: Hot::default(),
@@ -229,7 +356,11 @@ impl Metrics {
 
     /// `forwarded_bytes_total{stage="uncompressed"}`.
     pub fn forwarded_uncompressed_bytes(&self) -> &IntCounter {
-        child(&self.hot.forwarded_uncompressed, &self.forwarded_bytes, &["uncompressed"])
+        child(
+            &self.hot.forwarded_uncompressed,
+            &self.forwarded_bytes,
+            &["uncompressed"],
+        )
     }
 
     /// `forwarded_bytes_total{stage="wire"}`.
@@ -248,12 +379,20 @@ impl Metrics {
 
     /// `items_received_total{item_type=...}`.
     pub fn item_received(&self, ty: ItemType) -> &IntCounter {
-        child(&self.hot.items_received[ty as usize], &self.items_received, &[ty.as_str()])
+        child(
+            &self.hot.items_received[ty as usize],
+            &self.items_received,
+            &[ty.as_str()],
+        )
     }
 
     /// `items_forwarded_total{item_type=...}`.
     pub fn item_forwarded(&self, ty: ItemType) -> &IntCounter {
-        child(&self.hot.items_forwarded[ty as usize], &self.items_forwarded, &[ty.as_str()])
+        child(
+            &self.hot.items_forwarded[ty as usize],
+            &self.items_forwarded,
+            &[ty.as_str()],
+        )
     }
 
     /// Counts one answered request in `requests_total` and its duration in `request_duration_seconds`.
@@ -277,7 +416,9 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut buffer = Vec::new();
         // Encoding into a Vec only fails on metric families with invalid names, which `new` never registers.
-        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding of valid metrics");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding of valid metrics");
         String::from_utf8(buffer).expect("Prometheus text format is UTF-8")
     }
 }
@@ -333,7 +474,19 @@ mod tests {
         assert_eq!(metrics.requests.with_label_values(&["envelope", "200"]).get(), 2);
         assert_eq!(metrics.requests.with_label_values(&["envelope", "400"]).get(), 1);
         assert_eq!(metrics.requests.with_label_values(&["health", "200"]).get(), 1);
-        assert_eq!(metrics.request_duration.with_label_values(&["envelope"]).get_sample_count(), 3);
-        assert_eq!(metrics.request_duration.with_label_values(&["health"]).get_sample_count(), 1);
+        assert_eq!(
+            metrics
+                .request_duration
+                .with_label_values(&["envelope"])
+                .get_sample_count(),
+            3
+        );
+        assert_eq!(
+            metrics
+                .request_duration
+                .with_label_values(&["health"])
+                .get_sample_count(),
+            1
+        );
     }
 }

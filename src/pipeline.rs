@@ -200,7 +200,10 @@ fn process_with(envelope: Envelope, engine: &Engine, options: &ProcessOptions) -
     if let Some(reason) = report.replay_dropped {
         kept.retain(|item| {
             let ty = item.ty();
-            let replay = matches!(ty, ItemType::ReplayEvent | ItemType::ReplayRecording | ItemType::ReplayVideo);
+            let replay = matches!(
+                ty,
+                ItemType::ReplayEvent | ItemType::ReplayRecording | ItemType::ReplayVideo
+            );
             if replay {
                 report.dropped.push((ty, reason));
             }

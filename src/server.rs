@@ -88,9 +88,17 @@ impl AppState {
     pub fn new(config: Config, rules: CompiledRules, metrics: Arc<Metrics>) -> Result<Arc<AppState>, StartError> {
         config.validate()?;
         let upstream = Upstream::new(&config, metrics.clone())?;
-        let spool = config.spool_dir.as_ref().map(|dir| dir.display().to_string()).unwrap_or_default();
-        let delivery = Delivery::start(DeliveryConfig::from(&config), Arc::new(upstream.clone()), metrics.clone())
-            .map_err(|source| StartError::Spool { path: spool, source })?;
+        let spool = config
+            .spool_dir
+            .as_ref()
+            .map(|dir| dir.display().to_string())
+            .unwrap_or_default();
+        let delivery = Delivery::start(
+            DeliveryConfig::from(&config),
+            Arc::new(upstream.clone()),
+            metrics.clone(),
+        )
+        .map_err(|source| StartError::Spool { path: spool, source })?;
         let readiness = Readiness::new(metrics.clone());
         let tunnel_hosts = config.effective_tunnel_hosts();
         let budget = crate::budget::Budget::new(
@@ -163,7 +171,11 @@ impl ClientConnections {
     /// Counts a new connection from `ip`, or `None` when that address already has `cap` open (0: no cap).
     fn open(state: &Arc<AppState>, ip: IpAddr) -> Option<ClientConnection> {
         let cap = state.config.max_client_connections;
-        let mut open = state.client_connections.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut open = state
+            .client_connections
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let count = open.entry(ip).or_insert(0);
         if cap != 0 && *count >= cap {
             return None;
@@ -335,7 +347,11 @@ pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Fut
         }
     }
     // No request can submit anymore: flush the delivery queue in what is left of the grace period, then spool the rest.
-    state.delivery.clone().shutdown(grace.saturating_sub(shutdown_started.elapsed())).await;
+    state
+        .delivery
+        .clone()
+        .shutdown(grace.saturating_sub(shutdown_started.elapsed()))
+        .await;
 }
 
 fn log_connection_end(result: Result<(), Box<dyn std::error::Error + Send + Sync>>) {
@@ -389,8 +405,12 @@ async fn handle_overflow(state: &Arc<AppState>, request: Request<Incoming>) -> R
         .with_label_values(&["saturated"])
         .inc();
     let mut response = reject(state, RelayError::Overloaded);
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     if route.wants_cors() {
         add_cors(response.headers_mut());
     }
@@ -450,7 +470,10 @@ impl Route {
     }
 
     fn wants_cors(self) -> bool {
-        matches!(self, Route::Preflight | Route::Ingest(..) | Route::Other(..) | Route::WrongMethod)
+        matches!(
+            self,
+            Route::Preflight | Route::Ingest(..) | Route::Other(..) | Route::WrongMethod
+        )
     }
 }
 
@@ -464,7 +487,12 @@ fn api_route(path: &str) -> Option<Route> {
         "envelope" => Endpoint::Envelope,
         "store" => Endpoint::Store,
         "minidump" => Endpoint::Minidump,
-        rest if rest.strip_prefix("unreal/").is_some_and(|key| !key.is_empty() && !key.contains('/')) => Endpoint::Unreal,
+        rest if rest
+            .strip_prefix("unreal/")
+            .is_some_and(|key| !key.is_empty() && !key.contains('/')) =>
+        {
+            Endpoint::Unreal
+        }
         _ => return crate::routes::Kind::from_path(endpoint).map(|kind| Route::Other(kind, project_id)),
     };
     Some(Route::Ingest(endpoint, Some(project_id)))

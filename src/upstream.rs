@@ -151,7 +151,12 @@ impl Upstream {
     /// (the configured upstream is a valid URL, so it always does; reqwest then reports the error as before).
     fn request_url(&self, destination: crate::delivery::Destination, project_id: u64) -> Result<url::Url, String> {
         let key = (destination, project_id);
-        let cached = self.urls.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
+        let cached = self
+            .urls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .cloned();
         if let Some(url) = cached {
             return Ok(url);
         }
@@ -228,7 +233,9 @@ impl Upstream {
         self.metrics.forwarded_uncompressed_bytes().inc_by(uncompressed as u64);
         self.metrics.forwarded_wire_bytes().inc_by(body.len() as u64);
         let started = Instant::now();
-        let result = self.post(self.request_url(request.destination, request.project_id), headers, body).await;
+        let result = self
+            .post(self.request_url(request.destination, request.project_id), headers, body)
+            .await;
         self.metrics.upstream_duration.observe(started.elapsed().as_secs_f64());
         let outcome = match &result {
             Ok(response) => status_outcome(response.status),
@@ -494,7 +501,9 @@ mod tests {
         }
         assert_eq!(client.urls.lock().unwrap().len(), 3);
         for project in 0..(URL_CACHE_MAX as u64 * 3) {
-            let url = client.request_url(crate::delivery::Destination::Envelope, project).unwrap();
+            let url = client
+                .request_url(crate::delivery::Destination::Envelope, project)
+                .unwrap();
             assert_eq!(url.path(), format!("/relay/api/{project}/envelope/"));
         }
         assert!(client.urls.lock().unwrap().len() <= URL_CACHE_MAX);
@@ -546,7 +555,9 @@ mod tests {
 
             let compressed = compress(UpstreamEncoding::Zstd, data).unwrap();
             // A streaming decoder, as an upstream reading the request body uses: one frame, nothing after it.
-            let mut decoder = zstd::stream::read::Decoder::new(&compressed[..]).unwrap().single_frame();
+            let mut decoder = zstd::stream::read::Decoder::new(&compressed[..])
+                .unwrap()
+                .single_frame();
             let mut frame = Vec::new();
             std::io::Read::read_to_end(&mut decoder, &mut frame).unwrap();
             assert!(frame == *data, "{} bytes round trip through zstd", data.len());

@@ -46,7 +46,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-
 fn show(output: &Output) -> String {
     format!(
         "{}\n{}{}",

@@ -76,7 +76,10 @@ fn security_report_inputs() {
 #[test]
 fn idempotence_excuses_only_changes_across_a_mask() {
     // Misses the payload targets found (the second pass masks what the first left next to its own mask).
-    assert!(!checks::only_across_masks(b"GET /users/***@e.roe@example.org", b"GET /users/***@***@example.org"));
+    assert!(!checks::only_across_masks(
+        b"GET /users/***@e.roe@example.org",
+        b"GET /users/***@***@example.org"
+    ));
     assert!(!checks::only_across_masks(
         b"?token=[FILTERED]||///users/jale.roe@example.org",
         b"?token=[FILTERED]||///users/***@example.org"

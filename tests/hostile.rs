@@ -364,7 +364,11 @@ async fn compression_bombs_small_on_the_wire_leave_the_small_lane() {
     .await;
     assert_eq!(response.status, 200, "{}", response.detail());
     assert_eq!(mini.next().await.envelope().event_id(), Some(EVENT_ID));
-    assert_eq!(relay.metrics().lane_changes.get(), bombs.len() as u64, "the padded envelope stayed");
+    assert_eq!(
+        relay.metrics().lane_changes.get(),
+        bombs.len() as u64,
+        "the padded envelope stayed"
+    );
 
     drop(held);
     bombs_are_refused(&relay, bombs).await;
@@ -424,14 +428,21 @@ async fn replay_recordings_inflating_past_the_small_lane_move_to_the_large_lane(
         let upstream = mini.next().await;
         let items = &upstream.envelope().items;
         assert_eq!(items.len(), 1);
-        assert_eq!(items[0].payload(), &recording[..], "the recording is forwarded as it came");
+        assert_eq!(
+            items[0].payload(),
+            &recording[..],
+            "the recording is forwarded as it came"
+        );
     }
     let received = relay
         .metrics()
         .items_received
         .with_label_values(&["replay_recording"])
         .get();
-    assert_eq!(received, small_slots as u64, "each recording is counted once, not once per lane");
+    assert_eq!(
+        received, small_slots as u64,
+        "each recording is counted once, not once per lane"
+    );
     assert_eq!(relay.state.budget.used(), 0);
 }
 

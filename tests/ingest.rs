@@ -374,8 +374,14 @@ async fn every_upstream_encoding_decodes_to_the_same_envelope() {
             bodies.push(decoded);
         }
         assert!(!bodies[0].is_empty());
-        assert!(bodies[1] == bodies[0], "{name}: gzip decodes to the envelope sent without compression");
-        assert!(bodies[2] == bodies[0], "{name}: zstd decodes to the envelope sent without compression");
+        assert!(
+            bodies[1] == bodies[0],
+            "{name}: gzip decodes to the envelope sent without compression"
+        );
+        assert!(
+            bodies[2] == bodies[0],
+            "{name}: zstd decodes to the envelope sent without compression"
+        );
     }
 }
 

@@ -59,7 +59,8 @@ fn crash_child() {
         wide
     };
     let heap_ascii =
-        String::from("order paid with card 4111 1111 1111 1111; Authorization: Bearer Pl4ntedBearerTok123\0").into_bytes();
+        String::from("order paid with card 4111 1111 1111 1111; Authorization: Bearer Pl4ntedBearerTok123\0")
+            .into_bytes();
     let heap_wide: Vec<u16> = "api_key=Pl4ntedHeapWide\0".encode_utf16().collect();
     std::hint::black_box((&stack_ascii, &stack_wide));
     println!(
@@ -201,7 +202,11 @@ fn assert_scrubbed(original: &[u8], forwarded: &[u8]) {
         modules.iter().any(|m| !m.4.is_empty()),
         "the original has build ids to keep"
     );
-    assert_eq!(identity(forwarded), (threads, modules), "same threads, modules, basenames and ids");
+    assert_eq!(
+        identity(forwarded),
+        (threads, modules),
+        "same threads, modules, basenames and ids"
+    );
     for value in PLANTED {
         assert!(!found(forwarded, value), "{value} left the relay");
     }
@@ -219,9 +224,15 @@ fn assert_scrubbed(original: &[u8], forwarded: &[u8]) {
 async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     let original = tokio::task::spawn_blocking(dump_child).await.unwrap();
     for value in PLANTED {
-        assert!(found(&original, value), "the child's dump holds {value} (or the test proves nothing)");
+        assert!(
+            found(&original, value),
+            "the child's dump holds {value} (or the test proves nothing)"
+        );
     }
-    assert!(contains(&original, &utf16(USER)), "module names are UTF-16 and hold the user name");
+    assert!(
+        contains(&original, &utf16(USER)),
+        "module names are UTF-16 and hold the user name"
+    );
 
     let mini = MiniSentry::start().await;
     let relay = start_relay(relay_config(&mini)).await;
@@ -247,10 +258,7 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     let item = forwarded_minidump(recorded.envelope());
     assert_eq!(item.filename(), Some("crash.dmp"));
     assert_scrubbed(&original, item.payload());
-    assert_eq!(
-        relay.metrics().minidumps.with_label_values(&["scrubbed"]).get(),
-        1
-    );
+    assert_eq!(relay.metrics().minidumps.with_label_values(&["scrubbed"]).get(), 1);
     assert!(relay.metrics().redactions.with_label_values(&["user_path"]).get() > 0);
 
     // 2. On crashpad's route: multipart, gzip-compressed dump, msgpack event and breadcrumbs, query auth.
@@ -271,10 +279,18 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     let breadcrumb2 = crumbs(&[(1700000002.0, "second")]);
     let parts: Vec<(&str, Option<&str>, Vec<u8>)> = vec![
         ("upload_file_minidump", Some("upload.dmp.gz"), gzip(&original)),
-        ("__sentry-event", Some("__sentry-event"), rmp_serde::to_vec_named(&event).unwrap()),
+        (
+            "__sentry-event",
+            Some("__sentry-event"),
+            rmp_serde::to_vec_named(&event).unwrap(),
+        ),
         ("__sentry-breadcrumb1", Some("__sentry-breadcrumb1"), breadcrumb1),
         ("__sentry-breadcrumb2", Some("__sentry-breadcrumb2"), breadcrumb2),
-        ("notes.txt", Some("notes.txt"), b"call marguerite.jones@example.com".to_vec()),
+        (
+            "notes.txt",
+            Some("notes.txt"),
+            b"call marguerite.jones@example.com".to_vec(),
+        ),
         ("guid", None, b"c0ffee".to_vec()),
     ];
     let (content_type, body) = multipart(&parts);
@@ -289,7 +305,10 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     .await;
     assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
     assert_eq!(response.header("content-type"), Some("text/plain"));
-    assert_eq!(response.body, b"01234567-89ab-cdef-0123-456789abcdef", "the hyphenated event id");
+    assert_eq!(
+        response.body, b"01234567-89ab-cdef-0123-456789abcdef",
+        "the hyphenated event id"
+    );
 
     let recorded = mini.next().await;
     assert_eq!(recorded.path, format!("/api/{PROJECT}/envelope/"));
@@ -313,7 +332,11 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     let dump = forwarded_minidump(&envelope);
     assert_eq!(dump.filename(), Some("upload.dmp"), "decompressed, suffix removed");
     assert_scrubbed(&original, dump.payload());
-    let notes = envelope.items.iter().find(|i| i.filename() == Some("notes.txt")).expect("other files");
+    let notes = envelope
+        .items
+        .iter()
+        .find(|i| i.filename() == Some("notes.txt"))
+        .expect("other files");
     assert!(!contains(notes.payload(), b"marguerite.jones"));
 
     // 3. The raw form: the body is the dump.
@@ -396,7 +419,17 @@ async fn malformed_uploads_get_a_clear_answer_and_a_metric() {
     let post = |content_type: String, body: Vec<u8>| {
         let route = route.clone();
         let addr = relay.addr;
-        async move { send_raw(addr, "POST", &route, &headers(&[("Content-Type", &content_type)]), &body, false).await }
+        async move {
+            send_raw(
+                addr,
+                "POST",
+                &route,
+                &headers(&[("Content-Type", &content_type)]),
+                &body,
+                false,
+            )
+            .await
+        }
     };
 
     // A truncated dump in an envelope: counted, and the binary policy (drop) keeps it from leaving raw.
@@ -426,12 +459,21 @@ async fn malformed_uploads_get_a_clear_answer_and_a_metric() {
 
     // On the crashpad route: each malformed variant is a 400 with its own reason.
     let cases: Vec<(String, Vec<u8>, &str)> = vec![
-        ("application/octet-stream".into(), b"PK\x03\x04 not a dump".to_vec(), "minidump_invalid"),
-        ("application/octet-stream".into(), b"\x1f\x8b\x08\0 broken gzip".to_vec(), "minidump_invalid"),
+        (
+            "application/octet-stream".into(),
+            b"PK\x03\x04 not a dump".to_vec(),
+            "minidump_invalid",
+        ),
+        (
+            "application/octet-stream".into(),
+            b"\x1f\x8b\x08\0 broken gzip".to_vec(),
+            "minidump_invalid",
+        ),
         ("text/plain".into(), dump.clone(), "minidump_content_type"),
         (
             "multipart/form-data; boundary=xyz".into(),
-            b"--xyz\r\nContent-Disposition: form-data; name=\"upload_file_minidump\"; filename=\"a\"\r\n\r\nMDMP".to_vec(),
+            b"--xyz\r\nContent-Disposition: form-data; name=\"upload_file_minidump\"; filename=\"a\"\r\n\r\nMDMP"
+                .to_vec(),
             "minidump_multipart",
         ),
         multipart_case(&[("guid", None, b"1".to_vec())], "minidump_missing"),
@@ -460,7 +502,12 @@ async fn malformed_uploads_get_a_clear_answer_and_a_metric() {
     for (content_type, body, reason) in cases {
         let before = relay.metrics().request_errors.with_label_values(&[reason]).get();
         let response = post(content_type, body).await;
-        assert_eq!(response.status, 400, "{reason}: {}", String::from_utf8_lossy(&response.body));
+        assert_eq!(
+            response.status,
+            400,
+            "{reason}: {}",
+            String::from_utf8_lossy(&response.body)
+        );
         assert!(!response.detail().is_empty());
         assert_eq!(
             relay.metrics().request_errors.with_label_values(&[reason]).get(),
@@ -481,7 +528,11 @@ async fn malformed_uploads_get_a_clear_answer_and_a_metric() {
     .await;
     assert_eq!(response.status, 501);
     assert_eq!(
-        relay.metrics().request_errors.with_label_values(&["unreal_unsupported"]).get(),
+        relay
+            .metrics()
+            .request_errors
+            .with_label_values(&["unreal_unsupported"])
+            .get(),
         1
     );
     assert!(mini.try_next().await.is_none(), "nothing else reached the upstream");

@@ -135,7 +135,6 @@ fn the_dashboard_is_provisioned_by_compose_and_covers_the_promised_views() {
     );
 }
 
-
 /// A free loopback port for Prometheus, which cannot report the port it bound when given port 0.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -38,7 +38,6 @@ struct Sent {
     prompt_len: usize,
 }
 
-
 fn dsn(relay: std::net::SocketAddr) -> String {
     format!("http://{PUBLIC_KEY}@{relay}/{PROJECT}")
 }
@@ -322,7 +321,9 @@ async fn python_sdk_really_sends_raw_pii() {
 }
 
 async fn node_sdk(variable: &str, sdk: &str, tunnel: bool) {
-    let Some(dir) = common::tool(variable, "the @sentry/node SDK") else { return };
+    let Some(dir) = common::tool(variable, "the @sentry/node SDK") else {
+        return;
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/node/send.js");
     let (upstream, relay) = relay_and_upstream().await;
     let dsn = dsn(relay.addr);

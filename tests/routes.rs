@@ -37,7 +37,6 @@ async fn relay_and_upstream() -> (MiniSentry, RelayHandle) {
     (upstream, relay)
 }
 
-
 fn assert_no_secrets(what: &str, text: &str, secrets: &[&str]) {
     for secret in secrets {
         assert!(
@@ -118,7 +117,11 @@ async fn cron_check_ins_from_curl_reach_the_upstream_as_check_in_items() {
     assert_eq!(counter(&relay.metrics().requests, &["cron", "202"]), 2);
     assert_eq!(counter(&relay.metrics().items_received, &["check_in"]), 2);
     assert_eq!(counter(&relay.metrics().items_forwarded, &["check_in"]), 2);
-    assert_eq!(relay.metrics().scrub_duration.get_sample_count(), 2, "each scrub is timed");
+    assert_eq!(
+        relay.metrics().scrub_duration.get_sample_count(),
+        2,
+        "each scrub is timed"
+    );
     assert!(counter(&relay.metrics().redactions, &["email"]) >= 1);
 }
 
@@ -277,7 +280,11 @@ async fn reporting_api_arrays_are_split_into_one_item_per_csp_report() {
     )
     .await;
     assert_eq!(response.status, 200, "{}", response.detail());
-    assert_eq!(relay.metrics().scrub_duration.get_sample_count(), 1, "the scrub is timed");
+    assert_eq!(
+        relay.metrics().scrub_duration.get_sample_count(),
+        1,
+        "the scrub is timed"
+    );
     let received = upstream.next().await;
     let reports = security_items(std::slice::from_ref(&received));
     assert_eq!(
@@ -371,7 +378,11 @@ async fn nel_reports_go_to_the_upstream_nel_route_scrubbed() {
     ]);
     let response = post_report(&relay, "nel/", "application/reports+json", &body).await;
     assert_eq!(response.status, 200, "{}", response.detail());
-    assert_eq!(relay.metrics().scrub_duration.get_sample_count(), 1, "the scrub is timed");
+    assert_eq!(
+        relay.metrics().scrub_duration.get_sample_count(),
+        1,
+        "the scrub is timed"
+    );
     let recorded = upstream.next().await;
     assert_eq!(recorded.path, format!("/api/{PROJECT}/nel/"));
     assert_eq!(recorded.header("content-type"), Some("application/reports+json"));
@@ -789,7 +800,11 @@ async fn rate_limited_reports_and_check_ins_get_their_routes_answers() {
     let response = post_report(&relay, "nel/", "application/reports+json", &nel).await;
     assert_eq!(response.status, 200, "{}", response.detail());
     assert_eq!(upstream.next().await.path, format!("/api/{PROJECT}/nel/"));
-    assert_eq!(upstream.received(), 2, "only the first check-in and the NEL report were forwarded");
+    assert_eq!(
+        upstream.received(),
+        2,
+        "only the first check-in and the NEL report were forwarded"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

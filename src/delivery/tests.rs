@@ -185,7 +185,9 @@ async fn ingest_waits_only_for_workers_the_runtime_has_not_polled() {
     until_idle(&delivery).await;
     delivery.submit(job(0)).await.expect("accepted");
     upstream
-        .wait_for("the worker holds the first envelope", |u| u.attempts.load(Ordering::SeqCst) == 1)
+        .wait_for("the worker holds the first envelope", |u| {
+            u.attempts.load(Ordering::SeqCst) == 1
+        })
         .await;
     for id in 1..=2 * STARVED_QUEUE {
         delivery.submit(job(id)).await.expect("accepted");

@@ -36,7 +36,11 @@ pub enum EnvelopeError {
     #[error("item header at byte {offset} has an invalid `length`")]
     InvalidLength { offset: usize },
     #[error("item at byte {offset} declares {length} bytes but only {available} remain")]
-    UnexpectedEof { offset: usize, length: usize, available: usize },
+    UnexpectedEof {
+        offset: usize,
+        length: usize,
+        available: usize,
+    },
     #[error("payload at byte {offset} is not followed by a newline")]
     MissingNewline { offset: usize },
     #[error("envelope has more than {max} items")]
@@ -57,7 +61,10 @@ pub struct Envelope {
 impl Envelope {
     /// An envelope with the given header and no items.
     pub fn new(headers: Map<String, Value>) -> Self {
-        Envelope { headers, items: Vec::new() }
+        Envelope {
+            headers,
+            items: Vec::new(),
+        }
     }
 
     /// Parses a whole (already decompressed) envelope. Payloads borrow from `bytes`.
@@ -98,7 +105,11 @@ impl Envelope {
                         .ok_or(EnvelopeError::InvalidLength { offset: header_offset })?;
                     let available = bytes.len().saturating_sub(payload_start);
                     if length > available {
-                        return Err(EnvelopeError::UnexpectedEof { offset: header_offset, length, available });
+                        return Err(EnvelopeError::UnexpectedEof {
+                            offset: header_offset,
+                            length,
+                            available,
+                        });
                     }
                     let end = payload_start + length;
                     let next = match bytes.get(end) {

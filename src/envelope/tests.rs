@@ -27,7 +27,10 @@ fn binary_attachment_with_newlines_and_empty_line_after() {
 fn round_trip_writes_length_and_keeps_unknown_keys() {
     let env = parse(b"{\"zz\":1,\"event_id\":\"x\"}\n{\"type\":\"weird\",\"custom\":true}\nabc\n");
     let out = env.to_bytes();
-    assert_eq!(out.as_ref(), b"{\"zz\":1,\"event_id\":\"x\"}\n{\"type\":\"weird\",\"custom\":true,\"length\":3}\nabc\n");
+    assert_eq!(
+        out.as_ref(),
+        b"{\"zz\":1,\"event_id\":\"x\"}\n{\"type\":\"weird\",\"custom\":true,\"length\":3}\nabc\n"
+    );
     let again = Envelope::parse(out.clone()).unwrap();
     assert_eq!(again.headers, env.headers);
     assert_eq!(again.items[0].payload(), env.items[0].payload());
@@ -38,7 +41,10 @@ fn round_trip_writes_length_and_keeps_unknown_keys() {
 fn length_is_corrected_after_payload_change() {
     let mut env = parse(b"{}\n{\"type\":\"event\",\"length\":2}\n{}\n");
     env.items[0].set_payload(Bytes::from_static(b"{\"a\":1}"));
-    assert_eq!(env.to_bytes().as_ref(), b"{}\n{\"type\":\"event\",\"length\":7}\n{\"a\":1}\n");
+    assert_eq!(
+        env.to_bytes().as_ref(),
+        b"{}\n{\"type\":\"event\",\"length\":7}\n{\"a\":1}\n"
+    );
 }
 
 #[test]
@@ -50,13 +56,26 @@ fn malformed_envelopes_name_their_cause() {
         (b"[]\n", EnvelopeError::InvalidHeader),
         (b"{}\nnope\n", EnvelopeError::InvalidItemHeader { offset: 3 }),
         (b"{}\n{\"length\":1}\nx\n", EnvelopeError::MissingItemType { offset: 3 }),
-        (b"{}\n{\"type\":\"event\",\"length\":-1}\nx\n", EnvelopeError::InvalidLength { offset: 3 }),
-        (b"{}\n{\"type\":\"event\",\"length\":\"3\"}\nx\n", EnvelopeError::InvalidLength { offset: 3 }),
+        (
+            b"{}\n{\"type\":\"event\",\"length\":-1}\nx\n",
+            EnvelopeError::InvalidLength { offset: 3 },
+        ),
+        (
+            b"{}\n{\"type\":\"event\",\"length\":\"3\"}\nx\n",
+            EnvelopeError::InvalidLength { offset: 3 },
+        ),
         (
             b"{}\n{\"type\":\"event\",\"length\":99}\nx\n",
-            EnvelopeError::UnexpectedEof { offset: 3, length: 99, available: 2 },
+            EnvelopeError::UnexpectedEof {
+                offset: 3,
+                length: 99,
+                available: 2,
+            },
         ),
-        (b"{}\n{\"type\":\"event\",\"length\":1}\nxy\n", EnvelopeError::MissingNewline { offset: 32 }),
+        (
+            b"{}\n{\"type\":\"event\",\"length\":1}\nxy\n",
+            EnvelopeError::MissingNewline { offset: 32 },
+        ),
     ];
     for (input, expected) in cases {
         let got = Envelope::parse(Bytes::copy_from_slice(input)).unwrap_err();
@@ -66,8 +85,14 @@ fn malformed_envelopes_name_their_cause() {
 
 #[test]
 fn huge_declared_length_does_not_allocate() {
-    let err = Envelope::parse(Bytes::from_static(b"{}\n{\"type\":\"event\",\"length\":18446744073709551615}\n")).unwrap_err();
-    assert!(matches!(err, EnvelopeError::UnexpectedEof { .. } | EnvelopeError::InvalidLength { .. }));
+    let err = Envelope::parse(Bytes::from_static(
+        b"{}\n{\"type\":\"event\",\"length\":18446744073709551615}\n",
+    ))
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        EnvelopeError::UnexpectedEof { .. } | EnvelopeError::InvalidLength { .. }
+    ));
 }
 
 #[test]

@@ -40,7 +40,11 @@ pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
         return Some(item);
     }
     let attachment_type = item.headers().get("attachment_type").and_then(Value::as_str);
-    let policy = cx.scrubber.engine.policy.attachment(attachment_type, item.content_type());
+    let policy = cx
+        .scrubber
+        .engine
+        .policy
+        .attachment(attachment_type, item.content_type());
     let outcome = match policy {
         BinaryPolicy::Forward => Outcome::ForwardedUnscrubbed,
         BinaryPolicy::Drop => Outcome::DroppedPolicy,

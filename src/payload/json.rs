@@ -191,7 +191,12 @@ pub(crate) fn unparseable(mut item: Item, ty: ItemType, cx: &mut Ctx<'_, '_>) ->
 }
 
 /// Walks a parsed payload and stores it back only if something changed.
-pub(crate) fn walk_and_store(mut item: Item, mut value: Value, scope: Scope, scrubber: &mut Scrubber<'_>) -> Option<Item> {
+pub(crate) fn walk_and_store(
+    mut item: Item,
+    mut value: Value,
+    scope: Scope,
+    scrubber: &mut Scrubber<'_>,
+) -> Option<Item> {
     let changed_before_walk = scrubber.changed;
     {
         let mut path = Vec::new();
@@ -222,7 +227,10 @@ mod tests {
     fn node_counting_skips_strings_and_stops_at_the_budget() {
         assert!(!json_nodes_exceed(br#"{"a":[1,2,3]}"#, 5));
         assert!(json_nodes_exceed(br#"{"a":[1,2,3],"b":4}"#, 5));
-        assert!(!json_nodes_exceed(br#"{"a":"[,,,,,,{{{{\",,,,"}"#, 2), "brackets in strings are text");
+        assert!(
+            !json_nodes_exceed(br#"{"a":"[,,,,,,{{{{\",,,,"}"#, 2),
+            "brackets in strings are text"
+        );
     }
 
     /// A payload the stream leaves to the tree walk (an escaped key) with more nodes than the tree may hold is never
@@ -238,8 +246,14 @@ mod tests {
         };
         let bomb = run(payload(TREE_WALK_MAX_NODES));
         assert!(bomb.envelope.items.is_empty());
-        assert_eq!(bomb.report.dropped, vec![(ItemType::Event, DropReason::UnparseableJson)]);
-        assert_eq!(bomb.report.tree_walked_items, 1, "the stream gave up on the escaped key");
+        assert_eq!(
+            bomb.report.dropped,
+            vec![(ItemType::Event, DropReason::UnparseableJson)]
+        );
+        assert_eq!(
+            bomb.report.tree_walked_items, 1,
+            "the stream gave up on the escaped key"
+        );
 
         let fine = run(payload(1000));
         assert_eq!(fine.envelope.items.len(), 1);

@@ -154,7 +154,9 @@ pub fn decompress_within(
     };
     let reader: Box<dyn Read + '_> = match compression {
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(payload)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(payload).map_err(|_| MinidumpError::BadCompression)?),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::new(payload).map_err(|_| MinidumpError::BadCompression)?)
+        }
         Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(payload)),
         // The dictionary size comes from the input: 64 MiB is xz's largest preset (-9), and refuses a header that asks
         // for more instead of allocating it.
@@ -320,7 +322,13 @@ fn protected_ranges(data: &[u8]) -> Result<Vec<(usize, usize)>, MinidumpError> {
 
                 let cv = module.raw.cv_record;
                 if cv.data_size > 0 {
-                    protect_codeview(data, u64::from(cv.rva), u64::from(cv.data_size), &read_u32, &mut protect)?;
+                    protect_codeview(
+                        data,
+                        u64::from(cv.rva),
+                        u64::from(cv.data_size),
+                        &read_u32,
+                        &mut protect,
+                    )?;
                 }
             }
         }
@@ -441,7 +449,14 @@ fn scrub_utf8_runs(region: &mut [u8], scrubber: &mut Scrubber<'_>, spans: &mut V
         if value_follows && region[start..end].iter().any(|&b| b != FILL) {
             // The whole record is the flag's value.
             spans.push((0, end - start));
-            scrubber.record(&[Seg::Key("minidump")], None, "sensitive_key", ChangeAction::Replaced, &[], None);
+            scrubber.record(
+                &[Seg::Key("minidump")],
+                None,
+                "sensitive_key",
+                ChangeAction::Replaced,
+                &[],
+                None,
+            );
         } else if end - start >= 2 {
             let mut offset = 0;
             for chunk in region[start..end].utf8_chunks() {
@@ -469,7 +484,12 @@ fn scrub_utf8_runs(region: &mut [u8], scrubber: &mut Scrubber<'_>, spans: &mut V
 
 /// UTF-16LE text at one alignment: ASCII, Latin-1 and Latin Extended-A code units (user names in Windows paths are
 /// often accented), which is what module names, Windows environment blocks and wide strings in memory hold.
-fn scrub_utf16_runs(region: &mut [u8], parity: usize, scrubber: &mut Scrubber<'_>, spans: &mut Vec<(usize, usize)>) -> u64 {
+fn scrub_utf16_runs(
+    region: &mut [u8],
+    parity: usize,
+    scrubber: &mut Scrubber<'_>,
+    spans: &mut Vec<(usize, usize)>,
+) -> u64 {
     let is_text_unit = |u: u16| (0x20..0x7f).contains(&u) || u == 9 || (0xa0..0x180).contains(&u);
     let units = region.len().saturating_sub(parity) / 2;
     let unit_at = |region: &[u8], i: usize| u16::from_le_bytes([region[parity + 2 * i], region[parity + 2 * i + 1]]);
@@ -548,7 +568,12 @@ fn text_spans(text: &str, scrubber: &mut Scrubber<'_>, out: &mut Vec<(usize, usi
 /// The `user_path` detector's rule id, when the rules enable it.
 fn user_path_rule<'e>(scrubber: &Scrubber<'e>) -> Option<&'e str> {
     let engine = scrubber.engine;
-    engine.detectors.detectors.iter().find(|d| d.kind == Kind::UserPath).map(|d| d.id.as_str())
+    engine
+        .detectors
+        .detectors
+        .iter()
+        .find(|d| d.kind == Kind::UserPath)
+        .map(|d| d.id.as_str())
 }
 
 /// Learned names shorter than this are not masked elsewhere: a two-letter name would hit innocent bytes everywhere.
@@ -613,7 +638,13 @@ fn leading_pair(text: &str, scrubber: &mut Scrubber<'_>) -> Option<(usize, usize
         return None;
     }
     let value_len = text[eq + 1..]
-        .find(|c: char| c.is_whitespace() || matches!(c, '&' | ',' | ';' | ')' | ']' | '}' | '"' | '\'' | '<' | '>' | '#' | '|'))
+        .find(|c: char| {
+            c.is_whitespace()
+                || matches!(
+                    c,
+                    '&' | ',' | ';' | ')' | ']' | '}' | '"' | '\'' | '<' | '>' | '#' | '|'
+                )
+        })
         .unwrap_or(text.len() - eq - 1);
     if value_len == 0 {
         return None;
@@ -629,7 +660,9 @@ fn is_sensitive_flag(text: &str, scrubber: &mut Scrubber<'_>) -> bool {
     name.len() < text.len()
         && !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         && scrubber.is_sensitive_key(name)
 }
 
@@ -695,7 +728,11 @@ fn in_url(bytes: &[u8], at: usize) -> bool {
 pub fn process(mut item: Item, cx: &mut Ctx<'_, '_>) -> Option<Item> {
     match scrub_within(item.payload(), cx.scrubber, cx.inflate_cap(MAX_INFLATED)) {
         Ok(scrubbed) => {
-            let outcome = if scrubbed.redactions > 0 { "scrubbed" } else { "unchanged" };
+            let outcome = if scrubbed.redactions > 0 {
+                "scrubbed"
+            } else {
+                "unchanged"
+            };
             *cx.report.minidumps.entry(outcome).or_default() += 1;
             if let Some(compression) = scrubbed.compression
                 && let Some(Value::String(name)) = item.headers_mut().get_mut("filename")
@@ -826,19 +863,33 @@ mod tests {
         }
         assert!(contains(&scrubbed, b"LANG=C.UTF-8\0"), "innocent variables stay");
         assert!(contains(&scrubbed, b"API_TOKEN="), "names stay, values go");
-        assert!(!contains(&scrubbed, b"jane"), "the user name learned from a home path is gone everywhere");
-        assert!(contains(&scrubbed, b"LOGNAME=****\0ome/****/.cache"), "only the name is masked");
+        assert!(
+            !contains(&scrubbed, b"jane"),
+            "the user name learned from a home path is gone everywhere"
+        );
+        assert!(
+            contains(&scrubbed, b"LOGNAME=****\0ome/****/.cache"),
+            "only the name is masked"
+        );
 
         let dump = Minidump::read(&scrubbed[..]).unwrap();
         let modules = dump.get_stream::<MinidumpModuleList>().unwrap();
         let module = modules.iter().next().unwrap();
         use minidump::Module as _;
-        assert_eq!(module.code_file(), "/home/****/app/libfoo.so", "basename and other directories stay");
+        assert_eq!(
+            module.code_file(),
+            "/home/****/app/libfoo.so",
+            "basename and other directories stay"
+        );
         assert_eq!(module.debug_file().as_deref(), Some("/home/****/build/libfoo.pdb"));
         let original_dump = Minidump::read(&original[..]).unwrap();
         let original_modules = original_dump.get_stream::<MinidumpModuleList>().unwrap();
         let original_module = original_modules.iter().next().unwrap();
-        assert_eq!(module.debug_identifier(), original_module.debug_identifier(), "GUID and age stay");
+        assert_eq!(
+            module.debug_identifier(),
+            original_module.debug_identifier(),
+            "GUID and age stay"
+        );
         assert!(tally.redactions.get(USERPATH_RULE).copied().unwrap_or(0) >= 3);
         assert!(tally.redactions.get("sensitive_key").copied().unwrap_or(0) >= 3);
     }
@@ -989,7 +1040,10 @@ mod tests {
         let mut scrubber = Scrubber::new(rules.engine(None), false);
         let mut region = b"\x01tsecret=Pl4nted\0\x02xtoken=abc123\0\x03author=Jane Doe\0".to_vec();
         scrub_utf8_runs(&mut region, &mut scrubber, &mut Vec::new());
-        assert_eq!(&region[..], &b"\x01tsecret=*******\0\x02xtoken=******\0\x03author=Jane Doe\0"[..]);
+        assert_eq!(
+            &region[..],
+            &b"\x01tsecret=*******\0\x02xtoken=******\0\x03author=Jane Doe\0"[..]
+        );
         let mut wide: Vec<u8> = b"text\0".to_vec();
         wide.extend(utf16("secret=Pl4ntedWide"));
         scrub_utf16_runs(&mut wide, 1, &mut scrubber, &mut Vec::new());
@@ -1002,6 +1056,9 @@ mod tests {
         let mut scrubber = Scrubber::new(rules.engine(None), false);
         let mut cmdline = b"/usr/bin/app\0--api-key\0Pl4ntedArgKey\0--verbose\0keep-this-arg\0".to_vec();
         scrub_utf8_runs(&mut cmdline, &mut scrubber, &mut Vec::new());
-        assert_eq!(&cmdline[..], &b"/usr/bin/app\0--api-key\0*************\0--verbose\0keep-this-arg\0"[..]);
+        assert_eq!(
+            &cmdline[..],
+            &b"/usr/bin/app\0--api-key\0*************\0--verbose\0keep-this-arg\0"[..]
+        );
     }
 }

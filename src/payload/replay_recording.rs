@@ -136,9 +136,18 @@ fn scrub_events(events: &mut [Value], scrubber: &mut Scrubber<'_>) {
         }
         strings(event, scrubber, &mut vec![Seg::Index(i)]);
         for (key, mut value) in taken {
-            let mut path = vec![Seg::Index(i), Seg::Key("data"), Seg::Key("payload"), Seg::Key("data"), Seg::Key(key)];
+            let mut path = vec![
+                Seg::Index(i),
+                Seg::Key("data"),
+                Seg::Key("payload"),
+                Seg::Key("data"),
+                Seg::Key(key),
+            ];
             scrubber.walk_value(&mut value, Scope::Data, &mut path);
-            if let Some(slot) = event.pointer_mut("/data/payload/data").and_then(|data| data.get_mut(key)) {
+            if let Some(slot) = event
+                .pointer_mut("/data/payload/data")
+                .and_then(|data| data.get_mut(key))
+            {
                 *slot = value;
             }
         }

@@ -129,7 +129,9 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Vec<Part<'_>>, VideoError> {
 fn read_bytes<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], VideoError> {
     let marker = rest.first().map(|b| Marker::from_u8(*b)).ok_or(VideoError::Truncated)?;
     let len = match marker {
-        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => rmp::decode::read_bin_len(rest).map_err(|_| VideoError::Truncated)?,
+        Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
+            rmp::decode::read_bin_len(rest).map_err(|_| VideoError::Truncated)?
+        }
         Marker::FixStr(_) | Marker::Str8 | Marker::Str16 | Marker::Str32 => {
             rmp::decode::read_str_len(rest).map_err(|_| VideoError::Truncated)?
         }

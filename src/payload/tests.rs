@@ -50,7 +50,10 @@ fn decode_recording(payload: &[u8]) -> (Value, Value) {
     let newline = payload.iter().position(|b| *b == b'\n').unwrap();
     assert_eq!(payload[newline + 1], 0x78, "re-encoded as zlib");
     let header = serde_json::from_slice(&payload[..newline]).unwrap();
-    (header, serde_json::from_slice(&inflate(&payload[newline + 1..])).unwrap())
+    (
+        header,
+        serde_json::from_slice(&inflate(&payload[newline + 1..])).unwrap(),
+    )
 }
 
 fn replay_event() -> Item {
@@ -111,19 +114,40 @@ fn a_recording_is_scrubbed_leaf_by_leaf_and_keeps_its_structure() {
         let node = &events[1]["data"]["node"]["childNodes"];
         assert_eq!(node[0]["attributes"]["_cssText"], ".total { font-weight: bold; }");
         assert_eq!(node[1]["childNodes"][0]["id"], 4);
-        assert_eq!(node[1]["childNodes"][0]["textContent"], "Write to ***@example.com about tomatoes");
-        assert_eq!(events[2]["data"], json!({"source": 5, "text": "[redacted]", "isChecked": false, "id": 5}));
-        assert_eq!(events[3]["data"]["texts"][0], json!({"id": 4, "value": "now ***@example.com"}));
+        assert_eq!(
+            node[1]["childNodes"][0]["textContent"],
+            "Write to ***@example.com about tomatoes"
+        );
+        assert_eq!(
+            events[2]["data"],
+            json!({"source": 5, "text": "[redacted]", "isChecked": false, "id": 5})
+        );
+        assert_eq!(
+            events[3]["data"]["texts"][0],
+            json!({"id": 4, "value": "now ***@example.com"})
+        );
         let network = &events[5]["data"]["payload"]["data"];
         assert_eq!(network["request"]["headers"]["authorization"], "[FILTERED]");
         assert_eq!(network["request"]["headers"]["content-type"], "application/json");
-        assert_eq!(network["request"]["body"], json!({"password": "[FILTERED]", "amount": 12}));
+        assert_eq!(
+            network["request"]["body"],
+            json!({"password": "[FILTERED]", "amount": 12})
+        );
         assert_eq!(network["response"]["headers"]["set-cookie"], "[FILTERED]");
         assert_eq!(network["response"]["body"], json!({"ok": true, "item_count": 3}));
         assert_eq!(network["statusCode"], 200);
         // Key rules stay inside network bodies: SDK options keep their numbers.
-        assert_eq!(events[6]["data"]["payload"], json!({"sessionSampleRate": 1, "maskAllText": false}));
-        assert_eq!(processed.report.payloads.get(&(Format::ReplayRecording, Outcome::Scrubbed)), Some(&1));
+        assert_eq!(
+            events[6]["data"]["payload"],
+            json!({"sessionSampleRate": 1, "maskAllText": false})
+        );
+        assert_eq!(
+            processed
+                .report
+                .payloads
+                .get(&(Format::ReplayRecording, Outcome::Scrubbed)),
+            Some(&1)
+        );
         // The replay event is scrubbed as the JSON it is.
         let event: Value = serde_json::from_slice(processed.envelope.items[0].payload()).unwrap();
         assert_eq!(event["user"]["email"], "***@example.com");
@@ -132,7 +156,8 @@ fn a_recording_is_scrubbed_leaf_by_leaf_and_keeps_its_structure() {
 
 #[test]
 fn a_clean_recording_is_forwarded_byte_for_byte() {
-    let events = json!([{"type": 4, "timestamp": 1, "data": {"href": "https://example.org/", "width": 1, "height": 1}}]);
+    let events =
+        json!([{"type": 4, "timestamp": 1, "data": {"href": "https://example.org/", "width": 1, "height": 1}}]);
     for compress in [true, false] {
         let item = recording_item(&events, compress);
         let original = item.payload().clone();
@@ -143,23 +168,50 @@ fn a_clean_recording_is_forwarded_byte_for_byte() {
 
 #[test]
 fn a_real_chromium_recording_is_scrubbed() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/replay/chromium-zlib.envelope");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/replay/chromium-zlib.envelope"
+    );
     let envelope = Envelope::parse(Bytes::from(std::fs::read(path).unwrap())).unwrap();
-    let sent = envelope.items.iter().find(|i| i.ty() == ItemType::ReplayRecording).unwrap().payload().clone();
+    let sent = envelope
+        .items
+        .iter()
+        .find(|i| i.ty() == ItemType::ReplayRecording)
+        .unwrap()
+        .payload()
+        .clone();
     let newline = sent.iter().position(|b| *b == b'\n').unwrap();
     let sent_events: Value = serde_json::from_slice(&inflate(&sent[newline + 1..])).unwrap();
-    assert!(sent_events.to_string().contains("visible.jane@example.com"), "the fixture holds the planted email");
+    assert!(
+        sent_events.to_string().contains("visible.jane@example.com"),
+        "the fixture holds the planted email"
+    );
 
     let processed = process(envelope, &CompiledRules::defaults(), &ProcessOptions::default());
-    let recording = processed.envelope.items.iter().find(|i| i.ty() == ItemType::ReplayRecording).unwrap();
+    let recording = processed
+        .envelope
+        .items
+        .iter()
+        .find(|i| i.ty() == ItemType::ReplayRecording)
+        .unwrap();
     let (_, events) = decode_recording(recording.payload());
     let text = events.to_string();
-    for planted in ["visible.jane@example.com", "4111 1111 1111 1111", "crumb.planted@example.com", "console.planted@example.com"] {
+    for planted in [
+        "visible.jane@example.com",
+        "4111 1111 1111 1111",
+        "crumb.planted@example.com",
+        "console.planted@example.com",
+    ] {
         assert!(!text.contains(planted), "`{planted}` left");
     }
     assert!(text.contains("Quarterly garden report") && text.contains("Tomatoes ripen in August."));
     let shape = |events: &Value| -> Vec<(Value, Value)> {
-        events.as_array().unwrap().iter().map(|e| (e["type"].clone(), e["timestamp"].clone())).collect()
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["type"].clone(), e["timestamp"].clone()))
+            .collect()
     };
     assert_eq!(shape(&events), shape(&sent_events));
 }
@@ -180,11 +232,20 @@ fn an_undecodable_recording_drops_the_whole_replay() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated zlib", truncated),
         ("no header line", good[newline + 1..].to_vec()),
-        ("header not JSON", [b"segment 3\n".as_slice(), &good[newline + 1..]].concat()),
-        ("header without segment_id", [b"{}\n".as_slice(), &good[newline + 1..]].concat()),
+        (
+            "header not JSON",
+            [b"segment 3\n".as_slice(), &good[newline + 1..]].concat(),
+        ),
+        (
+            "header without segment_id",
+            [b"{}\n".as_slice(), &good[newline + 1..]].concat(),
+        ),
         ("body neither zlib nor JSON", b"{\"segment_id\":0}\nhello".to_vec()),
         ("raw JSON that is not an array", b"{\"segment_id\":0}\n[1, 2".to_vec()),
-        ("zlib of something not JSON", [b"{\"segment_id\":0}\n".as_slice(), &zlib(b"<html>")].concat()),
+        (
+            "zlib of something not JSON",
+            [b"{\"segment_id\":0}\n".as_slice(), &zlib(b"<html>")].concat(),
+        ),
         ("gzip of broken JSON", gzip),
         ("inflates past the cap", bomb),
         ("empty", Vec::new()),
@@ -199,16 +260,27 @@ fn an_undecodable_recording_drops_the_whole_replay() {
         dropped.sort_by_key(|(ty, _)| ty.as_str());
         assert_eq!(
             dropped,
-            [(ItemType::ReplayEvent, DropReason::InvalidReplay), (ItemType::ReplayRecording, DropReason::InvalidReplay)],
+            [
+                (ItemType::ReplayEvent, DropReason::InvalidReplay),
+                (ItemType::ReplayRecording, DropReason::InvalidReplay)
+            ],
             "{case}"
         );
-        assert_eq!(processed.report.payloads.get(&(Format::ReplayRecording, Outcome::DroppedInvalid)), Some(&1), "{case}");
+        assert_eq!(
+            processed
+                .report
+                .payloads
+                .get(&(Format::ReplayRecording, Outcome::DroppedInvalid)),
+            Some(&1),
+            "{case}"
+        );
     }
 }
 
 #[test]
 fn a_gzip_recording_is_re_encoded_as_zlib() {
-    let json = serde_json::to_vec(&json!([{"type": 4, "timestamp": 1, "data": {"href": "https://example.org/"}}])).unwrap();
+    let json =
+        serde_json::to_vec(&json!([{"type": 4, "timestamp": 1, "data": {"href": "https://example.org/"}}])).unwrap();
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(&json).unwrap();
     let payload = [b"{\"segment_id\":0}\n".as_slice(), &encoder.finish().unwrap()].concat();
@@ -245,16 +317,21 @@ fn msgpack_map(entries: &[(&str, &[u8])]) -> Vec<u8> {
 const MP4: &[u8] = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom not really a video";
 
 fn video_parts() -> (Vec<u8>, Vec<u8>) {
-    let event = serde_json::to_vec(&json!({"type": "replay_event", "replay_id": "9ec79c33ec9942ab8353589fcb2e04dc",
-        "segment_id": 0, "replay_type": "session", "user": {"email": EMAIL, "id": "u-1"}, "platform": "android"}))
+    let event = serde_json::to_vec(
+        &json!({"type": "replay_event", "replay_id": "9ec79c33ec9942ab8353589fcb2e04dc",
+        "segment_id": 0, "replay_type": "session", "user": {"email": EMAIL, "id": "u-1"}, "platform": "android"}),
+    )
     .unwrap();
-    let recording = recording_bytes(&json!([
-        {"type": 4, "timestamp": 1, "data": {"href": "", "width": 1080, "height": 2400}},
-        {"type": 5, "timestamp": 2, "data": {"tag": "video", "payload": {"segmentId": 0, "size": 37, "duration": 5000,
-            "encoding": "h264", "container": "mp4", "height": 2400, "width": 1080, "frameCount": 5, "frameRate": 1}}},
-        {"type": 5, "timestamp": 3, "data": {"tag": "breadcrumb", "payload": {"category": "ui.tap",
-            "message": format!("login as {EMAIL}")}}}
-    ]), false);
+    let recording = recording_bytes(
+        &json!([
+            {"type": 4, "timestamp": 1, "data": {"href": "", "width": 1080, "height": 2400}},
+            {"type": 5, "timestamp": 2, "data": {"tag": "video", "payload": {"segmentId": 0, "size": 37, "duration": 5000,
+                "encoding": "h264", "container": "mp4", "height": 2400, "width": 1080, "frameCount": 5, "frameRate": 1}}},
+            {"type": 5, "timestamp": 3, "data": {"tag": "breadcrumb", "payload": {"category": "ui.tap",
+                "message": format!("login as {EMAIL}")}}}
+        ]),
+        false,
+    );
     (event, recording)
 }
 
@@ -280,7 +357,9 @@ fn video_view(payload: &[u8]) -> Value {
             "replay_recording" => {
                 let newline = value.iter().position(|b| *b == b'\n').unwrap();
                 let body = &value[newline + 1..];
-                let events: Value = if body[0] == b'[' { serde_json::from_slice(body).unwrap() } else {
+                let events: Value = if body[0] == b'[' {
+                    serde_json::from_slice(body).unwrap()
+                } else {
                     serde_json::from_slice(&inflate(body)).unwrap()
                 };
                 json!({"header": std::str::from_utf8(&value[..newline]).unwrap(), "zlib": body[0] == 0x78, "events": events})
@@ -297,18 +376,39 @@ fn video_view(payload: &[u8]) -> Value {
 fn a_replay_video_is_scrubbed_and_keeps_its_keys_and_video() {
     let (event, recording) = video_parts();
     // An unknown key is not forwarded: Sentry reads only the three, and nothing unscrubbed leaves.
-    let map = msgpack_map(&[("replay_event", &event), ("replay_recording", &recording), ("extra", b"secret"), ("replay_video", MP4)]);
+    let map = msgpack_map(&[
+        ("replay_event", &event),
+        ("replay_recording", &recording),
+        ("extra", b"secret"),
+        ("replay_video", MP4),
+    ]);
     let processed = run(vec![video_item(map)]);
     assert!(processed.report.dropped.is_empty());
-    assert_eq!(processed.report.payloads.get(&(Format::ReplayVideo, Outcome::Scrubbed)), Some(&1));
-    insta::assert_json_snapshot!("replay_video_scrubbed", video_view(processed.envelope.items[0].payload()));
+    assert_eq!(
+        processed.report.payloads.get(&(Format::ReplayVideo, Outcome::Scrubbed)),
+        Some(&1)
+    );
+    insta::assert_json_snapshot!(
+        "replay_video_scrubbed",
+        video_view(processed.envelope.items[0].payload())
+    );
 }
 
 #[test]
 fn a_clean_replay_video_is_forwarded_byte_for_byte() {
-    let event = serde_json::to_vec(&json!({"type": "replay_event", "replay_id": "9ec79c33ec9942ab8353589fcb2e04dc", "segment_id": 0})).unwrap();
-    let recording = recording_bytes(&json!([{"type": 4, "timestamp": 1, "data": {"width": 1, "height": 1}}]), false);
-    let map = msgpack_map(&[("replay_event", &event), ("replay_recording", &recording), ("replay_video", MP4)]);
+    let event = serde_json::to_vec(
+        &json!({"type": "replay_event", "replay_id": "9ec79c33ec9942ab8353589fcb2e04dc", "segment_id": 0}),
+    )
+    .unwrap();
+    let recording = recording_bytes(
+        &json!([{"type": 4, "timestamp": 1, "data": {"width": 1, "height": 1}}]),
+        false,
+    );
+    let map = msgpack_map(&[
+        ("replay_event", &event),
+        ("replay_recording", &recording),
+        ("replay_video", MP4),
+    ]);
     let processed = run(vec![video_item(map.clone())]);
     assert_eq!(processed.envelope.items[0].payload().as_ref(), map.as_slice());
 }
@@ -316,7 +416,11 @@ fn a_clean_replay_video_is_forwarded_byte_for_byte() {
 #[test]
 fn a_replay_video_of_the_wrong_shape_drops_the_replay() {
     let (event, recording) = video_parts();
-    let good = msgpack_map(&[("replay_event", &event), ("replay_recording", &recording), ("replay_video", MP4)]);
+    let good = msgpack_map(&[
+        ("replay_event", &event),
+        ("replay_recording", &recording),
+        ("replay_video", MP4),
+    ]);
     let mut int_value = Vec::new();
     rmp::encode::write_map_len(&mut int_value, 1).unwrap();
     rmp::encode::write_str(&mut int_value, "replay_video").unwrap();
@@ -340,44 +444,111 @@ fn a_replay_video_of_the_wrong_shape_drops_the_replay() {
         ("trailing bytes", [good.as_slice(), b"x"].concat()),
         ("an integer key", int_key),
         ("an integer value", int_value),
-        ("missing the video", msgpack_map(&[("replay_event", &event), ("replay_recording", &recording)])),
-        ("an empty video", msgpack_map(&[("replay_event", &event), ("replay_recording", &recording), ("replay_video", b"")])),
-        ("a repeated key", msgpack_map(&[("replay_event", &event), ("replay_event", &event), ("replay_recording", &recording), ("replay_video", MP4)])),
-        ("an event that is not JSON", msgpack_map(&[("replay_event", b"{oops"), ("replay_recording", &recording), ("replay_video", MP4)])),
-        ("a recording without header", msgpack_map(&[("replay_event", &event), ("replay_recording", b"[]"), ("replay_video", MP4)])),
+        (
+            "missing the video",
+            msgpack_map(&[("replay_event", &event), ("replay_recording", &recording)]),
+        ),
+        (
+            "an empty video",
+            msgpack_map(&[
+                ("replay_event", &event),
+                ("replay_recording", &recording),
+                ("replay_video", b""),
+            ]),
+        ),
+        (
+            "a repeated key",
+            msgpack_map(&[
+                ("replay_event", &event),
+                ("replay_event", &event),
+                ("replay_recording", &recording),
+                ("replay_video", MP4),
+            ]),
+        ),
+        (
+            "an event that is not JSON",
+            msgpack_map(&[
+                ("replay_event", b"{oops"),
+                ("replay_recording", &recording),
+                ("replay_video", MP4),
+            ]),
+        ),
+        (
+            "a recording without header",
+            msgpack_map(&[
+                ("replay_event", &event),
+                ("replay_recording", b"[]"),
+                ("replay_video", MP4),
+            ]),
+        ),
     ];
     for (case, payload) in cases {
         let error = Item::new("event", Bytes::from_static(br#"{"message":"boom"}"#));
         let processed = run(vec![error, video_item(payload)]);
         let kept: Vec<&str> = processed.envelope.items.iter().map(|i| i.type_name()).collect();
         assert_eq!(kept, ["event"], "{case}");
-        assert_eq!(processed.report.dropped, [(ItemType::ReplayVideo, DropReason::InvalidReplay)], "{case}");
-        assert_eq!(processed.report.payloads.get(&(Format::ReplayVideo, Outcome::DroppedInvalid)), Some(&1), "{case}");
+        assert_eq!(
+            processed.report.dropped,
+            [(ItemType::ReplayVideo, DropReason::InvalidReplay)],
+            "{case}"
+        );
+        assert_eq!(
+            processed
+                .report
+                .payloads
+                .get(&(Format::ReplayVideo, Outcome::DroppedInvalid)),
+            Some(&1),
+            "{case}"
+        );
     }
 }
 
 /// The shipped rules with one line of the `drop` section replaced.
 fn rules_yaml(line: &str, replacement: &str) -> String {
     let yaml = crate::rules::DEFAULT_RULES_YAML.replace(line, replacement);
-    assert_ne!(yaml, crate::rules::DEFAULT_RULES_YAML, "the shipped rules still have `{line}`");
+    assert_ne!(
+        yaml,
+        crate::rules::DEFAULT_RULES_YAML,
+        "the shipped rules still have `{line}`"
+    );
     yaml
 }
 
 fn rules_with_attachments(entries: &str) -> CompiledRules {
-    CompiledRules::from_yaml(&rules_yaml("  attachments: []\n", &format!("  attachments:\n{entries}"))).unwrap()
+    CompiledRules::from_yaml(&rules_yaml(
+        "  attachments: []\n",
+        &format!("  attachments:\n{entries}"),
+    ))
+    .unwrap()
 }
 
 #[test]
 fn the_replay_video_policy_can_drop_the_whole_replay() {
     let (event, recording) = video_parts();
-    let map = msgpack_map(&[("replay_event", &event), ("replay_recording", &recording), ("replay_video", MP4)]);
+    let map = msgpack_map(&[
+        ("replay_event", &event),
+        ("replay_recording", &recording),
+        ("replay_video", MP4),
+    ]);
     let rules = CompiledRules::from_yaml(&rules_yaml("  replay_video: forward\n", "  replay_video: drop\n")).unwrap();
     let processed = run_with(&rules, vec![replay_event(), video_item(map)]);
     assert!(processed.envelope.items.is_empty());
     let mut dropped = processed.report.dropped.clone();
     dropped.sort_by_key(|(ty, _)| ty.as_str());
-    assert_eq!(dropped, [(ItemType::ReplayEvent, DropReason::ReplayPolicy), (ItemType::ReplayVideo, DropReason::ReplayPolicy)]);
-    assert_eq!(processed.report.payloads.get(&(Format::ReplayVideo, Outcome::DroppedPolicy)), Some(&1));
+    assert_eq!(
+        dropped,
+        [
+            (ItemType::ReplayEvent, DropReason::ReplayPolicy),
+            (ItemType::ReplayVideo, DropReason::ReplayPolicy)
+        ]
+    );
+    assert_eq!(
+        processed
+            .report
+            .payloads
+            .get(&(Format::ReplayVideo, Outcome::DroppedPolicy)),
+        Some(&1)
+    );
 }
 
 // === attachment policies ===
@@ -417,11 +588,31 @@ fn binary_attachments_follow_the_first_matching_policy() {
         let case = format!("{attachment_type:?} {content_type:?}");
         assert_eq!(processed.envelope.items.len(), usize::from(forwarded), "{case}");
         if forwarded {
-            assert_eq!(processed.envelope.items[0].payload().as_ref(), PNG, "{case}: forwarded as sent");
-            assert_eq!(processed.report.payloads.get(&(Format::Attachment, Outcome::ForwardedUnscrubbed)), Some(&1));
+            assert_eq!(
+                processed.envelope.items[0].payload().as_ref(),
+                PNG,
+                "{case}: forwarded as sent"
+            );
+            assert_eq!(
+                processed
+                    .report
+                    .payloads
+                    .get(&(Format::Attachment, Outcome::ForwardedUnscrubbed)),
+                Some(&1)
+            );
         } else {
-            assert_eq!(processed.report.dropped, [(ItemType::Attachment, DropReason::BinaryAttachment)], "{case}");
-            assert_eq!(processed.report.payloads.get(&(Format::Attachment, Outcome::DroppedPolicy)), Some(&1));
+            assert_eq!(
+                processed.report.dropped,
+                [(ItemType::Attachment, DropReason::BinaryAttachment)],
+                "{case}"
+            );
+            assert_eq!(
+                processed
+                    .report
+                    .payloads
+                    .get(&(Format::Attachment, Outcome::DroppedPolicy)),
+                Some(&1)
+            );
         }
     }
 }
@@ -430,7 +621,8 @@ fn binary_attachments_follow_the_first_matching_policy() {
 fn text_attachments_are_scrubbed_whatever_the_policy() {
     let rules = rules_with_attachments("    - { content_type: \"text/*\", action: drop }\n");
     let crash: &'static [u8] = b"Incident Identifier: 1\nPath: /Users/jane/App\nUser: jane.doe@example.com\n";
-    let hierarchy: &'static [u8] = br#"{"windows":[{"type":"UILabel","text":"jane.doe@example.com","identifier":"email"}]}"#;
+    let hierarchy: &'static [u8] =
+        br#"{"windows":[{"type":"UILabel","text":"jane.doe@example.com","identifier":"email"}]}"#;
     let processed = run_with(
         &rules,
         vec![
@@ -443,22 +635,40 @@ fn text_attachments_are_scrubbed_whatever_the_policy() {
         let text = std::str::from_utf8(item.payload()).unwrap();
         assert!(!text.contains(EMAIL) && text.contains("***@example.com"), "{text}");
     }
-    assert_eq!(processed.report.payloads.get(&(Format::Attachment, Outcome::Scrubbed)), Some(&2));
+    assert_eq!(
+        processed.report.payloads.get(&(Format::Attachment, Outcome::Scrubbed)),
+        Some(&2)
+    );
 }
 
 #[test]
 fn attachment_policies_are_validated() {
     for (entry, message) in [
         ("    - { action: forward }\n", "needs `attachment_type`"),
-        ("    - { content_type: \"image/*png\", action: forward }\n", "prefix ending in `*`"),
-        ("    - { content_type: \"\", action: forward }\n", "prefix ending in `*`"),
-        ("    - { content_type: \"text/plain; charset=utf-8\", action: forward }\n", "prefix ending in `*`"),
+        (
+            "    - { content_type: \"image/*png\", action: forward }\n",
+            "prefix ending in `*`",
+        ),
+        (
+            "    - { content_type: \"\", action: forward }\n",
+            "prefix ending in `*`",
+        ),
+        (
+            "    - { content_type: \"text/plain; charset=utf-8\", action: forward }\n",
+            "prefix ending in `*`",
+        ),
     ] {
         let yaml = rules_yaml("  attachments: []\n", &format!("  attachments:\n{entry}"));
         let error = CompiledRules::from_yaml(&yaml).unwrap_err().to_string();
-        assert!(error.contains("drop.attachments[0]") && error.contains(message), "{entry}: {error}");
+        assert!(
+            error.contains("drop.attachments[0]") && error.contains(message),
+            "{entry}: {error}"
+        );
     }
-    let yaml = rules_yaml("  attachments: []\n", "  attachments:\n    - { content_type: image/png, action: keep }\n");
+    let yaml = rules_yaml(
+        "  attachments: []\n",
+        "  attachments:\n    - { content_type: image/png, action: keep }\n",
+    );
     assert!(CompiledRules::from_yaml(&yaml).is_err(), "unknown action");
 }
 
@@ -474,7 +684,11 @@ fn payloads_inflating_past_the_pass_cap_end_the_pass_untouched() {
     let mut recording = b"{\"segment_id\":0}\n".to_vec();
     recording.extend(zlib(&inflated));
     let (event, _) = video_parts();
-    let video = msgpack_map(&[("replay_event", &event), ("replay_recording", &recording), ("replay_video", MP4)]);
+    let video = msgpack_map(&[
+        ("replay_event", &event),
+        ("replay_recording", &recording),
+        ("replay_video", MP4),
+    ]);
     let mut dump = b"MDMP".to_vec();
     dump.resize(2 * cap, 0);
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

@@ -165,7 +165,16 @@ pub async fn handle(
     .await?;
     // Sentry never answers a check-in with 429; the rate-limited check-in is dropped (and counted).
     let accepted = empty_json(StatusCode::ACCEPTED);
-    queue(state, &parts, identity, envelope, Destination::Envelope, accepted, WhenLimited::Accept).await
+    queue(
+        state,
+        &parts,
+        identity,
+        envelope,
+        Destination::Envelope,
+        accepted,
+        WhenLimited::Accept,
+    )
+    .await
 }
 
 #[cfg(test)]

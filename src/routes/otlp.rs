@@ -77,7 +77,16 @@ pub async fn handle(
     };
     // Nothing left to send (an empty request, or only health-check spans) is answered as accepted too: the exporter
     // did nothing wrong. Traces' rate limits were checked before the body was read.
-    queue(state, &parts, identity, scrubbed, destination, accepted(encoding), WhenLimited::Refuse).await
+    queue(
+        state,
+        &parts,
+        identity,
+        scrubbed,
+        destination,
+        accepted(encoding),
+        WhenLimited::Refuse,
+    )
+    .await
 }
 
 /// 202 with an empty export response (`{}` in JSON, no bytes in protobuf): a full success to every exporter.

@@ -179,7 +179,16 @@ pub async fn handle_csp(
     })
     .await?;
     let accepted = empty_json(StatusCode::OK);
-    queue(state, &parts, identity, envelope, Destination::Envelope, accepted, WhenLimited::Refuse).await
+    queue(
+        state,
+        &parts,
+        identity,
+        envelope,
+        Destination::Envelope,
+        accepted,
+        WhenLimited::Refuse,
+    )
+    .await
 }
 
 /// `POST /api/<id>/nel/`.
@@ -213,7 +222,16 @@ pub async fn handle_nel(
     .await?;
     // Only envelopes are checked against rate limits: NEL ignores them, as Sentry's route does.
     let accepted = empty_json(StatusCode::OK);
-    queue(state, &parts, identity, body, Destination::Nel, accepted, WhenLimited::Accept).await
+    queue(
+        state,
+        &parts,
+        identity,
+        body,
+        Destination::Nel,
+        accepted,
+        WhenLimited::Accept,
+    )
+    .await
 }
 
 #[cfg(test)]

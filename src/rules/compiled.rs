@@ -63,10 +63,13 @@ impl Policy {
             .iter()
             .find(|rule| {
                 rule.attachment_type.as_deref().is_none_or(|t| t == attachment_type)
-                    && rule.content_type.as_deref().is_none_or(|pattern| match pattern.strip_suffix('*') {
-                        Some(prefix) => content_type.starts_with(prefix),
-                        None => content_type == pattern,
-                    })
+                    && rule
+                        .content_type
+                        .as_deref()
+                        .is_none_or(|pattern| match pattern.strip_suffix('*') {
+                            Some(prefix) => content_type.starts_with(prefix),
+                            None => content_type == pattern,
+                        })
             })
             .map_or(self.binary_items, |rule| rule.action)
     }
@@ -89,7 +92,9 @@ fn attachment_rules(rules: &[AttachmentRule]) -> Result<Vec<AttachmentRule>, Rul
             if let Some(pattern) = &content_type
                 && (pattern.is_empty() || pattern.trim_end_matches('*').contains('*') || pattern.contains(';'))
             {
-                return Err(invalid("`content_type` is a type (`image/png`) or a prefix ending in `*` (`image/*`)"));
+                return Err(invalid(
+                    "`content_type` is a type (`image/png`) or a prefix ending in `*` (`image/*`)",
+                ));
             }
             Ok(AttachmentRule {
                 content_type,
@@ -234,7 +239,9 @@ impl Engine {
     pub fn is_ip_header(&self, name: &str) -> bool {
         // Trimmed once here rather than by each comparison (every header name and data key is asked).
         let name = name.trim();
-        self.ip_headers.iter().any(|h| h.len() == name.len() && header_name_eq(h, name))
+        self.ip_headers
+            .iter()
+            .any(|h| h.len() == name.len() && header_name_eq(h, name))
     }
 
     /// Whether an attribute or data key holds the end user's IP.
@@ -500,15 +507,41 @@ mod tests {
         let yaml = "detectors:\n  user_path: {enabled: false}\n  ipv6: {enabled: false}\n  itin: {enabled: false}\n  \
                     labelled_tax_id: {enabled: false}\n  provider_secret: {enabled: false}\n  phone_intl: {enabled: false}\n";
         let rules = CompiledRules::from_yaml(yaml).unwrap();
-        let ids: Vec<&str> = rules.engine(None).detectors.detectors.iter().map(|d| d.id.as_str()).collect();
-        for off in ["user_path", "ipv6", "itin", "labelled_tax_id", "provider_secret", "phone_intl"] {
+        let ids: Vec<&str> = rules
+            .engine(None)
+            .detectors
+            .detectors
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect();
+        for off in [
+            "user_path",
+            "ipv6",
+            "itin",
+            "labelled_tax_id",
+            "provider_secret",
+            "phone_intl",
+        ] {
             assert!(!ids.contains(&off), "{off} still on: {ids:?}");
         }
         let yaml = "detectors:\n  ipv6: {replacement: '[ip]'}\nprojects:\n  7:\n    disabled_detectors: [user_path]\n";
         let rules = CompiledRules::from_yaml(yaml).unwrap();
-        let ipv6 = rules.engine(None).detectors.detectors.iter().find(|d| d.id == "ipv6").unwrap();
+        let ipv6 = rules
+            .engine(None)
+            .detectors
+            .detectors
+            .iter()
+            .find(|d| d.id == "ipv6")
+            .unwrap();
         assert_eq!(ipv6.replacement, "[ip]");
-        assert!(!rules.engine(Some(7)).detectors.detectors.iter().any(|d| d.id == "user_path"));
+        assert!(
+            !rules
+                .engine(Some(7))
+                .detectors
+                .detectors
+                .iter()
+                .any(|d| d.id == "user_path")
+        );
     }
 
     #[test]

@@ -437,7 +437,10 @@ impl Prefilter {
                 || (c.dashes > 0 && has_token_prefix(bytes, b'-', DASH_TOKEN_PREFIXES))
                 || (c.cap_as > 0 && c.uppers >= 2 && text.contains("AIza"))
         );
-        check!(T_CREDENTIAL_WORD, c.digits > 0 && (unicode_fold() || has_credential_word(bytes)));
+        check!(
+            T_CREDENTIAL_WORD,
+            c.digits > 0 && (unicode_fold() || has_credential_word(bytes))
+        );
         check!(T_USER_PATH, c.slashes >= 2 && userpath::maybe(bytes));
         check!(T_CATALOG, catalog::maybe(text));
         check!(T_TAX_LABEL, c.digits >= 9 && taxid::maybe_labelled(bytes));
@@ -1334,9 +1337,11 @@ fn us_phone_at(bytes: &[u8], at: usize) -> Option<usize> {
     let area_digit = |i: usize| matches!(byte(i), b'2'..=b'9');
     let separator = |i: usize| matches!(byte(i), b' ' | b'.' | b'-');
     // `[0-9]{3}[ .\-][0-9]{4}` from `i`.
-    let tail = |i: usize| (digit(i) && digit(i + 1) && digit(i + 2) && separator(i + 3)).then_some(i + 4).and_then(
-        |j| (digit(j) && digit(j + 1) && digit(j + 2) && digit(j + 3)).then_some(j + 4),
-    );
+    let tail = |i: usize| {
+        (digit(i) && digit(i + 1) && digit(i + 2) && separator(i + 3))
+            .then_some(i + 4)
+            .and_then(|j| (digit(j) && digit(j + 1) && digit(j + 2) && digit(j + 3)).then_some(j + 4))
+    };
     // The area code and what follows, from `i`: `\([2-9][0-9]{2}\) ?` or `[2-9][0-9]{2}[ .\-]`, then the tail.
     let area_and_tail = |i: usize| {
         if byte(i) == b'(' {
@@ -1359,9 +1364,7 @@ fn us_phone_at(bytes: &[u8], at: usize) -> Option<usize> {
             // `\+1[ .\-]?` then the area code, which starts with `(` or a digit: the separator is taken when it is
             // there. Without the `+1`, nothing matches from a `+`; then the second branch, `\+1[2-9][0-9]{9}`.
             let area = if separator(at + 2) { at + 3 } else { at + 2 };
-            area_and_tail(area).or_else(|| {
-                (area_digit(at + 2) && (at + 3..at + 12).all(digit)).then_some(at + 12)
-            })
+            area_and_tail(area).or_else(|| (area_digit(at + 2) && (at + 3..at + 12).all(digit)).then_some(at + 12))
         }
         b'(' | b'2'..=b'9' => area_and_tail(at),
         _ => None,
@@ -1405,7 +1408,11 @@ fn credential_values(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let space = |b: u8| matches!(b, b'\t' | b'\n' | 0x0B | 0x0C | b'\r' | b' ');
     let value_byte = |b: u8| {
-        !space(b) && !matches!(b, b'"' | b'\'' | b',' | b';' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b'<' | b'>' | b'&' | b'#')
+        !space(b)
+            && !matches!(
+                b,
+                b'"' | b'\'' | b',' | b';' | b'(' | b')' | b'[' | b']' | b'{' | b'}' | b'<' | b'>' | b'&' | b'#'
+            )
     };
     let skip = |mut i: usize, class: &dyn Fn(u8) -> bool| {
         while i < bytes.len() && class(bytes[i]) {
@@ -1415,7 +1422,11 @@ fn credential_values(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
     };
     // The value from `i`: an optional quote, then six or more value bytes (greedy).
     let value_from = |i: usize| -> Option<(usize, usize)> {
-        let start = if matches!(bytes.get(i), Some(b'"' | b'\'')) { i + 1 } else { i };
+        let start = if matches!(bytes.get(i), Some(b'"' | b'\'')) {
+            i + 1
+        } else {
+            i
+        };
         let end = skip(start, &value_byte);
         (end - start >= 6).then_some((start, end))
     };
@@ -2207,9 +2218,46 @@ mod tests {
     /// Random strings built from the pieces phone numbers and SSNs are made of, and from their near misses.
     fn digit_shaped_text(rng: &mut generators::Rng) -> String {
         const PIECES: &[&str] = &[
-            "+1", "+1 ", "+1-", "+1.", "+", "(", ")", ") ", "(555)", "(312) ", "(155)", "555-", "312.", "555 ", "123-4567",
-            "123-45-6789", "078-05-1120", "-", ".", " ", "  ", "x", "a1", "_", "/", ":", "1", "2", "9", "0", "12", "123",
-            "1234", "4567", "55555", "+13125550199", "+1312555019", "000-00-0000", "\u{e9}", "\u{660}",
+            "+1",
+            "+1 ",
+            "+1-",
+            "+1.",
+            "+",
+            "(",
+            ")",
+            ") ",
+            "(555)",
+            "(312) ",
+            "(155)",
+            "555-",
+            "312.",
+            "555 ",
+            "123-4567",
+            "123-45-6789",
+            "078-05-1120",
+            "-",
+            ".",
+            " ",
+            "  ",
+            "x",
+            "a1",
+            "_",
+            "/",
+            ":",
+            "1",
+            "2",
+            "9",
+            "0",
+            "12",
+            "123",
+            "1234",
+            "4567",
+            "55555",
+            "+13125550199",
+            "+1312555019",
+            "000-00-0000",
+            "\u{e9}",
+            "\u{660}",
         ];
         let pieces = 1 + rng.below(10);
         (0..pieces).map(|_| PIECES[rng.below(PIECES.len())]).collect()
@@ -2258,9 +2306,36 @@ mod tests {
     #[test]
     fn card_scan_agrees_with_the_byte_by_byte_scan() {
         const PIECES: &[&str] = &[
-            "4111 1111 1111 1111", "4111-1111-1111-1111", "4111111111111111", "5500 0000 0000 0004", "378282246310005",
-            "6011000990139424", "4242", "1111", "0", "7", "42", " ", "-", ".", "/", ":", "_", "x", "ab", "a1", "9z",
-            "v1.2.3", "\u{e9}", "\u{660}", "  ", "--", "1.", "-1", "id_4111111111111111", "2026-11-30",
+            "4111 1111 1111 1111",
+            "4111-1111-1111-1111",
+            "4111111111111111",
+            "5500 0000 0000 0004",
+            "378282246310005",
+            "6011000990139424",
+            "4242",
+            "1111",
+            "0",
+            "7",
+            "42",
+            " ",
+            "-",
+            ".",
+            "/",
+            ":",
+            "_",
+            "x",
+            "ab",
+            "a1",
+            "9z",
+            "v1.2.3",
+            "\u{e9}",
+            "\u{660}",
+            "  ",
+            "--",
+            "1.",
+            "-1",
+            "id_4111111111111111",
+            "2026-11-30",
         ];
         let mut rng = generators::Rng(0x5EED_CA4D);
         let mut found = 0;
@@ -2330,12 +2405,78 @@ mod tests {
     #[test]
     fn credential_scan_agrees_with_the_regex() {
         const PIECES: &[&str] = &[
-            "password", "PassWord", "passwd", "pwd", "PWD", "passphrase", "secret", "Secret", "api_key", "api-key",
-            "api key", "apikey", "API_KEY", "api__key", "access_token", "access token", "Access-Token", "accesstoken",
-            "auth_token", "authtoken", "auth  token", "token", "TOKEN", "tokens", "xtoken", "_token", "pass", " ", "  ",
-            "\t", "\n", "\r", "\x0b", "\x0c", ":", "=", " : ", "=\"", "'", "\"", "is", "IS", " is ", "isn", "is:", "abc123",
-            "hunter2-S3cret!", "x", "1", "abcdef", "a1b2c3d4", ",", ";", "(", ")", "[", "]", "{", "}", "<", ">", "&", "#",
-            ".", "!", "?", "-", "_", "/", "[redacted]", "hmac:", "***",
+            "password",
+            "PassWord",
+            "passwd",
+            "pwd",
+            "PWD",
+            "passphrase",
+            "secret",
+            "Secret",
+            "api_key",
+            "api-key",
+            "api key",
+            "apikey",
+            "API_KEY",
+            "api__key",
+            "access_token",
+            "access token",
+            "Access-Token",
+            "accesstoken",
+            "auth_token",
+            "authtoken",
+            "auth  token",
+            "token",
+            "TOKEN",
+            "tokens",
+            "xtoken",
+            "_token",
+            "pass",
+            " ",
+            "  ",
+            "\t",
+            "\n",
+            "\r",
+            "\x0b",
+            "\x0c",
+            ":",
+            "=",
+            " : ",
+            "=\"",
+            "'",
+            "\"",
+            "is",
+            "IS",
+            " is ",
+            "isn",
+            "is:",
+            "abc123",
+            "hunter2-S3cret!",
+            "x",
+            "1",
+            "abcdef",
+            "a1b2c3d4",
+            ",",
+            ";",
+            "(",
+            ")",
+            "[",
+            "]",
+            "{",
+            "}",
+            "<",
+            ">",
+            "&",
+            "#",
+            ".",
+            "!",
+            "?",
+            "-",
+            "_",
+            "/",
+            "[redacted]",
+            "hmac:",
+            "***",
         ];
         let mut rng = generators::Rng(0x5EED_C4ED);
         let mut matches = 0;
@@ -2360,13 +2501,47 @@ mod tests {
         // Every prefix, broken prefixes, class runs around each minimum and fixed length, and what may come before
         // a prefix (a word byte hides it).
         const PREFIXES: &[&str] = &[
-            "sk_live_", "sk_test_", "rk_live_", "rk_test_", "sk_", "rk_liv", "sk_live", "whsec_", "whsec", "ghp_",
-            "gho_", "ghu_", "ghs_", "ghr_", "gha_", "github_pat_", "github_", "xoxa-", "xoxb-", "xoxp-", "xoxr-",
-            "xoxs-", "xoxc-", "xox", "glpat-", "glpat", "AIza", "AIz", "npm_", "sk-", "sk-proj-", "sk-ant-", "proj-",
-            "ant-", "s", "A",
+            "sk_live_",
+            "sk_test_",
+            "rk_live_",
+            "rk_test_",
+            "sk_",
+            "rk_liv",
+            "sk_live",
+            "whsec_",
+            "whsec",
+            "ghp_",
+            "gho_",
+            "ghu_",
+            "ghs_",
+            "ghr_",
+            "gha_",
+            "github_pat_",
+            "github_",
+            "xoxa-",
+            "xoxb-",
+            "xoxp-",
+            "xoxr-",
+            "xoxs-",
+            "xoxc-",
+            "xox",
+            "glpat-",
+            "glpat",
+            "AIza",
+            "AIz",
+            "npm_",
+            "sk-",
+            "sk-proj-",
+            "sk-ant-",
+            "proj-",
+            "ant-",
+            "s",
+            "A",
         ];
         const GLUE: &[&str] = &[" ", "=", "x", "_", "-", "/", ".", "\"", "9", "A", ":"];
-        const LENGTHS: &[usize] = &[1, 4, 9, 10, 11, 15, 16, 17, 19, 20, 21, 25, 29, 30, 31, 34, 35, 36, 37, 41];
+        const LENGTHS: &[usize] = &[
+            1, 4, 9, 10, 11, 15, 16, 17, 19, 20, 21, 25, 29, 30, 31, 34, 35, 36, 37, 41,
+        ];
         let mut rng = generators::Rng(0x70_4E45);
         let mut matches = 0;
         for _ in 0..100_000 {
@@ -2404,8 +2579,25 @@ mod tests {
     #[test]
     fn email_domain_end_agrees_with_the_label_list() {
         const PIECES: &[&str] = &[
-            "a", "ab", "example", "co", "uk", "x1", "1", "-", ".", "..", "_", "@", " ", "museum", "abcdefghijklmnopqrstuvwxyz",
-            "b-c", "-d", "e-", "\u{e9}",
+            "a",
+            "ab",
+            "example",
+            "co",
+            "uk",
+            "x1",
+            "1",
+            "-",
+            ".",
+            "..",
+            "_",
+            "@",
+            " ",
+            "museum",
+            "abcdefghijklmnopqrstuvwxyz",
+            "b-c",
+            "-d",
+            "e-",
+            "\u{e9}",
         ];
         let mut rng = generators::Rng(0x5EED_E3A1);
         let mut found = 0;
@@ -2427,8 +2619,8 @@ mod tests {
         // The gates are necessary conditions: every match of the regex passes them.
         let mut rng = generators::Rng(0x5EED_1BA4);
         const PIECES: &[&str] = &[
-            "DE89", "GB82", "WEST", "3704", " ", "0044", "12", "1", "203.", "0.", "113.", "7", "255", "25", ".", "A", "Z9",
-            "v", "-",
+            "DE89", "GB82", "WEST", "3704", " ", "0044", "12", "1", "203.", "0.", "113.", "7", "255", "25", ".", "A",
+            "Z9", "v", "-",
         ];
         let (mut ibans, mut ips) = (0, 0);
         for _ in 0..100_000 {
@@ -2445,7 +2637,9 @@ mod tests {
                     "{text:?}"
                 );
             }
-            const OCTETS: &[&str] = &["1.", "23.", "203.", "255", "256.", "0.", "7", ".", "..", "v", "-", " ", "a", "1"];
+            const OCTETS: &[&str] = &[
+                "1.", "23.", "203.", "255", "256.", "0.", "7", ".", "..", "v", "-", " ", "a", "1",
+            ];
             let pieces = 1 + rng.below(12);
             let text: String = (0..pieces).map(|_| OCTETS[rng.below(OCTETS.len())]).collect();
             if IPV4.is_match(&text) {
@@ -2765,8 +2959,21 @@ mod tests {
         // Strings made of detector examples, the shapes the fuzz target found (masks that end a URL's scheme or a
         // number), digit shapes and glue, so that hits cover whole strings, touch and overlap.
         const GLUE: &[&str] = &[
-            "", " ", "/", "-", "@", "://", "sftp://ops-", "-jane.doe@files.example.org", "@example.org", "x", "1",
-            "+447911123456", "jane", ".", ":",
+            "",
+            " ",
+            "/",
+            "-",
+            "@",
+            "://",
+            "sftp://ops-",
+            "-jane.doe@files.example.org",
+            "@example.org",
+            "x",
+            "1",
+            "+447911123456",
+            "jane",
+            ".",
+            ":",
         ];
         let all = set(&Kind::BUILT_IN);
         let mut rng = generators::Rng(0xA6A1_2E4D);
@@ -2782,7 +2989,12 @@ mod tests {
             }
             if round % 3 == 0 {
                 // A whole value: hits that may cover every byte.
-                text = POSITIVES[rng.below(POSITIVES.len())].1.rsplit(' ').next().unwrap_or("").to_string();
+                text = POSITIVES[rng.below(POSITIVES.len())]
+                    .1
+                    .rsplit(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
             }
             let mut first = Vec::new();
             all.find_once(&text, &mut first);
@@ -2812,7 +3024,11 @@ mod tests {
                 let start = rng.below(len + 1);
                 let end = start + rng.below(len + 1 - start);
                 if start < end {
-                    hits.push(Hit { start, end, detector: 0 });
+                    hits.push(Hit {
+                        start,
+                        end,
+                        detector: 0,
+                    });
                 }
             }
             join_hits(&mut hits);
@@ -2820,7 +3036,11 @@ mod tests {
             for hit in &hits {
                 covered[hit.start..hit.end].iter_mut().for_each(|c| *c = true);
             }
-            assert_eq!(keeps_text(&text, &hits), covered.contains(&false), "{hits:?} over {len} bytes");
+            assert_eq!(
+                keeps_text(&text, &hits),
+                covered.contains(&false),
+                "{hits:?} over {len} bytes"
+            );
         }
     }
 
@@ -2860,7 +3080,10 @@ mod tests {
                 *count += usize::from(want);
             }
         }
-        assert!(hits.iter().all(|&n| n > 200), "strings each predicate found something in: {hits:?}");
+        assert!(
+            hits.iter().all(|&n| n > 200),
+            "strings each predicate found something in: {hits:?}"
+        );
     }
 
     #[test]
@@ -2906,7 +3129,11 @@ mod tests {
                 1 => 0,
                 _ => rng.below(256) as u8,
             });
-            assert_eq!(lane_sum(&lane), lane.iter().map(|&n| u32::from(n)).sum::<u32>(), "{lane:?}");
+            assert_eq!(
+                lane_sum(&lane),
+                lane.iter().map(|&n| u32::from(n)).sum::<u32>(),
+                "{lane:?}"
+            );
         }
     }
 
@@ -2923,7 +3150,11 @@ mod tests {
                 let mut bytes = vec![b'.'; blocks * LANES];
                 bytes.extend(std::iter::repeat_n(b'-', rest));
                 let c = Counts::of(&bytes);
-                assert_eq!((c.dots, c.dashes), ((blocks * LANES) as u32, rest as u32), "{blocks} blocks, {rest}");
+                assert_eq!(
+                    (c.dots, c.dashes),
+                    ((blocks * LANES) as u32, rest as u32),
+                    "{blocks} blocks, {rest}"
+                );
             }
         }
     }
@@ -2960,7 +3191,11 @@ mod tests {
             let text = format!("{text} zq77");
             wide.find(&text, &mut a);
             narrow.find(&text, &mut b);
-            let ranges = |hits: &[Hit]| hits.iter().map(|h| (h.start, h.end, h.detector.min(63))).collect::<Vec<_>>();
+            let ranges = |hits: &[Hit]| {
+                hits.iter()
+                    .map(|h| (h.start, h.end, h.detector.min(63)))
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(ranges(&a), ranges(&b), "{text:?}");
         }
     }

@@ -611,7 +611,9 @@ fn clean_strings_are_remembered_only_for_the_rules_and_reading_they_were_found_c
         let mut scrubber = super::Scrubber::new(engine, false);
         assert_eq!(scrubber.scrub_str("tenant=acme", super::TextMode::Source, &[]), None);
         assert_eq!(
-            scrubber.scrub_str("tenant=acme", super::TextMode::Query, &[]).as_deref(),
+            scrubber
+                .scrub_str("tenant=acme", super::TextMode::Query, &[])
+                .as_deref(),
             Some("tenant=[FILTERED]")
         );
         assert_eq!(scrubber.scrub_str("tenant=acme", super::TextMode::Source, &[]), None);
@@ -870,7 +872,9 @@ fn memo_keys_of_every_length_are_told_apart_and_found() {
 #[test]
 fn tally_counts_every_redaction_once() {
     let mut rng = fastrand::Rng::with_seed(5);
-    let rules: Vec<String> = (0..40).map(|n| format!("rule_{}", "x".repeat(n % 7)) + &n.to_string()).collect();
+    let rules: Vec<String> = (0..40)
+        .map(|n| format!("rule_{}", "x".repeat(n % 7)) + &n.to_string())
+        .collect();
     let mut tally = super::Tally::default();
     let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
     for step in 0..5000 {

@@ -30,7 +30,11 @@ fn plant_safe_keys(b: &mut CaseBuilder, target: Target, at: &str) {
     b.keep(target, &format!("{at}/protein"), json!(42));
     b.keep(target, &format!("{at}/max_tokens"), json!(4096));
     b.keep(target, &format!("{at}/token_count"), json!(1337));
-    b.keep(target, &format!("{at}/token_usage"), json!({"prompt": 12, "completion": 30}));
+    b.keep(
+        target,
+        &format!("{at}/token_usage"),
+        json!({"prompt": 12, "completion": 30}),
+    );
     b.keep(target, &format!("{at}/tokenizer"), json!("cl100k_base"));
     b.keep(target, &format!("{at}/gen_ai.usage.input_tokens"), json!(2500));
     b.keep(target, &format!("{at}/gen_ai.usage.output_tokens"), json!(512));

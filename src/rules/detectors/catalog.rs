@@ -646,7 +646,12 @@ mod tests {
     }
 
     impl Runs {
-        const EMPTY: Runs = Runs { all: Some(0), prefix: 0, suffix: 0, longest: 0 };
+        const EMPTY: Runs = Runs {
+            all: Some(0),
+            prefix: 0,
+            suffix: 0,
+            longest: 0,
+        };
 
         fn then(self, next: Runs) -> Runs {
             Runs {
@@ -668,7 +673,12 @@ mod tests {
 
         fn byte(token: bool) -> Runs {
             let n = usize::from(token);
-            Runs { all: token.then_some(1), prefix: n, suffix: n, longest: n }
+            Runs {
+                all: token.then_some(1),
+                prefix: n,
+                suffix: n,
+                longest: n,
+            }
         }
 
         /// The worst case over every string `hir` matches: a class with any non-token character may put one anywhere.
@@ -676,10 +686,16 @@ mod tests {
             use regex_syntax::hir::{Class, HirKind};
             match hir.kind() {
                 HirKind::Empty | HirKind::Look(_) => Runs::EMPTY,
-                HirKind::Literal(lit) => lit.0.iter().fold(Runs::EMPTY, |runs, &b| runs.then(Runs::byte(is_token_byte(b)))),
-                HirKind::Class(Class::Unicode(class)) => Runs::byte(class.ranges().iter().all(|r| {
-                    (r.start()..=r.end()).all(|c| c.is_ascii() && is_token_byte(c as u8))
-                })),
+                HirKind::Literal(lit) => lit
+                    .0
+                    .iter()
+                    .fold(Runs::EMPTY, |runs, &b| runs.then(Runs::byte(is_token_byte(b)))),
+                HirKind::Class(Class::Unicode(class)) => Runs::byte(
+                    class
+                        .ranges()
+                        .iter()
+                        .all(|r| (r.start()..=r.end()).all(|c| c.is_ascii() && is_token_byte(c as u8))),
+                ),
                 HirKind::Class(Class::Bytes(class)) => {
                     Runs::byte(class.ranges().iter().all(|r| (r.start()..=r.end()).all(is_token_byte)))
                 }
@@ -702,14 +718,20 @@ mod tests {
             let hir = regex_syntax::parse(pattern).expect("pattern parses");
             let runs = Runs::of(&hir);
             let longest = runs.all.unwrap_or(0).max(runs.longest);
-            assert!(longest >= TOKEN_RUN as usize, "{name}: a token may hold only {longest} token bytes in a row");
+            assert!(
+                longest >= TOKEN_RUN as usize,
+                "{name}: a token may hold only {longest} token bytes in a row"
+            );
         }
         for (name, example) in EXAMPLES {
             assert!(has_token_run(example.as_bytes()), "{name}: {example}");
         }
         let prose = "The assistant reviews the order history and explains the refund policy in plain words.";
         assert!(!has_token_run(prose.as_bytes()));
-        assert!(!maybe(&format!("{prose} SK pat")), "literals without a run of token bytes are not scanned");
+        assert!(
+            !maybe(&format!("{prose} SK pat")),
+            "literals without a run of token bytes are not scanned"
+        );
     }
 
     #[test]
@@ -729,9 +751,20 @@ mod tests {
             let len = (state % 90) as usize;
             // Mostly token bytes, with a space now and then: runs of every length around the threshold.
             let text: Vec<u8> = (0..len)
-                .map(|i| if (state >> (i % 60)) % 23 == 0 { b' ' } else { b'a' + (i % 26) as u8 })
+                .map(|i| {
+                    if (state >> (i % 60)) % 23 == 0 {
+                        b' '
+                    } else {
+                        b'a' + (i % 26) as u8
+                    }
+                })
                 .collect();
-            assert_eq!(has_token_run(&text), naive(&text), "{:?}", String::from_utf8_lossy(&text));
+            assert_eq!(
+                has_token_run(&text),
+                naive(&text),
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
         }
     }
 

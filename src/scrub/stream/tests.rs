@@ -372,15 +372,33 @@ fn the_stream_drops_transactions_as_the_tree_walk_does() {
     let rules = CompiledRules::defaults();
     let cases = [
         (r#"{"transaction":"GET /health/","spans":[]}"#, true),
-        (r#"{"transaction":"/checkout","request":{"url":"https://shop.example/health_check"}}"#, true),
+        (
+            r#"{"transaction":"/checkout","request":{"url":"https://shop.example/health_check"}}"#,
+            true,
+        ),
         (r#"{"transaction":"GET /health/","transaction":5}"#, false),
         (r#"{"transaction":5,"transaction":"GET /health/"}"#, true),
         (r#"{"transaction":"GET /health/","transaction":"/checkout"}"#, false),
-        (r#"{"request":{"url":"https://shop.example/healthz"},"request":{"method":"GET"}}"#, false),
-        (r#"{"request":{"url":"https://shop.example/healthz","url":null}}"#, false),
-        (r#"{"request":{"method":"GET"},"request":{"url":"https://shop.example/healthz"}}"#, true),
-        (r#"{"request":"https://shop.example/healthz","transaction":"/c","extra":{"url":"/health/"}}"#, false),
-        (r#"{"transaction":"GET \/health\/","user":{"email":"jane.doe@example.com"}}"#, true),
+        (
+            r#"{"request":{"url":"https://shop.example/healthz"},"request":{"method":"GET"}}"#,
+            false,
+        ),
+        (
+            r#"{"request":{"url":"https://shop.example/healthz","url":null}}"#,
+            false,
+        ),
+        (
+            r#"{"request":{"method":"GET"},"request":{"url":"https://shop.example/healthz"}}"#,
+            true,
+        ),
+        (
+            r#"{"request":"https://shop.example/healthz","transaction":"/c","extra":{"url":"/health/"}}"#,
+            false,
+        ),
+        (
+            r#"{"transaction":"GET \/health\/","user":{"email":"jane.doe@example.com"}}"#,
+            true,
+        ),
     ];
     for (json, dropped) in cases {
         let mut envelope = Envelope::new(serde_json::Map::new());
@@ -390,6 +408,9 @@ fn the_stream_drops_transactions_as_the_tree_walk_does() {
         let processed = assert_same(json, &envelope, &rules);
         assert_eq!(processed.envelope.items.is_empty(), dropped, "{json}");
         assert_eq!(processed.report.tree_walked_items, 0, "{json}");
-        assert!(processed.report.redactions.is_empty(), "{json}: a dropped item counts nothing");
+        assert!(
+            processed.report.redactions.is_empty(),
+            "{json}: a dropped item counts nothing"
+        );
     }
 }
