@@ -553,17 +553,20 @@ fn project_overrides_apply_only_to_their_project() {
     );
 }
 
+/// The default rules, with project 42's key words either `tenant` or some other word: two compilations, as a reload
+/// that adds or removes a key word gives.
+fn rules_where_tenant_is_sensitive(sensitive: bool) -> CompiledRules {
+    let words = if sensitive { "[tenant]" } else { "[other_word]" };
+    let yaml = crate::rules::DEFAULT_RULES_YAML.replace(
+        "projects: {}",
+        &format!("projects:\n  42:\n    sensitive_keys: {words}"),
+    );
+    CompiledRules::from_yaml(&yaml).unwrap()
+}
+
 #[test]
 fn key_verdicts_do_not_outlive_the_rules_they_came_from() {
     // Key verdicts are cached per thread across envelopes; a reload that adds or removes a key word must win.
-    let reloaded = |sensitive: bool| {
-        let words = if sensitive { "[tenant]" } else { "[other_word]" };
-        let yaml = crate::rules::DEFAULT_RULES_YAML.replace(
-            "projects: {}",
-            &format!("projects:\n  42:\n    sensitive_keys: {words}"),
-        );
-        CompiledRules::from_yaml(&yaml).unwrap()
-    };
     let payload = json!({"extra": {"tenant": "acme"}});
     let tenant_after = |rules: &CompiledRules| {
         let options = ProcessOptions {
@@ -573,22 +576,14 @@ fn key_verdicts_do_not_outlive_the_rules_they_came_from() {
         let processed = process(envelope_with("event", &payload), rules, &options);
         serde_json::from_slice::<Value>(processed.envelope.items[0].payload()).unwrap()["extra"]["tenant"].clone()
     };
-    assert_eq!(tenant_after(&reloaded(true)), "[FILTERED]");
-    assert_eq!(tenant_after(&reloaded(false)), "acme");
-    assert_eq!(tenant_after(&reloaded(true)), "[FILTERED]");
+    assert_eq!(tenant_after(&rules_where_tenant_is_sensitive(true)), "[FILTERED]");
+    assert_eq!(tenant_after(&rules_where_tenant_is_sensitive(false)), "acme");
+    assert_eq!(tenant_after(&rules_where_tenant_is_sensitive(true)), "[FILTERED]");
 }
 
 #[test]
 fn clean_strings_are_remembered_only_for_the_rules_and_reading_they_were_found_clean_in() {
     // Strings the text pass found clean are cached per thread across envelopes (`Scrubber::known_clean`).
-    let reloaded = |sensitive: bool| {
-        let words = if sensitive { "[tenant]" } else { "[other_word]" };
-        let yaml = crate::rules::DEFAULT_RULES_YAML.replace(
-            "projects: {}",
-            &format!("projects:\n  42:\n    sensitive_keys: {words}"),
-        );
-        CompiledRules::from_yaml(&yaml).unwrap()
-    };
     let options = ProcessOptions {
         project_id: Some(42),
         ..ProcessOptions::default()
@@ -599,7 +594,8 @@ fn clean_strings_are_remembered_only_for_the_rules_and_reading_they_were_found_c
     };
     // A reload that makes a clean string sensitive wins over what the old rules found.
     let message = json!({"message": "tenant=acme"});
-    let (sensitive, plain) = (reloaded(true), reloaded(false));
+    let sensitive = rules_where_tenant_is_sensitive(true);
+    let plain = rules_where_tenant_is_sensitive(false);
     assert_eq!(scrubbed(&plain, &message)["message"], "tenant=acme");
     assert_eq!(scrubbed(&plain, &message)["message"], "tenant=acme");
     assert_eq!(scrubbed(&sensitive, &message)["message"], "tenant=[FILTERED]");
