@@ -305,7 +305,7 @@ impl Scrubber<'_> {
                     .unwrap_or(bytes.len() - start);
                 (start, start + len, ValueEnd::Embedded)
             };
-            self.push_key_span(text, key_start, eq, value_start, value_end, ends, spans);
+            self.push_key_span(text, key_start..eq, value_start..value_end, ends, spans);
         }
         for colon in memchr::memchr_iter(b':', bytes) {
             if colon < 3 || !is_quote(bytes[colon - 1]) {
@@ -340,34 +340,32 @@ impl Scrubber<'_> {
             } else {
                 continue;
             };
-            self.push_key_span(text, key_start, key_end, value_start, value_end, ends, spans);
+            self.push_key_span(text, key_start..key_end, value_start..value_end, ends, spans);
         }
     }
 
+    /// Adds the value's span of an embedded `key=value` pair (byte ranges into `text`) when the key is sensitive and
+    /// the value is neither filtered already nor a placeholder.
     fn push_key_span(
         &mut self,
         text: &str,
-        key_start: usize,
-        key_end: usize,
-        value_start: usize,
-        value_end: usize,
+        key: std::ops::Range<usize>,
+        value: std::ops::Range<usize>,
         ends: ValueEnd,
         spans: &mut Vec<Span>,
     ) {
-        if value_end <= value_start || value_end > text.len() {
+        if value.end <= value.start || value.end > text.len() {
             return;
         }
         // Byte positions come from ASCII delimiters, so they are always char boundaries.
-        let value = &text[value_start..value_end];
-        if is_already_filtered(value, self.engine)
-            || is_placeholder(value)
-            || !self.is_sensitive_key(&text[key_start..key_end])
-        {
+        let (start, end) = (value.start, value.end);
+        let value = &text[value];
+        if is_already_filtered(value, self.engine) || is_placeholder(value) || !self.is_sensitive_key(&text[key]) {
             return;
         }
         spans.push(Span {
-            start: value_start,
-            end: value_end,
+            start,
+            end,
             rule: RuleRef::Key,
             ends,
         });
