@@ -219,6 +219,10 @@ const F_NON_ASCII: u8 = 1 << 6;
 /// no byte range compare, and 13 classes do not fit its registers) plus ~150 to start and finish. Most values are
 /// short. Longer strings take the vector pass, faster per byte in time (its instructions run in parallel).
 const SHORT_COUNT: usize = 128;
+const _: () = assert!(
+    SHORT_COUNT >= LANES,
+    "the vector pass reads its tail as the string's last block"
+);
 
 /// For each byte value, a one in the byte of a `u64` that counts its class: digits, capitals, dots, dashes,
 /// slashes (`/`, `\`) and colons, bytes 0 to 5. A string shorter than 256 bytes cannot carry one byte into the next.
@@ -268,19 +272,14 @@ impl Counts {
             return Counts::from_totals([class(0), class(1), class(2), class(3), class(4), class(5)], seen);
         }
         let blocks = bytes.chunks_exact(LANES);
-        // The tail goes through the same fixed-size step, zero-padded (a zero byte is in no class): a scalar tail
-        // loop over 11 counters cost more than the vector body on a 60-byte string. From a string of a block or
-        // more it is the last 16 bytes with those the blocks counted zeroed: no copy of a variable length (a call to
-        // `memcpy` per string).
+        // The tail goes through the same fixed-size step, as the last 16 bytes with those the blocks counted zeroed
+        // (a zero byte is in no class): no copy of a variable length (a call to `memcpy` per string). Strings here
+        // are longer than a block ([`SHORT_COUNT`]).
         let rest = blocks.remainder().len();
         let mut tail = [0u8; LANES];
-        match (bytes.len().checked_sub(LANES), TAIL_KEEP.get(rest..rest + LANES)) {
-            (Some(from), Some(keep)) => {
-                for ((t, &b), &k) in tail.iter_mut().zip(&bytes[from..]).zip(keep) {
-                    *t = b & k;
-                }
-            }
-            _ => tail[..rest].copy_from_slice(blocks.remainder()),
+        let last = &bytes[bytes.len() - LANES..];
+        for ((t, &b), &k) in tail.iter_mut().zip(last).zip(&TAIL_KEEP[rest..rest + LANES]) {
+            *t = b & k;
         }
         let mut total = [0u32; COUNTED];
         // One `u8` lane per counter and byte position; flushed every 255 steps, before a lane can overflow.
@@ -490,9 +489,9 @@ fn starts_with_ignore_case(bytes: &[u8], word: &[u8]) -> bool {
 /// Whether any three consecutive bytes, ASCII-lower-cased, satisfy `hit`. Written in blocks of 16 starts without a
 /// branch inside, and `hit` with `&`/`|` instead of `&&`/`||`, so the compiler vectorizes it: about 0.06 ns per
 /// byte, where a scalar scan that stops at each candidate letter costs about 0.7 ns. The last block of a string
-/// shorter than 18 bytes is the string padded with zero bytes, which lower to spaces: **`hit` is never true when one of its bytes is a
-/// space** (a test checks every predicate), so the padding finds nothing. Before, a scalar loop did the last
-/// starts, and on strings of a few dozen bytes it cost more than the blocks. The scans below run only when it
+/// shorter than 18 bytes is the string padded with zero bytes, which lower to spaces: **`hit` is never true when one
+/// of its bytes is a space** (a test checks every predicate), so the padding finds nothing. Before, a scalar loop did
+/// the last starts, and on strings of a few dozen bytes it cost more than the blocks. The scans below run only when it
 /// finds the first three letters of one of their words.
 #[inline(always)]
 fn any_trigram(bytes: &[u8], hit: impl Fn(u8, u8, u8) -> bool) -> bool {
@@ -3144,8 +3143,9 @@ mod tests {
             let c = Counts::of(&vec![b'7'; len]);
             assert_eq!((c.digits, c.uppers), (len as u32, 0), "{len}");
         }
-        // Every tail length after zero to three blocks, the tail's bytes marked apart from the blocks'.
-        for blocks in 0..4 {
+        // Every tail length after zero to three blocks (the byte-by-byte count) and after eight to ten (the vector
+        // pass, past `SHORT_COUNT`), the tail's bytes marked apart from the blocks'.
+        for blocks in [0, 1, 2, 3, 8, 9, 10] {
             for rest in 0..LANES {
                 let mut bytes = vec![b'.'; blocks * LANES];
                 bytes.extend(std::iter::repeat_n(b'-', rest));
