@@ -121,29 +121,14 @@ impl<'l> EntryRef<'l> {
 fn needs_escape(text: &str) -> bool {
     let bytes = text.as_bytes();
     let len = bytes.len();
+    let special = |word: u64| super::stream::string_special_flags(word) != 0;
     let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
     match len {
         0 => false,
         1..=3 => bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\'),
-        4..=7 => {
-            let low = u32::from_le_bytes(bytes[..4].try_into().expect("four bytes"));
-            let high = u32::from_le_bytes(bytes[len - 4..].try_into().expect("four bytes"));
-            has_special(u64::from(low) | u64::from(high) << 32)
-        }
-        _ => (0..len / 8).any(|n| has_special(word(n * 8))) || has_special(word(len - 8)),
+        4..=7 => special(super::four_to_eight_bytes(bytes)),
+        _ => (0..len / 8).any(|n| special(word(n * 8))) || special(word(len - 8)),
     }
-}
-
-/// Whether any byte of `word` is a `"`, `\` or control character (the test of `stream::find_string_special`).
-fn has_special(word: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let quote = word ^ (ONES * u64::from(b'"'));
-    let backslash = word ^ (ONES * u64::from(b'\\'));
-    let flags = (quote.wrapping_sub(ONES) & !quote)
-        | (backslash.wrapping_sub(ONES) & !backslash)
-        | (word.wrapping_sub(ONES * 0x20) & !word);
-    flags & HIGHS != 0
 }
 
 impl MetaLog {

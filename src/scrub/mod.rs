@@ -307,12 +307,17 @@ fn tail_word(tail: &[u8]) -> u64 {
     match len {
         0 => 0,
         1..=3 => u64::from(tail[0]) | u64::from(tail[len / 2]) << 8 | u64::from(tail[len - 1]) << 16,
-        _ => {
-            let low = u32::from_le_bytes(tail[..4].try_into().expect("four bytes"));
-            let high = u32::from_le_bytes(tail[len - 4..].try_into().expect("four bytes"));
-            u64::from(low) | u64::from(high) << 32
-        }
+        _ => four_to_eight_bytes(tail),
     }
+}
+
+/// Four to eight bytes as one word: the first four in the low half, the last four in the high half (overlapping
+/// when fewer than eight), in two loads rather than a copy into a zeroed word.
+fn four_to_eight_bytes(bytes: &[u8]) -> u64 {
+    let len = bytes.len();
+    let low = u32::from_le_bytes(bytes[..4].try_into().expect("four bytes"));
+    let high = u32::from_le_bytes(bytes[len - 4..].try_into().expect("four bytes"));
+    u64::from(low) | u64::from(high) << 32
 }
 
 impl<'e> Scrubber<'e> {
@@ -360,24 +365,23 @@ impl<'e> Scrubber<'e> {
         verdict
     }
 
-    /// Whether the text pass of [`Scrubber::scrub_str`] found nothing in `text` read as `mode` before, and the memo's
-    /// set to keep the verdict in otherwise. That pass depends on the text, the mode and the rules only (the memo is
-    /// the rules' own), and only its "nothing found" is kept: what changes a string is worked out every time.
-    pub(crate) fn known_clean(&mut self, text: &str, mode: TextMode) -> Result<(), Option<usize>> {
+    /// Whether the text pass of [`Scrubber::scrub_str`] found nothing in `text` read as `mode` before. That pass
+    /// depends on the text, the mode and the rules only (the memo is the rules' own), and only its "nothing found" is
+    /// kept: what changes a string is worked out every time.
+    pub(crate) fn known_clean(&mut self, text: &str, mode: TextMode) -> bool {
         if text.len() > KeyVerdicts::MAX_CLEAN_LEN {
-            return Err(None);
+            return false;
         }
-        let tag = mode as u16;
-        let set = self.key_verdicts.clean.set(text, tag);
-        match self.key_verdicts.clean.get(set, text, tag) {
-            Some(()) => Ok(()),
-            None => Err(Some(set)),
-        }
+        let set = self.key_verdicts.clean.set(text, mode as u16);
+        self.key_verdicts.clean.get(set, text, mode as u16).is_some()
     }
 
-    /// Keeps that the text pass found nothing in `text` read as `mode` (`set` from [`Scrubber::known_clean`]).
-    pub(crate) fn remember_clean(&mut self, set: usize, text: &str, mode: TextMode) {
-        self.key_verdicts.clean.put(set, text, mode as u16, ());
+    /// Keeps that the text pass found nothing in `text` read as `mode` (strings too long to keep are left out).
+    pub(crate) fn remember_clean(&mut self, text: &str, mode: TextMode) {
+        if text.len() <= KeyVerdicts::MAX_CLEAN_LEN {
+            let set = self.key_verdicts.clean.set(text, mode as u16);
+            self.key_verdicts.clean.put(set, text, mode as u16, ());
+        }
     }
 
     /// What the walk does with `key` in `scope` ([`walk::KeyFacts`]), from the memo when it was worked out before:

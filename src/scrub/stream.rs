@@ -807,19 +807,9 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
 /// The position of the first `"`, `\\` or control character at or after `from`, eight bytes at a time: most
 /// strings are short, where a SIMD search costs more to set up than it saves.
 fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
     let mut i = from;
     while let Some(chunk) = bytes.get(i..i + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk"));
-        let quote = word ^ (ONES * u64::from(b'"'));
-        let backslash = word ^ (ONES * u64::from(b'\\'));
-        // Classic "has a zero byte" / "has a byte below n" tricks. Borrows can flag bytes after a real match,
-        // never before one, so the lowest flag is exact.
-        let flags = (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash)
-            | (word.wrapping_sub(ONES * 0x20) & !word);
-        let flags = flags & HIGHS;
+        let flags = string_special_flags(u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk")));
         if flags != 0 {
             return Some(i + (flags.trailing_zeros() / 8) as usize);
         }
@@ -830,6 +820,20 @@ fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         .map(|p| i + p)
+}
+
+/// The bytes of `word` (little-endian) that are a `"`, `\\` or control character, each as its high bit. Classic "has a
+/// zero byte" / "has a byte below n" tricks: borrows can flag bytes after a real match, never before one, so the
+/// lowest flag is exact.
+pub(super) fn string_special_flags(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let quote = word ^ (ONES * u64::from(b'"'));
+    let backslash = word ^ (ONES * u64::from(b'\\'));
+    let flags = (quote.wrapping_sub(ONES) & !quote)
+        | (backslash.wrapping_sub(ONES) & !backslash)
+        | (word.wrapping_sub(ONES * 0x20) & !word);
+    flags & HIGHS
 }
 
 /// Parses a complete JSON text the stream has already delimited.

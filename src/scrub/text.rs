@@ -90,10 +90,9 @@ impl Scrubber<'_> {
         {
             return result;
         }
-        let memo_set = match self.known_clean(text, mode) {
-            Ok(()) => return None,
-            Err(set) => set,
-        };
+        if self.known_clean(text, mode) {
+            return None;
+        }
         let mut spans: Vec<Span> = Vec::new();
         match mode {
             TextMode::Query => self.param_spans(text, 0, b'&', &mut spans),
@@ -110,9 +109,7 @@ impl Scrubber<'_> {
         }
         if hits.is_empty() && spans.is_empty() {
             self.hits = hits;
-            if let Some(set) = memo_set {
-                self.remember_clean(set, text, mode);
-            }
+            self.remember_clean(text, mode);
             return None;
         }
         if !hits.is_empty() {
