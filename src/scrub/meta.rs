@@ -136,6 +136,15 @@ impl MetaLog {
         self.entries.is_empty()
     }
 
+    /// The heap the log's buffers hold (their capacity), to bound what a thread keeps between envelopes.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.text.capacity()
+            + self.escaped_rules.capacity()
+            + self.segments.capacity() * std::mem::size_of::<Segment>()
+            + self.entries.capacity() * std::mem::size_of::<LogEntry>()
+            + self.remarks.capacity() * std::mem::size_of::<LogRemark>()
+    }
+
     pub fn clear(&mut self) {
         self.text.clear();
         self.escaped_rules.clear();

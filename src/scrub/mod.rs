@@ -181,16 +181,59 @@ pub struct Scrubber<'e> {
 
 impl Drop for Scrubber<'_> {
     fn drop(&mut self) {
-        let verdicts = std::mem::replace(&mut self.key_verdicts, KeyVerdicts::new(0));
-        // `try_with`: a scrubber dropped while the thread itself is being torn down just loses its table.
-        let _ = KEY_VERDICTS.try_with(|cell| *cell.borrow_mut() = Some(verdicts));
+        let mut carried = Carried {
+            key_verdicts: std::mem::replace(&mut self.key_verdicts, KeyVerdicts::new(0)),
+            meta: std::mem::take(&mut self.meta),
+            hits: std::mem::take(&mut self.hits),
+        };
+        carried.meta.clear();
+        if carried.meta.heap_bytes() > Carried::MAX_META_BYTES {
+            carried.meta = MetaLog::default();
+        }
+        carried.hits.clear();
+        carried.hits.shrink_to(Carried::MAX_HITS);
+        // `try_with`: a scrubber dropped while the thread itself is being torn down just loses its state.
+        let _ = CARRIED.try_with(|cell| *cell.borrow_mut() = Some(carried));
+    }
+}
+
+/// What the last scrubber on a thread hands to the next one: its key verdicts (envelopes repeat the same keys, and
+/// one envelope alone is too short to warm the table) and its buffers, which a fresh scrubber grew again at every
+/// envelope (about 35 reallocations per raw python event, issue #11).
+struct Carried {
+    key_verdicts: KeyVerdicts,
+    meta: MetaLog,
+    hits: Vec<Hit>,
+}
+
+impl Carried {
+    /// A `_meta` log that grew past this (an envelope with thousands of findings) is let go rather than kept.
+    const MAX_META_BYTES: usize = 256 * 1024;
+    /// Hits kept room for; a string holds a handful.
+    const MAX_HITS: usize = 256;
+
+    /// This thread's carried state; empty buffers and key verdicts for `engine` when there is none or when it
+    /// holds another engine's verdicts.
+    fn take(engine: u64) -> Carried {
+        let carried = CARRIED.try_with(|cell| cell.borrow_mut().take()).ok().flatten();
+        match carried {
+            Some(mut carried) => {
+                if carried.key_verdicts.engine != engine {
+                    carried.key_verdicts = KeyVerdicts::new(engine);
+                }
+                carried
+            }
+            None => Carried {
+                key_verdicts: KeyVerdicts::new(engine),
+                meta: MetaLog::default(),
+                hits: Vec::new(),
+            },
+        }
     }
 }
 
 thread_local! {
-    /// The key verdicts of the last scrubber on this thread, handed to the next one: envelopes repeat the same
-    /// keys, and one envelope alone is too short to warm the table.
-    static KEY_VERDICTS: std::cell::RefCell<Option<KeyVerdicts>> = const { std::cell::RefCell::new(None) };
+    static CARRIED: std::cell::RefCell<Option<Carried>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Recent verdicts of the key matcher for one engine, and what the walk decided for a key in a scope. Payloads
@@ -224,16 +267,6 @@ impl KeyVerdicts {
             fields: Memo::with_sets(1024),
             clean: Memo::with_sets(1024),
         }
-    }
-
-    /// This thread's table if it holds verdicts of `engine`, an empty one otherwise.
-    fn for_engine(engine: u64) -> KeyVerdicts {
-        KEY_VERDICTS
-            .try_with(|cell| cell.borrow_mut().take())
-            .ok()
-            .flatten()
-            .filter(|verdicts| verdicts.engine == engine)
-            .unwrap_or_else(|| KeyVerdicts::new(engine))
     }
 }
 
@@ -322,6 +355,11 @@ fn four_to_eight_bytes(bytes: &[u8]) -> u64 {
 
 impl<'e> Scrubber<'e> {
     pub fn new(engine: &'e Engine, explain: bool) -> Scrubber<'e> {
+        let Carried {
+            key_verdicts,
+            meta,
+            hits,
+        } = Carried::take(engine.id);
         Scrubber {
             engine,
             explain,
@@ -329,12 +367,12 @@ impl<'e> Scrubber<'e> {
             item_index: None,
             item_type: None,
             changed: false,
-            meta: MetaLog::default(),
+            meta,
             tally: Tally::default(),
             nested: 0,
             scratch: String::new(),
-            hits: Vec::new(),
-            key_verdicts: KeyVerdicts::for_engine(engine.id),
+            hits,
+            key_verdicts,
         }
     }
 

@@ -582,6 +582,23 @@ fn key_verdicts_do_not_outlive_the_rules_they_came_from() {
 }
 
 #[test]
+fn buffers_carried_between_envelopes_carry_no_findings() {
+    // A scrubber hands its `_meta` log and hit buffers to the next one on its thread: what one envelope found must
+    // not show up in the next.
+    let dirty = json!({"message": "mail jane@example.com", "extra": {"password": "hunter2"}});
+    let (out, _) = run("event", dirty);
+    assert!(out.get("_meta").is_some(), "{out}");
+    let clean = json!({"message": "nothing here", "extra": {"author": "shipping"}});
+    let envelope = envelope_with("event", &clean);
+    let sent = envelope.items[0].payload().clone();
+    let processed = process(envelope, &rules(), &ProcessOptions::default());
+    assert_eq!(processed.envelope.items[0].payload(), &sent);
+    let (out, _) = run("event", json!({"message": "call 415-555-0100"}));
+    let meta = out["_meta"].as_object().unwrap();
+    assert_eq!(meta.keys().collect::<Vec<_>>(), ["message"], "{out}");
+}
+
+#[test]
 fn clean_strings_are_remembered_only_for_the_rules_and_reading_they_were_found_clean_in() {
     // Strings the text pass found clean are cached per thread across envelopes (`Scrubber::known_clean`).
     let options = ProcessOptions {
