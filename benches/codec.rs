@@ -147,12 +147,11 @@ fn inflate_reused(body: &[u8]) -> Vec<u8> {
             if out.len() == out.capacity() {
                 out.reserve(out.capacity());
             }
-            match z
+            let status = z
                 .decompress_vec(&body[consumed..], &mut out, flate2::FlushDecompress::None)
-                .unwrap()
-            {
-                flate2::Status::StreamEnd => break,
-                _ => {}
+                .unwrap();
+            if status == flate2::Status::StreamEnd {
+                break;
             }
         }
         out

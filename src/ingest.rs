@@ -1070,7 +1070,7 @@ mod tests {
         assert_eq!(envelope.items[0].ty(), ItemType::Event);
 
         let json = br#"{"type":"transaction","spans":[]}"#;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(&decode::zlib(json));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(decode::zlib(json));
         let envelope = store_envelope(Bytes::from(encoded.into_bytes()), 1 << 20).unwrap();
         assert_eq!(envelope.items[0].ty(), ItemType::Transaction);
         assert_eq!(&envelope.items[0].payload()[..], json);

@@ -503,7 +503,7 @@ async fn store_endpoint_wraps_the_event_in_an_envelope() {
     assert_eq!(upstream.envelope().items[0].payload()[..], *event.as_bytes());
 
     // Old SDKs: base64 of zlib, no Content-Encoding.
-    let encoded = base64::engine::general_purpose::STANDARD.encode(&scrub_relay::decode::zlib(event.as_bytes()));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(scrub_relay::decode::zlib(event.as_bytes()));
     let response = send_raw(
         relay.addr,
         "POST",
@@ -1173,7 +1173,9 @@ fn unusable_files_at_startup_are_named_in_the_one_error_line() {
     std::fs::write(&not_a_dir, "").unwrap();
     let spool = not_a_dir.join("spool");
     let no_bundle = dir.path().join("no-such-bundle.pem");
-    let cases: [(&[&str], &[(&str, &str)], &[&str]); 3] = [
+    /// Arguments, environment, and what the error must name.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: [Case<'_>; 3] = [
         // A rules path that cannot be read (a directory here: the test runs as root, which reads any file).
         (
             &["run", "--rules", dir_path, "--listen", "127.0.0.1:0"],

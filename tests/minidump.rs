@@ -172,7 +172,10 @@ fn found(dump: &[u8], value: &str) -> bool {
 }
 
 /// What Sentry needs from a dump: thread ids, and per module its base, size, basename, debug id and code id.
-fn identity(dump: &[u8]) -> (Vec<u32>, Vec<(u64, u64, String, String, String)>) {
+/// A module as Sentry sees it: base, size, basename, debug id, code id.
+type ModuleIdentity = (u64, u64, String, String, String);
+
+fn identity(dump: &[u8]) -> (Vec<u32>, Vec<ModuleIdentity>) {
     let dump = Minidump::read(dump).expect("still a minidump");
     let threads = dump.get_stream::<MinidumpThreadList<'_>>().expect("thread list");
     let thread_ids = threads.threads.iter().map(|t| t.raw.thread_id).collect();
@@ -329,7 +332,7 @@ async fn real_minidumps_arrive_scrubbed_and_still_symbolicate() {
     for value in ["marguerite.jones", "4111 1111 1111 1111"] {
         assert!(!contains(event_text, value.as_bytes()), "{value} left in the event");
     }
-    let dump = forwarded_minidump(&envelope);
+    let dump = forwarded_minidump(envelope);
     assert_eq!(dump.filename(), Some("upload.dmp"), "decompressed, suffix removed");
     assert_scrubbed(&original, dump.payload());
     let notes = envelope

@@ -2928,7 +2928,7 @@ mod tests {
                 let Some((start, mut end)) = mapped.next() else {
                     continue;
                 };
-                if let Some((_, last_end)) = mapped.last() {
+                if let Some((_, last_end)) = mapped.next_back() {
                     end = last_end;
                 }
                 hits.push(Hit {
@@ -3044,7 +3044,8 @@ mod tests {
     }
 
     /// Every predicate [`any_trigram`] is given: it pads the last block with zero bytes, which it lowers to spaces.
-    const TRIGRAMS: &[(&str, fn(u8, u8, u8) -> bool)] = &[
+    type Trigram = fn(u8, u8, u8) -> bool;
+    const TRIGRAMS: &[(&str, Trigram)] = &[
         ("bearer", bearer_trigram),
         ("credential", credential_trigram),
         ("tax label", taxid::label_trigram),
@@ -3174,13 +3175,14 @@ mod tests {
     fn more_detectors_than_the_index_mask_holds_find_the_same() {
         // 65 detectors: `find_once` walks them one by one instead of by the per-kind index mask.
         let mut many: Vec<Detector> = set(&Kind::BUILT_IN).detectors;
+        let custom = Regex::new("zq[0-9]+").unwrap();
         while many.len() <= 64 {
             many.push(Detector {
                 kind: Kind::Custom,
                 id: format!("custom_{}", many.len()),
                 replacement: "[x]".into(),
                 action: Action::Replace,
-                regex: Some(Regex::new("zq[0-9]+").unwrap()),
+                regex: Some(custom.clone()),
             });
         }
         let wide = DetectorSet::new(many.clone());

@@ -388,7 +388,7 @@ fn generated_provider_secrets() {
                 _ => token.clone(),
             };
             // Not a sentence's full stop: some alphabets hold `.`, and a token may end in one.
-            let after = rng.pick(&AFTER[..]);
+            let after = rng.pick(AFTER);
             let after = if *after == "." { " " } else { after };
             let text = format!("{}{token}{after}", rng.pick(BEFORE));
             assert_eq!(found(&set, &text), vec![want], "{name}: {text:?}");
