@@ -12,7 +12,11 @@
 //! without a `_meta` of its own. On PII-dense events the tree cost about 40 % of the scrub: a `String` and a hashed
 //! map per path segment, serialized and then freed (issue #11). Entries come in document order, so `write_meta`
 //! mostly writes them in one pass, closing and opening objects as paths change; a trie over the paths handles the
-//! rest (a path that comes back after another one, duplicate keys).
+//! rest (a path that comes back after another one, duplicate keys). An item that brings its own `_meta` (python SDK
+//! events, some node ones) is merged by [`write_merged_meta`] over a small tree of the SDK's text ([`merge`]), which
+//! falls back to the `Value` tree only for text serde_json would write back otherwise.
+
+mod merge;
 
 use std::collections::HashMap;
 
@@ -434,6 +438,19 @@ pub fn write_meta(log: &MetaLog, out: &mut Vec<u8>) {
     if !write_in_order(log, out) {
         out.truncate(start);
         write_through_trie(log, out);
+    }
+}
+
+/// Writes the `_meta` object for `log` merged into `sdk`, the `_meta` text an SDK sent: byte for byte what
+/// [`merge_meta`] into the parsed `sdk` followed by `serde_json::to_writer` would give. Returns false, having written
+/// nothing, when `sdk` is in a form only the `Value` route reproduces (see [`merge`]'s docs).
+pub fn write_merged_meta(sdk: &str, log: &MetaLog, out: &mut Vec<u8>) -> bool {
+    match merge::merge(sdk, log) {
+        Some(tree) => {
+            tree.write(out);
+            true
+        }
+        None => false,
     }
 }
 

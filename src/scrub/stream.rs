@@ -483,6 +483,18 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             self.scrubber.meta.clear();
             return Ok(());
         }
+        let (start, was_first) = (self.out.len(), *first);
+        self.write_key("_meta", first);
+        // The SDK's `_meta` and ours merged in one pass (or, with none from the SDK, a log `write_meta` cannot
+        // write, merged into an empty one).
+        if meta::write_merged_meta(sdk_meta.unwrap_or("{}"), &self.scrubber.meta, &mut self.out) {
+            self.scrubber.meta.clear();
+            return Ok(());
+        }
+        // An SDK `_meta` in a form only the `Value` route reproduces byte for byte (whitespace, floats, duplicate
+        // keys, ...; see `meta::write_merged_meta`): parsed, merged and written back through serde_json.
+        self.out.truncate(start);
+        *first = was_first;
         let mut root = Map::new();
         if let Some(raw) = sdk_meta {
             root.insert("_meta".into(), parse(raw)?);
