@@ -647,8 +647,9 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         let start = self.pos;
         let escaped = self.scan_string()?;
         if escaped {
-            // serde_json decodes escapes and refuses lone surrogates exactly as the tree walk's parser would.
-            return parse::<String>(&self.text[start..self.pos]).map(Cow::Owned);
+            let mut decoded = String::with_capacity(self.pos - start);
+            unescape(&self.text[start + 1..self.pos - 1], &mut decoded)?;
+            return Ok(Cow::Owned(decoded));
         }
         Ok(Cow::Borrowed(&self.text[start + 1..self.pos - 1]))
     }
@@ -692,7 +693,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             Some(b'"') => {
                 let start = self.pos;
                 if self.scan_string()? {
-                    parse::<String>(&self.text[start..self.pos])?;
+                    unescape(&self.text[start + 1..self.pos - 1], &mut String::new())?;
                 }
                 Ok(())
             }
@@ -846,6 +847,65 @@ pub(super) fn string_special_flags(word: u64) -> u64 {
         | (backslash.wrapping_sub(ONES) & !backslash)
         | (word.wrapping_sub(ONES * 0x20) & !word);
     flags & HIGHS
+}
+
+/// Decodes the escapes of a string's content (between its quotes, as delimited by [`Stream::scan_string`]) into
+/// `out`, refusing what serde_json refuses when it reads a `String`: unknown escapes, short or non-hex `\\u` digits,
+/// and surrogates that are not a leading one followed at once by a `\\u` trailing one.
+fn unescape(raw: &str, out: &mut String) -> Result<(), Bail> {
+    let bytes = raw.as_bytes();
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(offset) = memchr::memchr(b'\\', &bytes[i..]) {
+        let at = i + offset;
+        out.push_str(&raw[copied..at]);
+        let escape = *bytes.get(at + 1).ok_or(Bail::Invalid)?;
+        i = at + 2;
+        let decoded = match escape {
+            b'"' => '"',
+            b'\\' => '\\',
+            b'/' => '/',
+            b'b' => '\u{8}',
+            b'f' => '\u{c}',
+            b'n' => '\n',
+            b'r' => '\r',
+            b't' => '\t',
+            b'u' => {
+                let first = hex4(bytes, i)?;
+                i += 4;
+                let code = match first {
+                    0xD800..=0xDBFF => {
+                        if bytes.get(i..i + 2) != Some(b"\\u") {
+                            return Err(Bail::Invalid);
+                        }
+                        let second = hex4(bytes, i + 2)?;
+                        if !(0xDC00..=0xDFFF).contains(&second) {
+                            return Err(Bail::Invalid);
+                        }
+                        i += 6;
+                        0x1_0000 + ((first - 0xD800) << 10 | (second - 0xDC00))
+                    }
+                    0xDC00..=0xDFFF => return Err(Bail::Invalid),
+                    _ => first,
+                };
+                char::from_u32(code).ok_or(Bail::Invalid)?
+            }
+            _ => return Err(Bail::Invalid),
+        };
+        out.push(decoded);
+        copied = i;
+    }
+    out.push_str(&raw[copied..]);
+    Ok(())
+}
+
+/// The four hex digits of a `\\u` escape at `at`, either case.
+fn hex4(bytes: &[u8], at: usize) -> Result<u32, Bail> {
+    let digits = bytes.get(at..at + 4).ok_or(Bail::Invalid)?;
+    digits.iter().try_fold(0, |code, &digit| {
+        let value = char::from(digit).to_digit(16).ok_or(Bail::Invalid)?;
+        Ok(code << 4 | value)
+    })
 }
 
 /// Parses a complete JSON text the stream has already delimited.

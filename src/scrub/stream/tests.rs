@@ -414,3 +414,79 @@ fn the_stream_drops_transactions_as_the_tree_walk_does() {
         );
     }
 }
+
+/// Escapes are decoded without serde_json: the same text, and the same refusals (unknown escapes, short or non-hex
+/// `\u` digits, lone or reversed surrogates), on edge cases and on random strings built from escape fragments.
+#[test]
+fn escapes_decode_as_serde_json_decodes_them() {
+    let rules = CompiledRules::defaults();
+    let check = |content: &str| {
+        let json = format!("\"{content}\"");
+        let mut scrubber = Scrubber::new(rules.engine(None), false);
+        let mut stream = super::Stream::new(&mut scrubber, &json, DropCheck::None);
+        let read = stream.read_string().map(|s| s.into_owned());
+        let read = read.and_then(|s| {
+            if stream.pos == json.len() {
+                Ok(s)
+            } else {
+                Err(Bail::Invalid)
+            }
+        });
+        let skipped = {
+            stream.pos = 0;
+            stream.skip_value().map(|()| stream.pos == json.len())
+        };
+        let expected = serde_json::from_str::<String>(&json).map_err(|_| Bail::Invalid);
+        assert_eq!(read, expected, "{content:?}");
+        assert_eq!(
+            skipped.is_ok_and(|whole| whole),
+            expected.is_ok(),
+            "{content:?} skipped"
+        );
+    };
+    let edges = [
+        "plain",
+        "\\\"",
+        "\\\\",
+        "\\/",
+        "\\b\\f\\n\\r\\t",
+        "\\u0000",
+        "\\u00e9\\u00E9",
+        "\\uFFFF",
+        "\\ud83d\\ude00",
+        "\\uD83D\\uDE00x",
+        "\\ud800",
+        "\\ud800x",
+        "\\ud800\\n",
+        "\\ud800\\ud800",
+        "\\ud800\\u0041",
+        "\\udc00",
+        "\\ude00\\ud83d",
+        "\\u12",
+        "\\u12g4",
+        "\\x",
+        "\\",
+        "\\u",
+        "é\\té",
+        "\\ud83d\\ude0",
+        "\\ud83d\\",
+    ];
+    for edge in edges {
+        check(edge);
+    }
+    const PIECES: &[&str] = &[
+        "\\", "u", "d8", "D8", "3d", "dc", "DE", "00", "0", "a", "F", "g", "\\u", "\\ud83d", "\\ude00", "\\n", "\"",
+        "é", "😀", "x", "/", "b", "t",
+    ];
+    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = move |bound: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % bound
+    };
+    for _ in 0..20_000 {
+        let content: String = (0..1 + next(8)).map(|_| PIECES[next(PIECES.len())]).collect();
+        check(&content);
+    }
+}
