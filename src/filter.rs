@@ -153,42 +153,75 @@ pub fn filter_span_items(items: &mut Vec<Value>, routes: &RouteMatcher) -> usize
     if routes.is_empty() {
         return 0;
     }
-    let mut dropped: HashSet<String> = items
+    let links: Vec<SpanLinks<'_>> = items
         .iter()
-        .filter(|span| is_dropped_segment(span, routes))
-        .filter_map(|span| span.get("span_id").and_then(Value::as_str).map(str::to_string))
+        .map(|span| SpanLinks {
+            id: span.get("span_id").and_then(Value::as_str),
+            parent: span.get("parent_span_id").and_then(Value::as_str),
+            segment: attribute_str(span, "sentry.segment.id"),
+            dropped_segment: is_dropped_segment(span, routes),
+        })
+        .collect();
+    let Some(remove) = spans_to_remove(&links) else {
+        return 0;
+    };
+    let len = items.len();
+    let mut index = 0;
+    items.retain(|_| {
+        index += 1;
+        !remove[index - 1]
+    });
+    len - items.len()
+}
+
+/// What deciding a span's removal reads of it (the streaming walk reads the same from JSON text).
+#[derive(Debug, Default)]
+pub struct SpanLinks<'a> {
+    /// `span_id`, when a string.
+    pub id: Option<&'a str>,
+    /// `parent_span_id`, when a string.
+    pub parent: Option<&'a str>,
+    /// The `sentry.segment.id` attribute.
+    pub segment: Option<&'a str>,
+    /// A segment span on a drop route ([`is_dropped_segment`]).
+    pub dropped_segment: bool,
+}
+
+/// Which spans go: dropped segments that have an id and every span below them, by parent chain or segment id, then
+/// every span holding one of those ids. `None` when no span goes.
+pub fn spans_to_remove(spans: &[SpanLinks<'_>]) -> Option<Vec<bool>> {
+    let mut dropped: HashSet<&str> = spans
+        .iter()
+        .filter(|span| span.dropped_segment)
+        .filter_map(|span| span.id)
         .collect();
     if dropped.is_empty() {
-        return 0;
+        return None;
     }
     // Children can appear before their parents, so repeat until nothing new is found (at most one pass per level).
     loop {
         let before = dropped.len();
-        for span in items.iter() {
-            let Some(id) = span.get("span_id").and_then(Value::as_str) else {
+        for span in spans {
+            let Some(id) = span.id else {
                 continue;
             };
             if dropped.contains(id) {
                 continue;
             }
-            let parent = span.get("parent_span_id").and_then(Value::as_str);
-            let segment = attribute_str(span, "sentry.segment.id");
-            if parent.is_some_and(|p| dropped.contains(p)) || segment.is_some_and(|s| dropped.contains(s)) {
-                dropped.insert(id.to_string());
+            if span.parent.is_some_and(|p| dropped.contains(p)) || span.segment.is_some_and(|s| dropped.contains(s)) {
+                dropped.insert(id);
             }
         }
         if dropped.len() == before {
             break;
         }
     }
-    let len = items.len();
-    items.retain(|span| {
-        !span
-            .get("span_id")
-            .and_then(Value::as_str)
-            .is_some_and(|id| dropped.contains(id))
-    });
-    len - items.len()
+    Some(
+        spans
+            .iter()
+            .map(|span| span.id.is_some_and(|id| dropped.contains(id)))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -97,10 +97,23 @@ pub fn process(mut item: Item, ty: ItemType, scope: Scope, cx: &mut Ctx<'_, '_>)
             ItemType::Span => DropCheck::SegmentSpans,
             _ => DropCheck::None,
         };
-        // When the stream gives up (not JSON, a shape it leaves to the tree, spans a drop rule removes), the tree
-        // walk below decides, from a clean slate.
-        match stream_item(&mut item, scope, check, cx) {
-            Ok(()) => return Some(item),
+        // When the stream gives up (not JSON, a shape it leaves to the tree), the tree walk below decides, from a
+        // clean slate.
+        let mut streamed = stream_item(&mut item, scope, check, cx);
+        if streamed == Err(Bail::SpansDropped) && !json_nodes_exceed(item.payload(), TREE_WALK_MAX_NODES) {
+            // A segment span may be on a drop route: the stream removes it (and its children) as the tree walk
+            // would, instead of parsing the whole container into a tree (issue #11). One over the tree's node budget
+            // follows the unparseable policy below, as it always has.
+            streamed = stream_item(&mut item, scope, DropCheck::RemoveSegmentSpans, cx);
+        }
+        match streamed {
+            Ok(spans) => {
+                if spans.removed > 0 {
+                    cx.report.dropped_spans += spans.removed as u64;
+                    item.headers_mut().insert("item_count".into(), Value::from(spans.kept));
+                }
+                return Some(item);
+            }
             // A transaction on a drop route, read by the stream as the tree walk reads it: parsing it into a tree
             // only to drop it was a third of the scrub of the raw SDK captures (issue #11). One over the tree's node
             // budget still follows the unparseable policy below, as it always has.
@@ -149,12 +162,23 @@ pub(crate) fn streamed(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut
     done
 }
 
+/// Spans a stream removed from a span container, and spans left.
+#[derive(Debug, PartialEq, Eq)]
+struct SpanCount {
+    removed: usize,
+    kept: usize,
+}
+
 /// [`streamed`], saying why the stream gave up, without counting it.
-fn stream_item(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut Ctx<'_, '_>) -> Result<(), Bail> {
-    if let Some(scrubbed) = stream::scrub_item_json(cx.scrubber, item.payload(), scope, check)? {
+fn stream_item(item: &mut Item, scope: Scope, check: DropCheck, cx: &mut Ctx<'_, '_>) -> Result<SpanCount, Bail> {
+    let streamed = stream::scrub_item_json(cx.scrubber, item.payload(), scope, check)?;
+    if let Some(scrubbed) = streamed.payload {
         item.set_payload(Bytes::from(scrubbed));
     }
-    Ok(())
+    Ok(SpanCount {
+        removed: streamed.spans_removed,
+        kept: streamed.spans_kept,
+    })
 }
 
 /// Scrubs JSON bytes that are part of a larger payload (a `replay_video`'s event): `Ok(None)` when nothing changed,

@@ -29,8 +29,12 @@ pub(crate) enum Bail {
     /// Valid so far, but the tree walk must handle it (see the module docs).
     NeedsTree,
     /// Valid, and a transaction that a drop route removes ([`DropCheck::Transaction`]): its name and `request.url`
-    /// read as the tree walk reads them (the last of duplicate keys wins, whatever its type).
+    /// read as the tree walk reads them (the last of duplicate keys wins, whatever its type); or a span container
+    /// whose spans all go ([`DropCheck::RemoveSegmentSpans`]).
     Dropped,
+    /// Valid so far, and a segment span of a span container may be on a drop route ([`DropCheck::SegmentSpans`]):
+    /// stream it again with [`DropCheck::RemoveSegmentSpans`].
+    SpansDropped,
 }
 
 /// Which drop rule the stream checks while it reads an item, giving up when one applies (the caller removes).
@@ -39,34 +43,58 @@ pub(crate) enum DropCheck {
     None,
     /// A transaction by its name or `request.url`.
     Transaction,
-    /// Segment spans of a span container by their name or route attributes.
+    /// Segment spans of a span container by their name or route attributes: gives up with [`Bail::SpansDropped`]
+    /// when any value of them, duplicates included, hits a route.
     SegmentSpans,
+    /// Removes the segment spans on a drop route and the spans below them, as `filter::filter_span_items` does on
+    /// the tree (the spans are read once first to find them), and gives up with [`Bail::Dropped`] if none is left.
+    RemoveSegmentSpans,
+}
+
+/// What the streaming walk made of an item.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Streamed {
+    /// The scrubbed payload; `None` when nothing changed.
+    pub(crate) payload: Option<Vec<u8>>,
+    /// Spans removed by [`DropCheck::RemoveSegmentSpans`], and spans left.
+    pub(crate) spans_removed: usize,
+    pub(crate) spans_kept: usize,
 }
 
 /// Nesting deeper than this is left to the tree walk (serde_json itself stops at 128).
 const MAX_DEPTH: usize = 120;
 
-/// Scrubs one item's JSON payload. `Ok(None)`: nothing changed, forward the payload as it is. On `Err` the
+/// Scrubs one item's JSON payload. A `None` payload: nothing changed, forward the payload as it is. On `Err` the
 /// scrubber's counters, trail and `_meta` are as they were before the call.
 pub(crate) fn scrub_item_json(
     scrubber: &mut Scrubber<'_>,
     payload: &[u8],
     scope: Scope,
     check: DropCheck,
-) -> Result<Option<Vec<u8>>, Bail> {
+) -> Result<Streamed, Bail> {
     let text = std::str::from_utf8(payload).map_err(|_| Bail::Invalid)?;
     let changed_before = scrubber.changed;
     let result = with_rollback(scrubber, |scrubber| {
         let mut stream = Stream::new(scrubber, text, check);
         stream.document(scope, Vec::new())?;
-        Ok(stream.out)
+        if stream.spans_removed > 0 {
+            if stream.spans_kept == 0 {
+                return Err(Bail::Dropped);
+            }
+            stream.scrubber.changed = true;
+        }
+        Ok((stream.out, stream.spans_removed, stream.spans_kept))
     });
     if result.is_err() {
         scrubber.meta.clear();
         scrubber.changed = changed_before;
     }
-    let out = result?;
-    Ok(scrubber.changed.then_some(out))
+    let (out, spans_removed, spans_kept) = result?;
+    Ok(Streamed {
+        payload: scrubber.changed.then_some(out),
+        spans_removed,
+        spans_kept,
+    })
 }
 
 /// Scrubs JSON found inside a string (`nested` is already raised by the caller). `Ok(None)`: nothing changed.
@@ -114,12 +142,40 @@ fn merge_tally(into: &mut Tally, mut from: Tally) {
     into.changes.extend(from.changes);
 }
 
-/// What the drop rules need from a span, read before anything is scrubbed.
+/// Whether a span may be a segment on a drop route ([`DropCheck::SegmentSpans`]): any of its values, duplicate
+/// keys included, says so. A superset of what the tree walk's filter drops (it reads the last of duplicates).
 #[derive(Debug, Default)]
-struct SegmentFacts<'a> {
+struct SegmentFacts {
+    is_segment: bool,
+    hits_route: bool,
+}
+
+/// What [`DropCheck::RemoveSegmentSpans`] reads of a span, as the tree walk's filter reads it from a `Value` (the
+/// last of duplicate keys wins, whatever it holds).
+#[derive(Debug, Default)]
+struct SpanFacts<'a> {
     is_segment: bool,
     name: Option<Cow<'a, str>>,
-    routes: Vec<(&'a str, Cow<'a, str>)>,
+    span_id: Option<Cow<'a, str>>,
+    parent_span_id: Option<Cow<'a, str>>,
+    /// By [`SPAN_ATTRIBUTES`].
+    attributes: [Option<Cow<'a, str>>; 5],
+}
+
+/// The attributes [`SpanFacts`] keeps: the segment's route and its id.
+const SPAN_ATTRIBUTES: [&str; 5] = [
+    filter::SEGMENT_ROUTE_ATTRIBUTES[0],
+    filter::SEGMENT_ROUTE_ATTRIBUTES[1],
+    filter::SEGMENT_ROUTE_ATTRIBUTES[2],
+    filter::SEGMENT_ROUTE_ATTRIBUTES[3],
+    "sentry.segment.id",
+];
+
+impl SpanFacts<'_> {
+    fn attribute(&self, key: &str) -> Option<&str> {
+        let index = SPAN_ATTRIBUTES.iter().position(|k| *k == key)?;
+        self.attributes[index].as_deref()
+    }
 }
 
 /// What the drop rules need from a transaction, read before anything is scrubbed.
@@ -137,8 +193,10 @@ struct Stream<'a, 's, 'e> {
     out: Vec<u8>,
     depth: usize,
     check: DropCheck,
-    segment: SegmentFacts<'a>,
+    segment: SegmentFacts,
     transaction: TransactionFacts<'a>,
+    spans_removed: usize,
+    spans_kept: usize,
 }
 
 impl<'a, 's, 'e> Stream<'a, 's, 'e> {
@@ -158,6 +216,8 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             check,
             segment: SegmentFacts::default(),
             transaction: TransactionFacts::default(),
+            spans_removed: 0,
+            spans_kept: 0,
         }
     }
 
@@ -220,6 +280,8 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         if span_facts {
             self.segment = SegmentFacts::default();
         }
+        let removing_spans = scope == Scope::SpanContainer && self.check == DropCheck::RemoveSegmentSpans;
+        let mut items_seen = false;
         let mut sdk_meta = None;
         let (mut first_read, mut first_written) = (true, true);
         self.pos += 1;
@@ -244,6 +306,10 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             if span_facts {
                 self.note_span_field(key)?;
             }
+            if removing_spans && key == "items" && std::mem::replace(&mut items_seen, true) {
+                // The tree walk filters only the last of duplicate `items`.
+                return Err(Bail::NeedsTree);
+            }
             if self.check == DropCheck::Transaction {
                 self.note_transaction_field(scope, key)?;
             }
@@ -260,8 +326,8 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         if root_meta {
             self.write_meta(sdk_meta, &mut first_written)?;
         }
-        if span_facts && self.segment_hits_route() {
-            return Err(Bail::NeedsTree);
+        if span_facts && self.segment.is_segment && self.segment.hits_route {
+            return Err(Bail::SpansDropped);
         }
         self.out.push(b'}');
         self.depth -= 1;
@@ -277,6 +343,11 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             // removed from the list. Small, so the tree walk does it.
             return self.tree_value(path, |scrubber, value, path| scrubber.walk_value(value, scope, path));
         }
+        let removed = if scope == Scope::SpanItems && self.check == DropCheck::RemoveSegmentSpans {
+            self.spans_to_remove()?
+        } else {
+            Vec::new()
+        };
         self.enter()?;
         let element = scope.element();
         self.out.push(b'[');
@@ -285,22 +356,32 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         if self.peek() == Some(b']') {
             self.pos += 1;
         } else {
-            let mut index = 0;
+            // Indices count the elements written: removed spans are not in the tree the other walk sees.
+            let (mut read, mut index) = (0, 0);
             loop {
-                if index > 0 {
-                    self.out.push(b',');
+                if removed.get(read).copied().unwrap_or(false) {
+                    self.skip_value()?;
+                    self.spans_removed += 1;
+                } else {
+                    if index > 0 {
+                        self.out.push(b',');
+                    }
+                    path.push(Seg::Index(index));
+                    let result = self.value(element, path, None);
+                    path.pop();
+                    result?;
+                    index += 1;
                 }
-                path.push(Seg::Index(index));
-                let result = self.value(element, path, None);
-                path.pop();
-                result?;
-                index += 1;
+                read += 1;
                 self.skip_ws();
                 match self.next_byte() {
                     Some(b',') => self.skip_ws(),
                     Some(b']') => break,
                     _ => return Err(Bail::Invalid),
                 }
+            }
+            if !removed.is_empty() {
+                self.spans_kept += index;
             }
         }
         self.out.push(b']');
@@ -357,10 +438,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         self.out.push(b'{');
         while let Some(key) = self.next_key(&mut first_read)? {
             if self.check == DropCheck::SegmentSpans && filter::SEGMENT_ROUTE_ATTRIBUTES.contains(&key) {
-                let value = self.peek_attribute_str()?;
-                if let Some(value) = value {
-                    self.segment.routes.push((key, value));
-                }
+                self.segment.hits_route |= self.attribute_hits_route(key)?;
             }
             let rule = self.scrubber.attribute_rule(key);
             if let AttributeRule::Remove(rule) = rule {
@@ -510,8 +588,11 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
 
     fn note_span_field(&mut self, key: &'a str) -> Result<(), Bail> {
         match key {
-            "is_segment" => self.segment.is_segment = self.bytes[self.pos..].starts_with(b"true"),
-            "name" if self.peek() == Some(b'"') => self.segment.name = Some(self.peek_string()?),
+            "is_segment" => self.segment.is_segment |= self.bytes[self.pos..].starts_with(b"true"),
+            "name" if self.peek() == Some(b'"') => {
+                let name = self.peek_string()?;
+                self.segment.hits_route |= self.scrubber.engine.routes.matches_name(&name);
+            }
             _ => {}
         }
         Ok(())
@@ -535,28 +616,27 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         Ok(())
     }
 
-    fn segment_hits_route(&self) -> bool {
-        let facts = &self.segment;
-        facts.is_segment
-            && filter::segment_hits_route(
-                facts.name.as_deref(),
-                |key| facts.routes.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_ref()),
-                &self.scrubber.engine.routes,
-            )
-    }
-
-    /// The string an attribute holds, plain or typed, without moving the cursor.
-    fn peek_attribute_str(&mut self) -> Result<Option<Cow<'a, str>>, Bail> {
+    /// Whether any string the route attribute `key` at the cursor holds (plain, or any `value` of a typed one)
+    /// hits a drop route, without moving the cursor.
+    fn attribute_hits_route(&mut self, key: &str) -> Result<bool, Bail> {
+        let routes = &self.scrubber.engine.routes;
+        let hits = |value: &str| {
+            if key == "url.full" {
+                routes.matches_url(value)
+            } else {
+                routes.matches_path(value)
+            }
+        };
         match self.peek() {
-            Some(b'"') => self.peek_string().map(Some),
+            Some(b'"') => Ok(hits(&self.peek_string()?)),
             Some(b'{') => {
                 let start = self.pos;
                 self.pos += 1;
                 let mut first = true;
-                let mut found = None;
+                let mut found = false;
                 while let Some(member) = self.next_key(&mut first)? {
                     if member == "value" && self.peek() == Some(b'"') {
-                        found = Some(self.read_string()?);
+                        found |= hits(&self.read_string()?);
                     } else {
                         self.skip_value()?;
                     }
@@ -564,8 +644,119 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
                 self.pos = start;
                 Ok(found)
             }
-            _ => Ok(None),
+            _ => Ok(false),
         }
+    }
+
+    /// Reads the span list at the cursor (without moving it) and says which spans go, by index; empty when none.
+    fn spans_to_remove(&mut self) -> Result<Vec<bool>, Bail> {
+        let (start, depth) = (self.pos, self.depth);
+        let mut spans = Vec::new();
+        self.pos += 1;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+        } else {
+            loop {
+                spans.push(self.span_facts()?);
+                self.skip_ws();
+                match self.next_byte() {
+                    Some(b',') => self.skip_ws(),
+                    Some(b']') => break,
+                    _ => return Err(Bail::Invalid),
+                }
+            }
+        }
+        (self.pos, self.depth) = (start, depth);
+        let routes = &self.scrubber.engine.routes;
+        let links: Vec<filter::SpanLinks<'_>> = spans
+            .iter()
+            .map(|span| filter::SpanLinks {
+                id: span.span_id.as_deref(),
+                parent: span.parent_span_id.as_deref(),
+                segment: span.attribute("sentry.segment.id"),
+                dropped_segment: span.is_segment
+                    && filter::segment_hits_route(span.name.as_deref(), |key| span.attribute(key), routes),
+            })
+            .collect();
+        Ok(filter::spans_to_remove(&links).unwrap_or_default())
+    }
+
+    /// [`SpanFacts`] of the value at the cursor (none unless an object); the cursor moves past it.
+    fn span_facts(&mut self) -> Result<SpanFacts<'a>, Bail> {
+        let mut facts = SpanFacts::default();
+        if self.peek() != Some(b'{') {
+            self.skip_value()?;
+            return Ok(facts);
+        }
+        self.enter()?;
+        self.pos += 1;
+        let mut first = true;
+        while let Some(key) = self.next_key(&mut first)? {
+            match key {
+                "is_segment" => {
+                    facts.is_segment = self.bytes[self.pos..].starts_with(b"true");
+                    self.skip_value()?;
+                }
+                "name" => facts.name = self.string_or_none()?,
+                "span_id" => facts.span_id = self.string_or_none()?,
+                "parent_span_id" => facts.parent_span_id = self.string_or_none()?,
+                "attributes" => facts.attributes = self.span_attributes()?,
+                _ => self.skip_value()?,
+            }
+        }
+        self.depth -= 1;
+        Ok(facts)
+    }
+
+    /// The [`SPAN_ATTRIBUTES`] of the value at the cursor (none unless an object); the cursor moves past it.
+    fn span_attributes(&mut self) -> Result<[Option<Cow<'a, str>>; 5], Bail> {
+        let mut attributes = <[Option<Cow<'a, str>>; 5]>::default();
+        if self.peek() != Some(b'{') {
+            self.skip_value()?;
+            return Ok(attributes);
+        }
+        self.enter()?;
+        self.pos += 1;
+        let mut first = true;
+        while let Some(name) = self.next_key(&mut first)? {
+            match SPAN_ATTRIBUTES.iter().position(|k| *k == name) {
+                Some(index) => attributes[index] = self.attribute_string()?,
+                None => self.skip_value()?,
+            }
+        }
+        self.depth -= 1;
+        Ok(attributes)
+    }
+
+    /// The string at the cursor, `None` for any other value; the cursor moves past it.
+    fn string_or_none(&mut self) -> Result<Option<Cow<'a, str>>, Bail> {
+        if self.peek() == Some(b'"') {
+            return self.read_string().map(Some);
+        }
+        self.skip_value()?;
+        Ok(None)
+    }
+
+    /// An attribute's string as `filter` reads it: a plain string, or a typed attribute's last `value` if that is a
+    /// string; the cursor moves past it.
+    fn attribute_string(&mut self) -> Result<Option<Cow<'a, str>>, Bail> {
+        if self.peek() != Some(b'{') {
+            return self.string_or_none();
+        }
+        self.enter()?;
+        self.pos += 1;
+        let mut first = true;
+        let mut value = None;
+        while let Some(member) = self.next_key(&mut first)? {
+            if member == "value" {
+                value = self.string_or_none()?;
+            } else {
+                self.skip_value()?;
+            }
+        }
+        self.depth -= 1;
+        Ok(value)
     }
 
     /// Whether the object at the cursor has a member `name`, without moving the cursor.

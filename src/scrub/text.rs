@@ -425,8 +425,10 @@ impl Scrubber<'_> {
                 return None;
             }
             // Shapes the streaming walk leaves to the tree (keys with escapes or emails, very deep nesting).
-            // (No drop rule applies in a string: `Dropped` does not happen here.)
-            Err(super::stream::Bail::NeedsTree | super::stream::Bail::Dropped) => self.scrub_json_tree(trimmed, path),
+            // (No drop rule applies in a string: `Dropped` and `SpansDropped` do not happen here.)
+            Err(super::stream::Bail::NeedsTree | super::stream::Bail::Dropped | super::stream::Bail::SpansDropped) => {
+                self.scrub_json_tree(trimmed, path)
+            }
         };
         self.nested -= 1;
         self.changed = changed_before || self.changed;

@@ -5,8 +5,8 @@ use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::{Bail, DropCheck, scrub_item_json};
-use crate::envelope::{Envelope, ItemType};
-use crate::pipeline::{DropReason, ProcessOptions, Processed, process};
+use crate::envelope::Envelope;
+use crate::pipeline::{ProcessOptions, Processed, process};
 use crate::rules::CompiledRules;
 use crate::scrub::tests::envelope_with as item;
 use crate::scrub::{Scope, Scrubber};
@@ -100,25 +100,21 @@ fn both_walks_agree_on_every_capture_as_sent_and_once_scrubbed() {
     }
 }
 
+/// No capture is left to the tree walk, span containers a drop rule removes spans from included (node-http-2 holds
+/// health-check segments).
 #[test]
-fn the_stream_handles_every_capture_that_no_drop_rule_removes() {
+fn the_stream_handles_every_capture() {
     let rules = CompiledRules::defaults();
+    let mut spans_removed = 0;
     for (name, envelope) in captures() {
         let processed = run(envelope, &rules, false);
-        let report = &processed.report;
-        // Span containers a drop rule removes, or removes spans from, are walked by the tree (which drops them); no
-        // capture needs it otherwise (the stream drops transactions itself). The captures hold at most one span
-        // container each.
-        let dropped_by_route = report
-            .dropped
-            .iter()
-            .filter(|(ty, why)| *why == DropReason::FilteredRoute && *ty != ItemType::Transaction);
-        let filtered = dropped_by_route.count() as u64 + u64::from(report.dropped_spans > 0);
         assert_eq!(
-            report.tree_walked_items, filtered,
+            processed.report.tree_walked_items, 0,
             "{name}: items left to the tree walk"
         );
+        spans_removed += processed.report.dropped_spans;
     }
+    assert!(spans_removed > 0, "a capture has spans a drop route removes");
 }
 
 fn event(payload: Value) -> Envelope {
@@ -222,7 +218,7 @@ fn stream(json: &str) -> Result<Option<Vec<u8>>, Bail> {
     let rules = CompiledRules::defaults();
     let mut scrubber = Scrubber::new(rules.engine(None), false);
     scrubber.begin_item(Some(0), None, true);
-    scrub_item_json(&mut scrubber, json.as_bytes(), Scope::EventRoot, DropCheck::None)
+    scrub_item_json(&mut scrubber, json.as_bytes(), Scope::EventRoot, DropCheck::None).map(|s| s.payload)
 }
 
 #[test]
@@ -258,7 +254,7 @@ fn the_stream_refuses_what_serde_json_refuses() {
     let rules = CompiledRules::defaults();
     let mut scrubber = Scrubber::new(rules.engine(None), false);
     assert_eq!(
-        scrub_item_json(&mut scrubber, invalid_utf8, Scope::EventRoot, DropCheck::None),
+        scrub_item_json(&mut scrubber, invalid_utf8, Scope::EventRoot, DropCheck::None).map(|s| s.payload),
         Err(Bail::Invalid)
     );
 }
@@ -351,10 +347,10 @@ fn mutated_payloads_never_panic_and_validate_like_serde_json() {
         let serde_accepts = serde_json::from_slice::<Value>(&bytes).is_ok();
         match result {
             Err(Bail::Invalid) => assert!(!serde_accepts, "round {round}: refused valid JSON"),
-            Err(Bail::NeedsTree | Bail::Dropped) => {}
-            Ok(written) => {
+            Err(Bail::NeedsTree | Bail::Dropped | Bail::SpansDropped) => {}
+            Ok(streamed) => {
                 assert!(serde_accepts, "round {round}: accepted invalid JSON");
-                if let Some(written) = written {
+                if let Some(written) = streamed.payload {
                     assert!(
                         serde_json::from_slice::<Value>(&written).is_ok(),
                         "round {round}: wrote invalid JSON"
@@ -488,5 +484,137 @@ fn escapes_decode_as_serde_json_decodes_them() {
     for _ in 0..20_000 {
         let content: String = (0..1 + next(8)).map(|_| PIECES[next(PIECES.len())]).collect();
         check(&content);
+    }
+}
+
+/// Span containers whose segment spans a drop route removes: the stream removes them and the spans below them as the
+/// tree walk's filter does (the last of duplicate keys wins, children may come before their parents), and writes the
+/// rest with the indices the tree walk sees.
+#[test]
+fn the_stream_removes_segment_spans_as_the_tree_walk_does() {
+    let rules = CompiledRules::defaults();
+    let span = |id: &str, parent: &str, extra: &str| {
+        format!(
+            r#"{{"trace_id":"5b8efff798038103d269b633813fc60c","span_id":"{id}","parent_span_id":"{parent}",
+            "start_timestamp":1.5,"end_timestamp":2.25,"attributes":{{"user.email":{{"type":"string",
+            "value":"jane.doe@example.com"}},"sentry.segment.id":{{"type":"string","value":"{id}"}}}}{extra}}}"#
+        )
+    };
+    let segment = |id: &str, path: &str| {
+        format!(
+            r#"{{"span_id":"{id}","is_segment":true,"name":"GET","attributes":{{"url.path":{{"type":"string",
+            "value":"{path}"}},"client.address":{{"type":"string","value":"203.0.113.9"}}}}}}"#
+        )
+    };
+    let container = |spans: &[String]| format!(r#"{{"version":2,"items":[{}]}}"#, spans.join(","));
+    let (seg, other) = ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb");
+    // (label, payload, spans removed, walked as a tree)
+    let cases: Vec<(&str, String, u64, u64)> = vec![
+        (
+            "children before their parents, and a kept segment after",
+            container(&[
+                span("cccccccccccccccc", "dddddddddddddddd", ""),
+                span("dddddddddddddddd", seg, ""),
+                segment(seg, "/healthz"),
+                segment(other, "/checkout"),
+                span("eeeeeeeeeeeeeeee", other, ""),
+            ]),
+            3,
+            0,
+        ),
+        (
+            "a child by its segment id only",
+            container(&[
+                segment(seg, "/health/"),
+                span("cccccccccccccccc", "ffffffffffffffff", "")
+                    .replace(r#""value":"cccccccccccccccc""#, &format!(r#""value":"{seg}""#)),
+                segment(other, "/cart"),
+            ]),
+            2,
+            0,
+        ),
+        (
+            "the last of duplicate route attributes wins (kept)",
+            container(&[
+                segment(seg, "/checkout").replace(r#""url.path""#, r#""url.path":"/healthz","url.path""#),
+                segment(other, "/checkout").replace("/checkout", "/checkout\"},\"url.path\":{\"value\":\"/cart"),
+            ]),
+            0,
+            0,
+        ),
+        (
+            "the last of duplicate route attributes wins (removed)",
+            container(&[
+                segment(seg, "/healthz").replace(r#""url.path""#, r#""url.path":"/checkout","url.path""#),
+                segment(other, "/checkout"),
+            ]),
+            1,
+            0,
+        ),
+        (
+            "a later is_segment, name or typed value replaces an earlier one",
+            container(&[
+                segment(seg, "/healthz").replace(r#""is_segment":true"#, r#""is_segment":true,"is_segment":false"#),
+                segment(other, "/checkout").replace(r#""name":"GET""#, r#""name":"GET /healthz","name":5"#),
+                segment("cccccccccccccccc", "/healthz")
+                    .replace(r#""value":"/healthz""#, r#""value":"/healthz","value":5"#),
+            ]),
+            0,
+            0,
+        ),
+        (
+            "a dropped segment without an id stays, as in the tree walk",
+            container(&[
+                segment(seg, "/healthz").replace(r#""span_id""#, r#""span_ref""#),
+                segment(other, "/checkout"),
+            ]),
+            0,
+            0,
+        ),
+        (
+            "escaped route values",
+            container(&[segment(seg, "\\/healthz\\/"), segment(other, "/checkout")]),
+            1,
+            0,
+        ),
+        (
+            "every span goes: the item is dropped",
+            container(&[segment(seg, "/healthz"), span("cccccccccccccccc", seg, "")]),
+            2,
+            0,
+        ),
+        (
+            "duplicate items lists are left to the tree walk",
+            format!(
+                r#"{{"items":[{}],"items":[{},{}]}}"#,
+                segment(other, "/checkout"),
+                segment(seg, "/healthz"),
+                segment(other, "/cart")
+            ),
+            1,
+            1,
+        ),
+    ];
+    for (label, payload, removed, tree_walked) in cases {
+        let mut envelope = Envelope::new(serde_json::Map::new());
+        envelope
+            .items
+            .push(crate::envelope::Item::new("span", Bytes::from(payload)));
+        let processed = assert_same(label, &envelope, &rules);
+        assert_eq!(
+            processed.report.dropped_spans + 2 * u64::from(processed.envelope.items.is_empty()),
+            removed,
+            "{label}"
+        );
+        assert_eq!(processed.report.tree_walked_items, tree_walked, "{label}");
+        if let Some(item) = processed.envelope.items.first()
+            && removed > 0
+        {
+            let kept = serde_json::from_slice::<Value>(item.payload()).unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .len();
+            assert_eq!(item.headers()["item_count"], json!(kept), "{label}");
+        }
     }
 }
