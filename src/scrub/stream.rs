@@ -326,9 +326,6 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         if root_meta {
             self.write_meta(sdk_meta, &mut first_written)?;
         }
-        if span_facts && self.segment.is_segment && self.segment.hits_route {
-            return Err(Bail::SpansDropped);
-        }
         self.out.push(b'}');
         self.depth -= 1;
         Ok(())
@@ -439,6 +436,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         while let Some(key) = self.next_key(&mut first_read)? {
             if self.check == DropCheck::SegmentSpans && filter::SEGMENT_ROUTE_ATTRIBUTES.contains(&key) {
                 self.segment.hits_route |= self.attribute_hits_route(key)?;
+                self.give_up_on_dropped_segment()?;
             }
             let rule = self.scrubber.attribute_rule(key);
             if let AttributeRule::Remove(rule) = rule {
@@ -594,6 +592,15 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
                 self.segment.hits_route |= self.scrubber.engine.routes.matches_name(&name);
             }
             _ => {}
+        }
+        self.give_up_on_dropped_segment()
+    }
+
+    /// Gives up on a span container as soon as a span may be a segment on a drop route: what was scrubbed so far is
+    /// thrown away, so the sooner the better.
+    fn give_up_on_dropped_segment(&self) -> Result<(), Bail> {
+        if self.segment.is_segment && self.segment.hits_route {
+            return Err(Bail::SpansDropped);
         }
         Ok(())
     }
