@@ -1017,7 +1017,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
 
 /// The position of the first `"`, `\\` or control character at or after `from`, eight bytes at a time: most
 /// strings are short, where a SIMD search costs more to set up than it saves.
-fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
+pub(super) fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let flags = string_special_flags(u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk")));

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use super::super::stream::find_string_special;
 use super::{LogEntry, MetaLog, NARROW, decimal, push_escaped};
 
 /// Deeper SDK `_meta` goes the `Value` way (serde_json's own limit is 128; the writer here recurses).
@@ -48,10 +49,14 @@ struct Node<'a> {
 }
 
 #[derive(Clone, Copy)]
-struct Object {
+struct Object<'a> {
     first: u32,
     last: u32,
     len: u32,
+    /// The SDK's text of the object (empty for ours), written as it is while the log leaves the object alone.
+    sdk: &'a [u8],
+    /// Whether a log path went through the object (which may change it): then it is written key by key.
+    touched: bool,
 }
 
 /// The merged `_meta`: SDK objects and the log's paths in one tree, each object's keys a linked list. A node whose
@@ -59,7 +64,7 @@ struct Object {
 /// keeps its place and gets a new object, so children of the old one are never found again.
 pub(super) struct Tree<'a> {
     nodes: Vec<Node<'a>>,
-    objects: Vec<Object>,
+    objects: Vec<Object<'a>>,
     /// Keys of objects wider than [`NARROW`] (the log adding many fields under one node); narrower ones are searched
     /// in place, so no input makes this quadratic.
     wide: HashMap<(u32, &'a [u8]), u32>,
@@ -73,9 +78,11 @@ pub(super) struct Tree<'a> {
 /// The merged `_meta` of `sdk` (the SDK's `_meta` text) and `log`, or `None` when `sdk` is not in the form this
 /// route can copy (see the module docs): the caller then merges through a `Value`, which handles anything.
 pub(super) fn merge<'a>(sdk: &'a str, log: &'a MetaLog) -> Option<Tree<'a>> {
+    // Sized for the SDK's keys too (a key and its value take at least five bytes of its text, an object two, and
+    // SDK `_meta` is mostly short keys and objects): growing the node list once cost more than the rest of a push.
     let mut tree = Tree {
-        nodes: Vec::with_capacity(log.entries.len() * 2 + 16),
-        objects: Vec::with_capacity(log.entries.len() + 8),
+        nodes: Vec::with_capacity(log.entries.len() * 2 + sdk.len() / 12 + 16),
+        objects: Vec::with_capacity(log.entries.len() + sdk.len() / 24 + 8),
         wide: HashMap::new(),
         next_remark: vec![NONE; log.entries.len()],
         text: &log.text,
@@ -95,8 +102,14 @@ pub(super) fn merge<'a>(sdk: &'a str, log: &'a MetaLog) -> Option<Tree<'a>> {
         // An SDK `_meta` that is not an object is replaced by ours, as `merge_meta` does.
         _ => tree.object(),
     };
+    // The objects along the last entry's path, the root first. Entries come in document order and mostly start as
+    // the one before did: those objects are taken from here, not looked up again. They are still the ones a lookup
+    // would find: an entry only puts objects in place of values that are not objects, and replaces an object only
+    // at a leaf's `rem`, which no path goes through before the leaf's `""`.
+    let mut chain = Vec::with_capacity(16);
+    chain.push(root);
     for (at, entry) in log.entries.iter().enumerate() {
-        tree.add(root, at as u32, entry);
+        tree.add(&mut chain, at as u32, entry);
     }
     tree.root = root;
     Some(tree)
@@ -108,6 +121,8 @@ impl<'a> Tree<'a> {
             first: NONE,
             last: NONE,
             len: 0,
+            sdk: b"",
+            touched: false,
         });
         (self.objects.len() - 1) as u32
     }
@@ -155,6 +170,7 @@ impl<'a> Tree<'a> {
 
     /// The object under `key` in `object`, made (or put in place of a value that is not one) if needed: `descend`.
     fn child_object(&mut self, object: u32, key: &'a [u8]) -> u32 {
+        self.objects[object as usize].touched = true;
         match self.find(object, key) {
             Some(node) => match self.nodes[node as usize].value {
                 Val::Object(child) => child,
@@ -173,13 +189,17 @@ impl<'a> Tree<'a> {
     }
 
     /// One log entry, as `merge_meta` adds it.
-    fn add(&mut self, root: u32, at: u32, entry: &LogEntry) {
+    fn add(&mut self, chain: &mut Vec<u32>, at: u32, entry: &LogEntry) {
         let log = self.log;
-        let mut object = root;
-        for segment in &log.segments[entry.segments.0..entry.segments.1] {
+        let shared = entry.shared.min(chain.len() - 1);
+        chain.truncate(shared + 1);
+        let mut object = chain[shared];
+        for segment in &log.segments[entry.segments.0 + shared..entry.segments.1] {
             object = self.child_object(object, log.json(segment));
+            chain.push(object);
         }
         let leaf = self.child_object(object, LEAF);
+        self.objects[leaf as usize].touched = true;
         if entry.remarks_json.0 < entry.remarks_json.1 {
             match self.find(leaf, REM) {
                 Some(node) => {
@@ -234,6 +254,12 @@ impl<'a> Tree<'a> {
     }
 
     fn write_object(&self, object: u32, out: &mut Vec<u8>) {
+        let list = &self.objects[object as usize];
+        if !list.touched && !list.sdk.is_empty() {
+            // Already as serde_json writes it (checked when read): one copy, however deep.
+            out.extend_from_slice(list.sdk);
+            return;
+        }
         out.push(b'{');
         let mut node = self.objects[object as usize].first;
         while node != NONE {
@@ -296,6 +322,7 @@ impl<'a> Parser<'a> {
                 self.pos += 1;
                 if self.peek() == Some(b'}') {
                     self.pos += 1;
+                    tree.objects[object as usize].sdk = &self.text[start..self.pos];
                     return Some(Val::Object(object));
                 }
                 loop {
@@ -315,6 +342,7 @@ impl<'a> Parser<'a> {
                         b',' => self.pos += 1,
                         b'}' => {
                             self.pos += 1;
+                            tree.objects[object as usize].sdk = &self.text[start..self.pos];
                             return Some(Val::Object(object));
                         }
                         _ => return None,
@@ -368,7 +396,8 @@ impl<'a> Parser<'a> {
         self.pos += 1;
         let mut escaped = false;
         loop {
-            match *self.text.get(self.pos)? {
+            self.pos = find_string_special(self.text, self.pos)?;
+            match self.text[self.pos] {
                 b'"' => break,
                 b'\\' => {
                     escaped = true;
@@ -376,8 +405,7 @@ impl<'a> Parser<'a> {
                     self.pos += 2;
                 }
                 // serde_json refuses raw control characters.
-                byte if byte < 0x20 => return None,
-                _ => self.pos += 1,
+                _ => return None,
             }
         }
         self.pos += 1;
