@@ -618,3 +618,46 @@ fn the_stream_removes_segment_spans_as_the_tree_walk_does() {
         }
     }
 }
+
+/// An event's own `_meta` merged with ours through the stream: in one pass when serde_json would write the SDK's
+/// text back unchanged, through a `Value` otherwise (whitespace, floats, duplicate keys); either way valid JSON with
+/// one `_meta`, the same as the tree walk, and the one-pass text exactly what the `Value` route writes.
+#[test]
+fn an_sdk_meta_is_merged_the_same_whichever_route_takes_it() {
+    use crate::envelope::Item;
+    let rules = CompiledRules::defaults();
+    let compact = r#"{"extra":{"token":{"":{"rem":[["!config","s"]],"len":9}}},"x":1}"#;
+    let sdk_metas = [
+        compact,
+        r#"{"extra": {"token": {"": {"rem": [["!config", "s"]]}}}}"#,
+        r#"{"extra":{"token":{"":{"rem":[["!config","s"]],"len":9.5}}}}"#,
+        r#"{"extra":{"token":{"":{"len":1}},"token":{"":{"len":2}}}}"#,
+        r#"[1]"#,
+    ];
+    for sdk in sdk_metas {
+        for payload in [
+            format!(r#"{{"_meta":{sdk},"extra":{{"password":"hunter2","token":"[Filtered]"}}}}"#),
+            format!(r#"{{"extra":{{"password":"hunter2"}},"_meta":{sdk}}}"#),
+        ] {
+            let mut envelope = Envelope::new(serde_json::Map::new());
+            envelope.items.push(Item::new("event", Bytes::from(payload.clone())));
+            let processed = assert_same(&payload, &envelope, &rules);
+            let out: Value = serde_json::from_slice(processed.envelope.items[0].payload()).expect(&payload);
+            let meta = &out["_meta"]["extra"]["password"][""]["rem"];
+            assert!(meta.as_array().is_some_and(|rem| !rem.is_empty()), "{payload}: {out}");
+        }
+    }
+    // The one-pass text: the SDK's keys first, ours after, as the `Value` route orders them.
+    let payload = format!(r#"{{"_meta":{compact},"extra":{{"password":"hunter2"}}}}"#);
+    let mut envelope = Envelope::new(serde_json::Map::new());
+    envelope.items.push(Item::new("event", Bytes::from(payload)));
+    let processed = run(envelope, &rules, false);
+    let text = std::str::from_utf8(processed.envelope.items[0].payload()).unwrap();
+    assert_eq!(
+        text,
+        concat!(
+            r#"{"extra":{"password":"[FILTERED]"},"_meta":{"extra":{"token":{"":{"rem":[["!config","s"]],"len":9}},"#,
+            r#""password":{"":{"rem":[["sensitive_key","s",0,10]],"len":7}}},"x":1}}"#
+        )
+    );
+}
