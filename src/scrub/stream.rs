@@ -4,10 +4,13 @@
 //! It follows the same [`Scope`]s and calls the same rule functions as the tree walk in `walk.rs`, so both apply one
 //! policy. Small subtrees whose rules need a whole object or list at once (header lists of pairs, values under
 //! sensitive keys) are parsed into a `Value` and handed to the tree walk. What it does not handle at all (keys with
-//! escapes or emails, very deep nesting, a span container a drop rule removes spans from) makes it give up with
-//! [`Bail::NeedsTree`], and the caller walks that item as a tree; a transaction on a drop route ends it with
-//! [`Bail::Dropped`], and the caller drops it without a tree. Both walks give the same JSON value; the streamed
-//! text differs only in whitespace, in where `_meta` sits among the root's keys, and in keeping numbers as written.
+//! escapes or emails, very deep nesting, duplicate span lists in a container a drop rule removes spans from) makes it
+//! give up with [`Bail::NeedsTree`], and the caller walks that item as a tree; a transaction on a drop route ends it
+//! with [`Bail::Dropped`], and the caller drops it without a tree. A span container whose segment span may be on a
+//! drop route ends it with [`Bail::SpansDropped`]: the caller streams it again, removing those spans and their
+//! children ([`DropCheck::RemoveSegmentSpans`]). Both walks give the same JSON value; the streamed text differs only
+//! in whitespace, in where `_meta` sits among the root's keys, and in keeping numbers as written; the trail lists
+//! the same changes, in the order the text was read.
 //!
 //! Input is validated as strictly as `serde_json` does (UTF-8, escapes and surrogates, control characters, number
 //! grammar and range), because an item the stream accepts is forwarded without the tree ever seeing it.
