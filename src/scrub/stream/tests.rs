@@ -661,3 +661,55 @@ fn an_sdk_meta_is_merged_the_same_whichever_route_takes_it() {
         )
     );
 }
+
+/// Mutated span containers (node-http-2's, whose segment spans a drop route removes) through both span checks: no
+/// panic, the same refusals as serde_json, JSON written.
+#[test]
+fn mutated_span_containers_never_panic_and_validate_like_serde_json() {
+    let rules = CompiledRules::defaults();
+    let payloads: Vec<Bytes> = captures()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("node-http-2") || name.contains("genai"))
+        .flat_map(|(_, envelope)| envelope.items.into_iter())
+        .filter(|item| item.ty() == crate::envelope::ItemType::Span)
+        .map(|item| item.payload().clone())
+        .collect();
+    assert!(payloads.len() >= 2);
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |bound: usize| {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % bound.max(1)
+    };
+    const INSERTS: &[u8] = b"{}[]\",:\\ 0-.eEtu\x01";
+    for round in 0..800 {
+        let mut bytes = payloads[next(payloads.len())].to_vec();
+        let at = next(bytes.len());
+        match next(3) {
+            0 => bytes[at] = INSERTS[next(INSERTS.len())],
+            1 => {
+                bytes.remove(at);
+            }
+            _ => bytes.insert(at, INSERTS[next(INSERTS.len())]),
+        }
+        let serde_accepts = serde_json::from_slice::<Value>(&bytes).is_ok();
+        for check in [DropCheck::SegmentSpans, DropCheck::RemoveSegmentSpans] {
+            let mut scrubber = Scrubber::new(rules.engine(None), false);
+            scrubber.begin_item(Some(0), None, true);
+            match scrub_item_json(&mut scrubber, &bytes, Scope::SpanContainer, check) {
+                Err(Bail::Invalid) => assert!(!serde_accepts, "round {round} {check:?}: refused valid JSON"),
+                Err(_) => {}
+                Ok(streamed) => {
+                    assert!(serde_accepts, "round {round} {check:?}: accepted invalid JSON");
+                    if let Some(written) = streamed.payload {
+                        assert!(
+                            serde_json::from_slice::<Value>(&written).is_ok(),
+                            "round {round} {check:?}: wrote invalid JSON"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
