@@ -286,18 +286,10 @@ mod tests {
         // Random texts of structure, quotes, backslashes and letters (escapes at the very end, strings never
         // closed), at every budget around their count.
         let alphabet = b"[{,\"\\a]}";
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = fastrand::Rng::with_seed(11);
         for _ in 0..20_000 {
-            let len = (next() % 40) as usize;
-            let text: Vec<u8> = (0..len)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
-                .collect();
+            let len = rng.usize(..40);
+            let text: Vec<u8> = (0..len).map(|_| alphabet[rng.usize(..alphabet.len())]).collect();
             for max in 0..12 {
                 assert_eq!(
                     json_nodes_exceed(&text, max),

@@ -315,14 +315,7 @@ fn mutated_payloads_never_panic_and_validate_like_serde_json() {
         .filter(|payload| serde_json::from_slice::<Value>(payload).is_ok() && payload.len() < 20_000)
         .collect();
     assert!(!payloads.is_empty());
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move |bound: usize| {
-        // xorshift64*: deterministic, so a failure reproduces.
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % bound.max(1)
-    };
+    let mut next = seeded_below();
     const INSERTS: &[u8] = b"{}[]\",:\\ 0-.eE\x01\xff";
     for round in 0..3000 {
         let mut bytes = payloads[next(payloads.len())].to_vec();
@@ -675,13 +668,7 @@ fn mutated_span_containers_never_panic_and_validate_like_serde_json() {
         .map(|item| item.payload().clone())
         .collect();
     assert!(payloads.len() >= 2);
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = move |bound: usize| {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % bound.max(1)
-    };
+    let mut next = seeded_below();
     const INSERTS: &[u8] = b"{}[]\",:\\ 0-.eEtu\x01";
     for round in 0..800 {
         let mut bytes = payloads[next(payloads.len())].to_vec();
@@ -712,4 +699,10 @@ fn mutated_span_containers_never_panic_and_validate_like_serde_json() {
             }
         }
     }
+}
+
+/// Numbers below a bound (at least 1), from a fixed seed so that a failure reproduces.
+fn seeded_below() -> impl FnMut(usize) -> usize {
+    let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
+    move |bound| rng.usize(..bound.max(1))
 }
