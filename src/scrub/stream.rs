@@ -692,15 +692,23 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         Ok(filter::spans_to_remove(&links).unwrap_or_default())
     }
 
-    /// [`SpanFacts`] of the value at the cursor (none unless an object); the cursor moves past it.
-    fn span_facts(&mut self) -> Result<SpanFacts<'a>, Bail> {
-        let mut facts = SpanFacts::default();
+    /// Enters the object at the cursor (past its `{`), or moves past a value that is not one: `false`.
+    fn enter_object_or_skip(&mut self) -> Result<bool, Bail> {
         if self.peek() != Some(b'{') {
             self.skip_value()?;
-            return Ok(facts);
+            return Ok(false);
         }
         self.enter()?;
         self.pos += 1;
+        Ok(true)
+    }
+
+    /// [`SpanFacts`] of the value at the cursor (none unless an object); the cursor moves past it.
+    fn span_facts(&mut self) -> Result<SpanFacts<'a>, Bail> {
+        let mut facts = SpanFacts::default();
+        if !self.enter_object_or_skip()? {
+            return Ok(facts);
+        }
         let mut first = true;
         while let Some(key) = self.next_key(&mut first)? {
             match key {
@@ -722,12 +730,9 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
     /// The [`SPAN_ATTRIBUTES`] of the value at the cursor (none unless an object); the cursor moves past it.
     fn span_attributes(&mut self) -> Result<[Option<Cow<'a, str>>; 5], Bail> {
         let mut attributes = <[Option<Cow<'a, str>>; 5]>::default();
-        if self.peek() != Some(b'{') {
-            self.skip_value()?;
+        if !self.enter_object_or_skip()? {
             return Ok(attributes);
         }
-        self.enter()?;
-        self.pos += 1;
         let mut first = true;
         while let Some(name) = self.next_key(&mut first)? {
             match SPAN_ATTRIBUTES.iter().position(|k| *k == name) {
