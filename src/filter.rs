@@ -140,11 +140,20 @@ pub fn segment_hits_route<'a>(
     attribute: impl Fn(&str) -> Option<&'a str>,
     routes: &RouteMatcher,
 ) -> bool {
-    ["url.path", "http.route", "http.target"]
+    SEGMENT_ROUTE_ATTRIBUTES
         .iter()
-        .any(|k| attribute(k).is_some_and(|p| routes.matches_path(p)))
-        || attribute("url.full").is_some_and(|u| routes.matches_url(u))
+        .any(|key| attribute(key).is_some_and(|value| route_attribute_hits(key, value, routes)))
         || name.is_some_and(|n| routes.matches_name(n))
+}
+
+/// Whether the value of one of the [`SEGMENT_ROUTE_ATTRIBUTES`] hits a drop route: `url.full` is a whole URL, the
+/// others are paths.
+pub fn route_attribute_hits(key: &str, value: &str, routes: &RouteMatcher) -> bool {
+    if key == "url.full" {
+        routes.matches_url(value)
+    } else {
+        routes.matches_path(value)
+    }
 }
 
 /// Removes dropped segment spans and every span below them (by parent chain or `sentry.segment.id`) from a span-v2

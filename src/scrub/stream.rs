@@ -630,13 +630,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
     /// hits a drop route, without moving the cursor.
     fn attribute_hits_route(&mut self, key: &str) -> Result<bool, Bail> {
         let routes = &self.scrubber.engine.routes;
-        let hits = |value: &str| {
-            if key == "url.full" {
-                routes.matches_url(value)
-            } else {
-                routes.matches_path(value)
-            }
-        };
+        let hits = |value: &str| filter::route_attribute_hits(key, value, routes);
         match self.peek() {
             Some(b'"') => Ok(hits(&self.peek_string()?)),
             Some(b'{') => {
