@@ -351,38 +351,27 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
         self.enter()?;
         let element = scope.element();
         self.out.push(b'[');
-        self.pos += 1;
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.pos += 1;
-        } else {
-            // Indices count the elements written: removed spans are not in the tree the other walk sees.
-            let (mut read, mut index) = (0, 0);
-            loop {
-                if removed.get(read).copied().unwrap_or(false) {
-                    self.skip_value()?;
-                    self.spans_removed += 1;
-                } else {
-                    if index > 0 {
-                        self.out.push(b',');
-                    }
-                    path.push(Seg::Index(index));
-                    let result = self.value(element, path, None);
-                    path.pop();
-                    result?;
-                    index += 1;
+        // Indices count the elements written: removed spans are not in the tree the other walk sees.
+        let (mut read, mut index) = (0, 0);
+        self.elements(|stream| {
+            if removed.get(read).copied().unwrap_or(false) {
+                stream.skip_value()?;
+                stream.spans_removed += 1;
+            } else {
+                if index > 0 {
+                    stream.out.push(b',');
                 }
-                read += 1;
-                self.skip_ws();
-                match self.next_byte() {
-                    Some(b',') => self.skip_ws(),
-                    Some(b']') => break,
-                    _ => return Err(Bail::Invalid),
-                }
+                path.push(Seg::Index(index));
+                let result = stream.value(element, path, None);
+                path.pop();
+                result?;
+                index += 1;
             }
-            if !removed.is_empty() {
-                self.spans_kept += index;
-            }
+            read += 1;
+            Ok(())
+        })?;
+        if !removed.is_empty() {
+            self.spans_kept += index;
         }
         self.out.push(b']');
         self.depth -= 1;
@@ -656,21 +645,10 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
     fn spans_to_remove(&mut self) -> Result<Vec<bool>, Bail> {
         let (start, depth) = (self.pos, self.depth);
         let mut spans = Vec::new();
-        self.pos += 1;
-        self.skip_ws();
-        if self.peek() == Some(b']') {
-            self.pos += 1;
-        } else {
-            loop {
-                spans.push(self.span_facts()?);
-                self.skip_ws();
-                match self.next_byte() {
-                    Some(b',') => self.skip_ws(),
-                    Some(b']') => break,
-                    _ => return Err(Bail::Invalid),
-                }
-            }
-        }
+        self.elements(|stream| {
+            spans.push(stream.span_facts()?);
+            Ok(())
+        })?;
         (self.pos, self.depth) = (start, depth);
         let routes = &self.scrubber.engine.routes;
         let links: Vec<filter::SpanLinks<'_>> = spans
@@ -684,6 +662,26 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             })
             .collect();
         Ok(filter::spans_to_remove(&links).unwrap_or_default())
+    }
+
+    /// Moves through the array at the cursor (on its `[`) to past its `]`, calling `element` with the cursor on each
+    /// element; `element` must move past it.
+    fn elements(&mut self, mut element: impl FnMut(&mut Self) -> Result<(), Bail>) -> Result<(), Bail> {
+        self.pos += 1;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            element(self)?;
+            self.skip_ws();
+            match self.next_byte() {
+                Some(b',') => self.skip_ws(),
+                Some(b']') => return Ok(()),
+                _ => return Err(Bail::Invalid),
+            }
+        }
     }
 
     /// Enters the object at the cursor (past its `{`), or moves past a value that is not one: `false`.
@@ -909,21 +907,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             }
             Some(b'[') => {
                 self.enter()?;
-                self.pos += 1;
-                self.skip_ws();
-                if self.peek() == Some(b']') {
-                    self.pos += 1;
-                } else {
-                    loop {
-                        self.skip_value()?;
-                        self.skip_ws();
-                        match self.next_byte() {
-                            Some(b',') => self.skip_ws(),
-                            Some(b']') => break,
-                            _ => return Err(Bail::Invalid),
-                        }
-                    }
-                }
+                self.elements(Self::skip_value)?;
                 self.depth -= 1;
                 Ok(())
             }
