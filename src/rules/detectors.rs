@@ -670,9 +670,7 @@ impl DetectorSet {
         let has_custom = detectors.iter().any(|d| d.kind == Kind::Custom);
         let triggers = detectors.iter().fold(0, |bits, d| bits | d.kind.trigger());
         let kinds = detectors.iter().fold(0, |bits, d| bits | d.kind.bit());
-        if kinds & Kind::PhoneIntl.bit() != 0 {
-            phone::warm();
-        }
+        warm_kinds(kinds);
         let by_kind = (detectors.len() <= 64).then(|| {
             let mut by_kind = [0u64; KINDS];
             for (index, detector) in detectors.iter().enumerate() {
@@ -693,6 +691,11 @@ impl DetectorSet {
     /// Reads national phone numbers in `region` too (`US`: only `+` numbers, NANP being `phone_us`'s).
     pub fn with_phone_region(mut self, region: phone::Region) -> DetectorSet {
         self.phone_region = (region != phone::Region::US).then_some(region);
+        if let Some(region) = self.phone_region
+            && self.kinds & Kind::PhoneIntl.bit() != 0
+        {
+            phone::warm_region(region);
+        }
         self
     }
 }
@@ -940,6 +943,62 @@ macro_rules! regex {
     ($name:ident, $re:expr) => {
         static $name: LazyLock<Regex> = LazyLock::new(|| Regex::new($re).expect(concat!("built-in regex ", $re)));
     };
+    ($name:ident, $kind:expr, $re:expr) => {
+        static $name: LazyLock<Regex> = LazyLock::new(|| {
+            mark_built($kind);
+            Regex::new($re).expect(concat!("built-in regex ", $re))
+        });
+    };
+}
+
+/// The built-in regexes, each with the one kind that searches with it. They, the provider catalog's automaton
+/// ([`Kind::ProviderSecret`]) and the phone metadata ([`Kind::PhoneIntl`]) are built when a [`DetectorSet`] that
+/// enables their kind is (at start and on reload, like every other rule), not inside the first request that needs
+/// one.
+fn built_in_regexes() -> [(Kind, &'static LazyLock<Regex>); 9] {
+    [
+        (Kind::BearerToken, &BEARER),
+        (Kind::UrlCredentials, &URL_CREDENTIALS),
+        (Kind::PrivateKey, &PRIVATE_KEY),
+        (Kind::Jwt, &JWT),
+        (Kind::AwsAccessKey, &AWS),
+        (Kind::ApiToken, &API_TOKEN),
+        (Kind::CredentialInText, &CREDENTIAL_IN_TEXT),
+        (Kind::Iban, &IBAN),
+        (Kind::Ipv4, &IPV4),
+    ]
+}
+
+/// Builds the automata of the kinds in `kinds` (a mask of [`Kind::bit`]s) that are not built yet; returns which of
+/// those kinds have automata (built now or before). Of the phone metadata, the calling code +1's patterns are built
+/// here; the other codes' are built when a number with that code is first seen ([`phone::warm`]).
+fn warm_kinds(kinds: u32) -> u32 {
+    let mut warmed = 0;
+    for (kind, regex) in built_in_regexes() {
+        if kinds & kind.bit() != 0 {
+            LazyLock::force(regex);
+            warmed |= kind.bit();
+        }
+    }
+    if kinds & Kind::ProviderSecret.bit() != 0 {
+        catalog::warm();
+        warmed |= Kind::ProviderSecret.bit();
+    }
+    if kinds & Kind::PhoneIntl.bit() != 0 {
+        phone::warm();
+        warmed |= Kind::PhoneIntl.bit();
+    }
+    warmed
+}
+
+/// The kinds whose automata have been built in this process (test builds only: the test of [`warm_kinds`] reads it).
+static BUILT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Notes that an automaton of `kind` is being built.
+fn mark_built(kind: Kind) {
+    if cfg!(test) {
+        BUILT.fetch_or(kind.bit(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
@@ -954,28 +1013,49 @@ regex!(
 );
 #[cfg(test)]
 regex!(SSN, r"[0-9]{3}-[0-9]{2}-[0-9]{4}");
-regex!(BEARER, r"(?i)\b(bearer|basic)[ \t]+([A-Za-z0-9\-._~+/]+=*)");
+regex!(
+    BEARER,
+    Kind::BearerToken,
+    r"(?i)\b(bearer|basic)[ \t]+([A-Za-z0-9\-._~+/]+=*)"
+);
 regex!(
     URL_CREDENTIALS,
+    Kind::UrlCredentials,
     r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://([^\s/?#@:]+:[^\s/?#@]+)@"
 );
 regex!(
     PRIVATE_KEY,
+    Kind::PrivateKey,
     r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----[\s\S]*?(?:-----END [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----|\z)"
 );
-regex!(JWT, r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*");
-regex!(AWS, r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b");
+regex!(
+    JWT,
+    Kind::Jwt,
+    r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"
+);
+regex!(
+    AWS,
+    Kind::AwsAccessKey,
+    r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}\b"
+);
 regex!(
     API_TOKEN,
+    Kind::ApiToken,
     r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{10,}|whsec_[A-Za-z0-9]{16,}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{20,}|xox[abprs]-[A-Za-z0-9-]{10,}|glpat-[A-Za-z0-9_-]{20,}|AIza[0-9A-Za-z_-]{35}|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{36})"
 );
 regex!(
     CREDENTIAL_IN_TEXT,
+    Kind::CredentialInText,
     r#"(?i)\b(?:password|passwd|pwd|passphrase|secret|api[_ -]?key|access[_ -]?token|auth[_ -]?token|token)\b(?:\s*(?:[:=]|\bis\b)\s*|\s+)["']?([^\s"',;()\[\]{}<>&#]{6,})"#
 );
-regex!(IBAN, r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b");
+regex!(
+    IBAN,
+    Kind::Iban,
+    r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"
+);
 regex!(
     IPV4,
+    Kind::Ipv4,
     r"\b(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}\b"
 );
 
@@ -1118,7 +1198,7 @@ fn find_kind(
         }
         Kind::Ipv4 => {
             // Every match holds three dots, each between two digits.
-            if count_dotted_digits(bytes) < 3 {
+            if !has_dotted_digits(bytes, 3) {
                 return;
             }
             for m in IPV4.find_iter(text) {
@@ -1297,7 +1377,6 @@ fn us_phone_shapes(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
     // is at most 12 bytes after its start (`+1 (312) 555-0148`'s is 12). So the scan jumps to the next `+`, or to 12
     // bytes before the next such separator, and tries the 13 starts from there: strings with many digits and no
     // phone shape (timestamps, ids, versions) are not read position by position.
-    let digits = |range: std::ops::Range<usize>| bytes.get(range).is_some_and(|r| r.iter().all(u8::is_ascii_digit));
     let mut at = 0;
     let mut plus = memchr::memchr(b'+', bytes);
     while at < bytes.len() {
@@ -1307,9 +1386,7 @@ fn us_phone_shapes(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
         // A match that starts before the next `+` ends before it (its only `+` is its first byte), so its
         // separator is before it too.
         let before_plus = plus.unwrap_or(bytes.len());
-        let tail = memchr::memchr3_iter(b' ', b'.', b'-', &bytes[at..before_plus])
-            .map(|offset| at + offset)
-            .find(|&s| s >= at + 3 && digits(s - 3..s) && digits(s + 1..s + 5));
+        let tail = phone_tail(bytes, at, before_plus);
         let start = match (plus, tail) {
             (Some(plus), Some(tail)) => plus.min(tail.saturating_sub(12)),
             (Some(plus), None) => plus,
@@ -1327,6 +1404,31 @@ fn us_phone_shapes(bytes: &[u8], found: &mut dyn FnMut(usize, usize)) {
             at += 1;
         }
     }
+}
+
+/// The first separator `s` in `from..before` of `[0-9]{3}[ .\-][0-9]{4}` whose digits start at `from` or later (`s`
+/// is at least `from + 3`). Such a separator ends a run of three or more digits, so the scan goes from digit run to
+/// digit run (sixteen bytes at a time through prose) rather than stopping at every space, dot and dash: a `memchr3`
+/// per space of the raw captures' 10 KB prompts was 5 % of their scrub. A test compares it with that search.
+fn phone_tail(bytes: &[u8], from: usize, before: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(run) = taxid::next_digit(bytes, at).filter(|&run| run < before) {
+        let end = bytes[run..]
+            .iter()
+            .position(|b| !b.is_ascii_digit())
+            .map_or(bytes.len(), |len| run + len);
+        if end - run >= 3
+            && end < before
+            && matches!(bytes[end], b' ' | b'.' | b'-')
+            && bytes
+                .get(end + 1..end + 5)
+                .is_some_and(|next| next.iter().all(u8::is_ascii_digit))
+        {
+            return Some(end);
+        }
+        at = end;
+    }
+    None
 }
 
 /// The end of the US phone regex's match starting at `at`, if one does.
@@ -1483,7 +1585,19 @@ fn any_quad(bytes: &[u8], hit: impl Fn(u8, u8, u8, u8) -> bool) -> bool {
     any
 }
 
-/// How many dots have an ASCII digit on each side (branch-free, so it vectorizes).
+/// Whether at least `n` (one or more) dots have an ASCII digit on each side. Jumps from dot to dot and stops at the
+/// `n`th: prose has a dot a sentence and few between digits, where counting over every byte (the test's
+/// `count_dotted_digits`) cost about five instructions a byte, 2.5 % of the scrub of the raw captures (their 10 KB
+/// prompts pass the gate's digit and dot counts).
+fn has_dotted_digits(bytes: &[u8], n: usize) -> bool {
+    memchr::memchr_iter(b'.', bytes)
+        .filter(|&i| i > 0 && bytes[i - 1].is_ascii_digit() && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
+        .nth(n.saturating_sub(1))
+        .is_some()
+}
+
+/// How many dots have an ASCII digit on each side: the oracle of [`has_dotted_digits`].
+#[cfg(test)]
 fn count_dotted_digits(bytes: &[u8]) -> usize {
     let (Some(second), Some(third)) = (bytes.get(1..), bytes.get(2..)) else {
         return 0;
@@ -1501,7 +1615,6 @@ fn count_dotted_digits(bytes: &[u8]) -> usize {
 /// Same language as the `EMAIL` regex in the tests: `[a-z0-9][a-z0-9._%+-]*@(label.)+tld`, case-insensitive, where
 /// labels are alphanumeric with inner dashes and the TLD is 2-24 letters followed by a non-word character.
 fn find_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
-    let is_local = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-');
     // Where the previous address's local part may not reach back past: its own `@`. Its domain may be the next
     // address's local part (`a@b.cc@d.org`): stopping at the end of that domain would leave `b.cc@d.org`, an address,
     // in the scrubbed text.
@@ -1521,10 +1634,10 @@ fn find_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
             continue;
         };
         i = at + separator;
-        let mut start = at;
-        while start > last_end && is_local(bytes[start - 1]) {
-            start -= 1;
-        }
+        let mut start = bytes[last_end..at]
+            .iter()
+            .rposition(|&b| !EMAIL_LOCAL[usize::from(b)])
+            .map_or(last_end, |p| last_end + p + 1);
         while start < at && !bytes[start].is_ascii_alphanumeric() {
             start += 1;
         }
@@ -1544,6 +1657,27 @@ fn find_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
     }
 }
 
+/// The bytes of an email's local part (`[a-z0-9._%+-]`, any case) and of a domain label (`[a-z0-9-]`), as tables:
+/// one load a byte where the comparisons were several, on strings that repeat an address thousands of times.
+const EMAIL_LOCAL: [bool; 256] = email_bytes(b"._%+-");
+const EMAIL_LABEL: [bool; 256] = email_bytes(b"-");
+
+/// ASCII letters and digits, and the bytes of `also`, as a table.
+const fn email_bytes(also: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = (i as u8).is_ascii_alphanumeric();
+        i += 1;
+    }
+    let mut k = 0;
+    while k < also.len() {
+        table[also[k] as usize] = true;
+        k += 1;
+    }
+    table
+}
+
 /// The end of an email domain starting at `from`: at least two labels, the last all letters (2-24).
 fn email_domain_end(bytes: &[u8], from: usize) -> Option<usize> {
     let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
@@ -1554,9 +1688,10 @@ fn email_domain_end(bytes: &[u8], from: usize) -> Option<usize> {
     let mut pos = from;
     loop {
         let start = pos;
-        while pos < bytes.len() && (bytes[pos].is_ascii_alphanumeric() || bytes[pos] == b'-') {
-            pos += 1;
-        }
+        pos += bytes[pos..]
+            .iter()
+            .position(|&b| !EMAIL_LABEL[usize::from(b)])
+            .unwrap_or(bytes.len() - pos);
         if pos == start || bytes[start] == b'-' || bytes[pos - 1] == b'-' {
             break;
         }
@@ -1988,6 +2123,59 @@ mod tests {
             detectors.read_again(text, &mut hits);
         }
         hits.iter().map(|h| (h.start, h.end, h.detector)).collect()
+    }
+
+    /// Set for the child process of [`every_kinds_automata_are_built_with_its_set`].
+    const WARM_CHILD: &str = "SCRUB_RELAY_TEST_WARM_CHILD";
+
+    /// Automata are process-wide and other tests build them, so the check runs in a fresh process: this test binary
+    /// again, running only [`warm_child`].
+    #[test]
+    fn every_kinds_automata_are_built_with_its_set() {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "rules::detectors::tests::warm_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(WARM_CHILD, "1")
+            .status()
+            .unwrap();
+        assert!(status.success(), "the child process failed (its output is above)");
+    }
+
+    /// For each kind in turn, in a process where nothing is built yet: a set of that kind builds its automata, and
+    /// finding every positive example of the kind (as it is, and inside a long non-ASCII string, which takes the
+    /// regexes' paths) builds nothing more.
+    #[test]
+    #[ignore = "run in a fresh process by every_kinds_automata_are_built_with_its_set"]
+    fn warm_child() {
+        if std::env::var_os(WARM_CHILD).is_none() {
+            return;
+        }
+        let built = || BUILT.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(built(), 0, "nothing is built before the first set");
+        let mut hits = Vec::new();
+        for kind in Kind::BUILT_IN {
+            let detectors = set(&[kind]).with_phone_region(phone::parse_region("GB").unwrap());
+            let after_set = built();
+            assert_eq!(
+                after_set & kind.bit(),
+                warm_kinds(kind.bit()),
+                "{kind:?}'s automata built with its set"
+            );
+            let mut found = 0;
+            for &(_, text) in POSITIVES.iter().filter(|(k, _)| *k == kind) {
+                let long = format!("é {text} {}", "lorem ipsum ".repeat(50));
+                for text in [text, long.as_str()] {
+                    detectors.find(text, &mut hits);
+                    found += hits.len();
+                }
+            }
+            assert!(found > 0, "{kind:?} found its positive examples");
+            assert_eq!(built(), after_set, "finding {kind:?} built nothing more");
+        }
     }
 
     #[test]
@@ -2643,10 +2831,47 @@ mod tests {
             let text: String = (0..pieces).map(|_| OCTETS[rng.below(OCTETS.len())]).collect();
             if IPV4.is_match(&text) {
                 ips += 1;
-                assert!(count_dotted_digits(text.as_bytes()) >= 3, "{text:?}");
+                assert!(has_dotted_digits(text.as_bytes(), 3), "{text:?}");
             }
         }
         assert!(ibans > 1000 && ips > 1000, "{ibans} IBANs, {ips} addresses");
+    }
+
+    #[test]
+    fn phone_tail_agrees_with_a_search_of_every_separator() {
+        let by_separators = |bytes: &[u8], at: usize, before: usize| {
+            let digits =
+                |range: std::ops::Range<usize>| bytes.get(range).is_some_and(|r| r.iter().all(u8::is_ascii_digit));
+            memchr::memchr3_iter(b' ', b'.', b'-', &bytes[at..before])
+                .map(|offset| at + offset)
+                .find(|&s| s >= at + 3 && digits(s - 3..s) && digits(s + 1..s + 5))
+        };
+        let mut rng = generators::Rng(0x5EED_7A11);
+        for _ in 0..20_000 {
+            let text = digit_shaped_text(&mut rng);
+            let bytes = text.as_bytes();
+            for _ in 0..4 {
+                let before = rng.below(bytes.len() + 1);
+                let at = rng.below(before + 1);
+                assert_eq!(
+                    phone_tail(bytes, at, before),
+                    by_separators(bytes, at, before),
+                    "{at}..{before} of {text:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn dotted_digits_agree_with_the_count() {
+        let mut rng = generators::Rng(0x5EED_D077);
+        for _ in 0..20_000 {
+            let text = digit_shaped_text(&mut rng);
+            let count = count_dotted_digits(text.as_bytes());
+            for n in 1..=4 {
+                assert_eq!(has_dotted_digits(text.as_bytes(), n), count >= n, "{n} in {text:?}");
+            }
+        }
     }
 
     #[test]

@@ -359,6 +359,7 @@ struct Catalog {
 }
 
 static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
+    super::mark_built(super::Kind::ProviderSecret);
     let mut literals = Vec::new();
     let mut format_of = Vec::new();
     for (index, format) in FORMATS.iter().enumerate() {
@@ -387,6 +388,11 @@ static CATALOG: LazyLock<Catalog> = LazyLock::new(|| {
         regexes,
     }
 });
+
+/// Builds the literal automaton and the formats' regexes now rather than on first use.
+pub fn warm() {
+    LazyLock::force(&CATALOG);
+}
 
 /// Whether `text` holds a token run and any catalog literal (the prefilter's test: every match contains both).
 pub fn maybe(text: &str) -> bool {

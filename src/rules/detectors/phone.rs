@@ -42,6 +42,13 @@ pub fn warm() {
     let _ = calling_code_patterns(1);
 }
 
+/// Compiles the patterns of `region`'s calling code once, for a set that reads national numbers there.
+pub fn warm_region(region: Id) {
+    if let Some(meta) = DATABASE.by_id(region.as_ref()) {
+        let _ = calling_code_patterns(meta.country_code());
+    }
+}
+
 /// Calls `push(start, end)` for every valid phone number in `text`: international ones always, national ones when
 /// `region` is given.
 pub fn find(text: &str, region: Option<Id>, push: &mut dyn FnMut(usize, usize)) {
@@ -305,6 +312,9 @@ impl CodePatterns {
 
     /// `None` when a pattern does not compile here: the library alone decides for that code.
     fn build(code: u16) -> Option<CodePatterns> {
+        if code == 1 {
+            super::mark_built(super::Kind::PhoneIntl);
+        }
         let regions: Vec<&Metadata> = DATABASE.by_code(&code)?;
         let mut types = Vec::new();
         let mut national_prefixes = Vec::new();
