@@ -351,6 +351,16 @@ fn machine_busy_seconds() -> Option<f64> {
     Some(busy / CLOCK_TICKS_PER_SECOND)
 }
 
+/// The machine's CPUs (`cpuN` lines of /proc/stat). Not `available_parallelism`: under `taskset` that is the bench's
+/// own share, and "other processes: 1.4 cores of 1" said nothing.
+fn machine_cpus() -> usize {
+    std::fs::read_to_string("/proc/stat").map_or(0, |stat| {
+        stat.lines()
+            .filter(|line| line.starts_with("cpu") && line.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count()
+    })
+}
+
 /// Peak resident memory of a process, in MiB (`VmHWM`).
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -650,7 +660,7 @@ async fn run(options: &Options, scenario: &str) {
     println!(
         "| other processes on the machine | {:.2} cores of {} |",
         (machine - relay_cpu - own_cpu).max(0.0) / seconds,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        machine_cpus()
     );
     println!(
         "| forwarded to the sink | {forwarded} envelopes, {:.2} MB/s |",
