@@ -121,7 +121,8 @@ impl<'l> EntryRef<'l> {
 
 /// Whether `text` needs escapes as a JSON string (a `"`, `\` or control character). Segments and rule ids are
 /// short: their last bytes are read as one word (overlapping bytes already read, which does not change a yes/no),
-/// not byte by byte.
+/// not byte by byte. Inlined: called for every segment and rule id, and the call cost about a fifth of it.
+#[inline(always)]
 fn needs_escape(text: &str) -> bool {
     let bytes = text.as_bytes();
     let len = bytes.len();
@@ -338,6 +339,7 @@ fn decimal_str(value: usize, digits: &mut [u8; 20]) -> &str {
 }
 
 /// Appends `value` in decimal; the small numbers most ranges and lengths are without a copy of a digit buffer.
+#[inline]
 fn push_number(out: &mut Vec<u8>, value: usize) {
     if value < 10 {
         out.push(b'0' + value as u8);
