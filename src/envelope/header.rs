@@ -155,7 +155,7 @@ impl<'a> Reader<'a> {
 
 /// The bytes of `word` (little-endian) that end or interrupt a plain string (`"`, `\\`, a control character), each
 /// as its high bit. Borrows of the subtractions can flag bytes after a real one, never before it, so the lowest flag
-/// is exact. (The scrub's stream has the same test, private to the scrub.)
+/// is exact.
 fn escape_flags(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     let quote = word ^ (ONES * u64::from(b'"'));
@@ -322,25 +322,14 @@ mod tests {
             let plain = "k".repeat(len);
             assert!(check(format!(r#"{{"k":"{plain}","z":1}}"#).as_bytes()), "{len}");
             for at in 0..len {
-                for special in [
-                    &b"\\"[..],
-                    b"\\n",
-                    b"\x01",
-                    b"\x1f",
-                    b"\x7f",
-                    "é".as_bytes(),
-                    "😀".as_bytes(),
-                    b"\xff",
-                    b"\xc3",
-                ] {
+                for special in [&b"\\"[..], b"\\n", b"\x01", b"\x1f", b"\x7f", "é".as_bytes(), "😀".as_bytes(), b"\xff", b"\xc3"] {
                     let mut text = plain.clone().into_bytes();
                     text.splice(at..at + 1, special.iter().copied());
                     let mut line = br#"{"k":""#.to_vec();
                     line.extend_from_slice(&text);
                     line.extend_from_slice(br#"","z":1}"#);
                     let answered = check(&line);
-                    let plain_enough =
-                        std::str::from_utf8(&text).is_ok_and(|t| !t.bytes().any(|b| b < 0x20 || b == b'\\'));
+                    let plain_enough = std::str::from_utf8(&text).is_ok_and(|t| !t.bytes().any(|b| b < 0x20 || b == b'\\'));
                     assert_eq!(answered, plain_enough, "{:?}", String::from_utf8_lossy(&line));
                 }
                 // A quote ends the string early: the rest is not JSON.
@@ -369,9 +358,7 @@ mod tests {
             r#"{"o":{"p":{"q":[{"r":"s"},[],{}]}},"":"","long":"0123456789abcdef0123456789abcdef\"x"}"#,
         ];
         for text in values {
-            let Value::Object(map) = serde_json::from_str::<Value>(text).unwrap() else {
-                unreachable!()
-            };
+            let Value::Object(map) = serde_json::from_str::<Value>(text).unwrap() else { unreachable!() };
             check_written(&map);
         }
         for len in 0..40 {
@@ -392,39 +379,9 @@ mod tests {
     fn random_lines_are_read_as_serde_json_reads_them() {
         let mut rng = fastrand::Rng::with_seed(23);
         let pieces: &[&[u8]] = &[
-            b"{",
-            b"}",
-            b"\"",
-            b":",
-            b",",
-            b" ",
-            b"\t",
-            b"\"a\"",
-            b"\"type\"",
-            b"\"length\"",
-            b"\"\"",
-            b"\"x y\"",
-            b"0",
-            b"7",
-            b"42",
-            b"01",
-            b"1.5",
-            b"-3",
-            b"e5",
-            b"true",
-            b"false",
-            b"null",
-            b"nul",
-            b"[",
-            b"]",
-            b"\\",
-            b"\\n",
-            b"\xc3\xa9",
-            b"\xc3",
-            b"\x01",
-            b"\"$k\"",
-            b"18446744073709551616",
-            b"999999999999999999",
+            b"{", b"}", b"\"", b":", b",", b" ", b"\t", b"\"a\"", b"\"type\"", b"\"length\"", b"\"\"", b"\"x y\"", b"0",
+            b"7", b"42", b"01", b"1.5", b"-3", b"e5", b"true", b"false", b"null", b"nul", b"[", b"]", b"\\", b"\\n",
+            b"\xc3\xa9", b"\xc3", b"\x01", b"\"$k\"", b"18446744073709551616", b"999999999999999999",
         ];
         let mut answered = 0;
         for _ in 0..200_000 {
