@@ -185,14 +185,14 @@ impl Item {
             if at > 0 {
                 out.push(b',');
             }
-            super::header::write_string(key, out);
+            // Writing a string or a `Value` into a Vec cannot fail.
+            serde_json::to_writer(&mut *out, key).expect("JSON string serializes");
             out.push(b':');
             if key == "length" {
-                // Writing a number into a Vec cannot fail.
                 serde_json::to_writer(&mut *out, &length).expect("a number serializes");
                 wrote_length = true;
             } else {
-                super::header::write_value(value, out);
+                serde_json::to_writer(&mut *out, value).expect("JSON value serializes");
             }
         }
         if !wrote_length {

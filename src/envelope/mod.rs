@@ -15,7 +15,6 @@
 //!
 //! Serializing always writes `length` for every item, so the upstream never has to guess where a payload ends.
 
-mod header;
 mod item;
 
 pub use item::{Item, ItemType};
@@ -135,7 +134,8 @@ impl Envelope {
         // guess short of them grew (and copied) the whole buffer once per envelope.
         let items: usize = self.items.iter().map(|i| i.payload().len() + 128).sum();
         let mut out = Vec::with_capacity(512 + items);
-        header::write_object(&self.headers, &mut out);
+        // Serializing a `Map<String, Value>` into a Vec cannot fail: keys are strings and values are already JSON.
+        serde_json::to_writer(&mut out, &self.headers).expect("JSON map serializes");
         out.push(b'\n');
         out.reserve(items);
         for item in &self.items {
@@ -172,13 +172,10 @@ fn next_line(bytes: &[u8], start: usize) -> (&[u8], usize) {
 }
 
 fn memchr_newline(bytes: &[u8]) -> Option<usize> {
-    memchr::memchr(b'\n', bytes)
+    bytes.iter().position(|&b| b == b'\n')
 }
 
 fn parse_object(line: &[u8]) -> Option<Map<String, Value>> {
-    if let Some(map) = header::quick_object(line) {
-        return Some(map);
-    }
     match serde_json::from_slice(line) {
         Ok(Value::Object(map)) => Some(map),
         _ => None,
