@@ -30,8 +30,8 @@ for flag in "$@"; do relay_args+=("--relay-arg=$flag"); done
 bench=$!
 sleep 35
 relay=$(pgrep -f -- "--callgrind-out-file=$out/$tag.out" | head -1)
-callgrind_control -z "$relay" >/dev/null
+callgrind_control -z "$relay" >/dev/null 2>&1
 sleep 50
-callgrind_control -d "$relay" >/dev/null
+callgrind_control -d "$relay" >/dev/null 2>&1
 wait "$bench"
 python3 "$here/callgrind.py" calls "$out/$tag.out.1" scrub_relay::ingest::prepare
