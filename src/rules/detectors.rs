@@ -1659,11 +1659,11 @@ fn find_emails(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
 
 /// The bytes of an email's local part (`[a-z0-9._%+-]`, any case) and of a domain label (`[a-z0-9-]`), as tables:
 /// one load a byte where the comparisons were several, on strings that repeat an address thousands of times.
-const EMAIL_LOCAL: [bool; 256] = email_bytes(b"._%+-");
-const EMAIL_LABEL: [bool; 256] = email_bytes(b"-");
+const EMAIL_LOCAL: [bool; 256] = alphanumeric_and(b"._%+-");
+const EMAIL_LABEL: [bool; 256] = alphanumeric_and(b"-");
 
-/// ASCII letters and digits, and the bytes of `also`, as a table.
-const fn email_bytes(also: &[u8]) -> [bool; 256] {
+/// ASCII letters and digits, and the bytes of `also`, as a table indexed by byte.
+const fn alphanumeric_and(also: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut i = 0;
     while i < 256 {

@@ -321,16 +321,7 @@ pub const MIN_LEN: usize = 20;
 const TOKEN_RUN: u32 = 20;
 
 /// Letters, digits and the punctuation token alphabets use (`_-.~+/=`): a run of these is where a token can be.
-const TOKEN_BYTES: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'~' | b'+' | b'/' | b'=');
-        b += 1;
-    }
-    table
-};
+const TOKEN_BYTES: [bool; 256] = super::alphanumeric_and(b"_-.~+/=");
 
 fn is_token_byte(b: u8) -> bool {
     TOKEN_BYTES[usize::from(b)]
