@@ -6,6 +6,9 @@
                                            the busiest functions, instructions divided by N (per request, per pass)
   callgrind.py callers OUT N FUNCTION [--rows R]
                                            who called FUNCTION, with the instructions spent in it per caller, per N
+  callgrind.py marginal SHORT LONG FUNCTION N
+                                           of two runs collecting FUNCTION only (--toggle-collect), the instructions
+                                           the longer one spent per N calls beyond the shorter: first calls left out
 """
 import argparse
 import re
@@ -80,6 +83,11 @@ def main():
     p.add_argument("per", type=float)
     p.add_argument("--inclusive", action="store_true")
     p.add_argument("--rows", type=int, default=40)
+    p = sub.add_parser("marginal")
+    p.add_argument("short")
+    p.add_argument("long")
+    p.add_argument("function")
+    p.add_argument("per", type=int)
     p = sub.add_parser("callers")
     p.add_argument("out")
     p.add_argument("per", type=float)
@@ -90,6 +98,13 @@ def main():
         count, total = calls(args.out, args.function)
         per = total / count if count else 0
         print(f"calls={count} total={total} per_call={per:.0f}")
+    elif args.command == "marginal":
+        (short_calls, short_total), (long_calls, long_total) = (
+            calls(args.short, args.function),
+            calls(args.long, args.function),
+        )
+        extra = long_calls - short_calls
+        print(f"{(long_total - short_total) / extra * args.per:,.0f} instructions per {args.per} calls ({extra} calls)")
     elif args.command == "rows":
         rows(args.out, args.per, args.inclusive, args.rows)
     else:

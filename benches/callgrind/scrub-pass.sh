@@ -23,8 +23,5 @@ for seconds in 2 6; do
         exit 1
     }
 done
-read -r short_calls short_total < <(python3 "$here/callgrind.py" calls "$out/scrub-$tag-2.out" scrub_relay::pipeline::process \
-    | sed 's/calls=\([0-9]*\) total=\([0-9]*\).*/\1 \2/')
-read -r long_calls long_total < <(python3 "$here/callgrind.py" calls "$out/scrub-$tag-6.out" scrub_relay::pipeline::process \
-    | sed 's/calls=\([0-9]*\) total=\([0-9]*\).*/\1 \2/')
-python3 -c "print(f'$tag: {($long_total - $short_total) / ($long_calls - $short_calls) * 19:,.0f} instructions per pass over the 19 captures ({$long_calls - $short_calls} envelopes)')"
+printf '%s: ' "$tag"
+python3 "$here/callgrind.py" marginal "$out/scrub-$tag-2.out" "$out/scrub-$tag-6.out" scrub_relay::pipeline::process 19
