@@ -249,6 +249,8 @@ struct KeyVerdicts {
     /// module names and SDK metadata in every event, and reading one again through every detector costs a hundred
     /// times more than finding it here ([`Scrubber::scrub_str`]).
     clean: Memo<()>,
+    /// What the value detectors found in a string, for the strings that hold findings ([`FoundMemo`]).
+    found: FoundMemo,
 }
 
 impl KeyVerdicts {
@@ -266,6 +268,7 @@ impl KeyVerdicts {
             // evict each other at every event.
             fields: Memo::with_sets(1024),
             clean: Memo::with_sets(1024),
+            found: FoundMemo::with_sets(1024),
         }
     }
 }
@@ -331,6 +334,116 @@ impl<V: Copy> Memo<V> {
         self.slots[set] = Some((key.into(), tag, value));
     }
 }
+
+/// What [`DetectorSet::find`](crate::rules::detectors::DetectorSet::find) found in strings of at most
+/// [`FoundMemo::MAX_LEN`] bytes. Raw SDK events repeat their personal data across fields and events (the python
+/// capture sends its address 8 times and its SSN, phone and card 2 to 4 times), and reading a string through every
+/// detector costs ten to a hundred times a lookup here. What is replayed is exactly what `find` returned for that
+/// string under these rules: the table belongs to one engine like the other verdicts.
+///
+/// Unlike the clean-string memo, this one is keyed by a 128-bit digest of the string (SipHash under two random keys
+/// drawn per table), never by the string: the strings it holds findings for are the secrets themselves, and the
+/// relay keeps no copy of them past the request. Two strings share an entry only when both 64-bit halves collide, a
+/// chance of about 2^-127 per lookup that no sender can steer without the keys.
+struct FoundMemo {
+    keys: [std::hash::RandomState; 2],
+    /// Sets of two slots each: a power of two.
+    sets: usize,
+    slots: Vec<Option<([u64; 2], Found)>>,
+}
+
+/// The hits of one string, each as start, end and detector index in a byte.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    len: u8,
+    hits: [[u8; 3]; Found::MAX_HITS],
+}
+
+impl Found {
+    /// Strings with more hits are read every time.
+    const MAX_HITS: usize = 8;
+}
+
+impl FoundMemo {
+    /// Longer strings are read every time: positions must fit a byte, and long strings seldom repeat.
+    const MAX_LEN: usize = 128;
+
+    fn with_sets(sets: usize) -> FoundMemo {
+        debug_assert!(sets.is_power_of_two());
+        FoundMemo {
+            keys: [std::hash::RandomState::new(), std::hash::RandomState::new()],
+            sets,
+            slots: Vec::new(),
+        }
+    }
+
+    fn digest(&self, text: &str) -> [u64; 2] {
+        use std::hash::BuildHasher;
+        [self.keys[0].hash_one(text), self.keys[1].hash_one(text)]
+    }
+
+    /// The first slot of a digest's set, allocating the table on first use.
+    fn set(&mut self, digest: [u64; 2]) -> usize {
+        if self.slots.is_empty() {
+            self.slots.resize(self.sets * 2, None);
+        }
+        (digest[0] >> (64 - self.sets.trailing_zeros())) as usize * 2
+    }
+
+    /// Fills `hits` (cleared first) with what was kept for `digest`; false when nothing was. A hit in the second
+    /// slot moves to the first, so the slot a miss evicts is the colder.
+    fn get(&mut self, digest: [u64; 2], hits: &mut Vec<Hit>) -> bool {
+        let set = self.set(digest);
+        for way in 0..2 {
+            if let Some((kept, found)) = &self.slots[set + way]
+                && *kept == digest
+            {
+                hits.clear();
+                hits.extend(
+                    found.hits[..usize::from(found.len)]
+                        .iter()
+                        .map(|&[start, end, detector]| Hit {
+                            start: usize::from(start),
+                            end: usize::from(end),
+                            detector: usize::from(detector),
+                        }),
+                );
+                if way == 1 {
+                    self.slots.swap(set, set + 1);
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Keeps `hits` for `digest`, unless they do not fit ([`Found::MAX_HITS`], byte-sized positions and indices).
+    fn put(&mut self, digest: [u64; 2], hits: &[Hit]) {
+        let mut found = Found {
+            len: 0,
+            hits: [[0; 3]; Found::MAX_HITS],
+        };
+        if hits.len() > Found::MAX_HITS {
+            return;
+        }
+        for (slot, hit) in found.hits.iter_mut().zip(hits) {
+            let (Ok(start), Ok(end), Ok(detector)) = (
+                u8::try_from(hit.start),
+                u8::try_from(hit.end),
+                u8::try_from(hit.detector),
+            ) else {
+                return;
+            };
+            *slot = [start, end, detector];
+        }
+        found.len = hits.len() as u8;
+        let set = self.set(digest);
+        self.slots[set + 1] = self.slots[set].take();
+        self.slots[set] = Some((digest, found));
+    }
+}
+
+const _: () = assert!(FoundMemo::MAX_LEN <= u8::MAX as usize, "positions are kept in a byte");
 
 /// The last bytes of a key (fewer than eight) as one word, read in at most two loads rather than copied into a
 /// zeroed word (a `memcpy` call per key). Bytes may be read twice: the key's length is hashed too, so keys of one
@@ -404,8 +517,8 @@ impl<'e> Scrubber<'e> {
     }
 
     /// Whether the text pass of [`Scrubber::scrub_str`] found nothing in `text` read as `mode` before. That pass
-    /// depends on the text, the mode and the rules only (the memo is the rules' own), and only its "nothing found" is
-    /// kept: what changes a string is worked out every time.
+    /// depends on the text, the mode and the rules only (the memo is the rules' own). Only "nothing found" is kept
+    /// here, with the text; of strings with findings only the detectors' hits are kept, by digest ([`FoundMemo`]).
     pub(crate) fn known_clean(&mut self, text: &str, mode: TextMode) -> bool {
         if text.len() > KeyVerdicts::MAX_CLEAN_LEN {
             return false;
@@ -420,6 +533,20 @@ impl<'e> Scrubber<'e> {
             let set = self.key_verdicts.clean.set(text, mode as u16);
             self.key_verdicts.clean.put(set, text, mode as u16, ());
         }
+    }
+
+    /// [`DetectorSet::find`](crate::rules::detectors::DetectorSet::find) on `text`, from [`FoundMemo`] when this
+    /// thread read the same string under the same rules before.
+    pub(crate) fn find_values(&mut self, text: &str, hits: &mut Vec<Hit>) {
+        if text.len() > FoundMemo::MAX_LEN {
+            return self.engine.detectors.find(text, hits);
+        }
+        let digest = self.key_verdicts.found.digest(text);
+        if self.key_verdicts.found.get(digest, hits) {
+            return;
+        }
+        self.engine.detectors.find(text, hits);
+        self.key_verdicts.found.put(digest, hits);
     }
 
     /// What the walk does with `key` in `scope` ([`walk::KeyFacts`]), from the memo when it was worked out before:

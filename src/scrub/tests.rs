@@ -631,7 +631,7 @@ fn clean_strings_are_remembered_only_for_the_rules_and_reading_they_were_found_c
         );
         assert_eq!(scrubber.scrub_str("tenant=acme", super::TextMode::Source, &[]), None);
     }
-    // What a string's findings are is never remembered: the same secret is masked every time.
+    // A string's findings are remembered by digest (`FoundMemo`): the same secret is masked alike every time.
     let email = json!({"message": "mail jane.doe@example.com"});
     for _ in 0..3 {
         assert_eq!(scrubbed(&plain, &email)["message"], "mail ***@example.com");
@@ -905,4 +905,57 @@ fn tally_counts_every_redaction_once() {
     assert_eq!(tally.redactions, expected);
     tally.settle();
     assert_eq!(tally.redactions, expected, "a second settle adds nothing");
+}
+
+/// The found-value memo replays exactly what the detectors find: for strings seen before, strings sharing a set with
+/// others, strings with more hits than it keeps and strings longer than it keeps, in any order.
+#[test]
+fn found_memo_gives_back_what_the_detectors_find() {
+    let rules = CompiledRules::defaults();
+    let engine = rules.engine(Some(42));
+    let mut rng = fastrand::Rng::with_seed(11);
+    let pieces = [
+        "jane.doe@example.com",
+        "(555) 123-4567",
+        "123-45-6789",
+        "4111 1111 1111 1111",
+        "10.1.2.3",
+        "Bearer abcdef123456",
+        "password=hunter2x",
+        "ticket 4821",
+        "the quick fox",
+        ", ",
+    ];
+    let samples: Vec<String> = (0..1500)
+        .map(|_| {
+            let parts = rng.usize(1..12);
+            (0..parts)
+                .map(|_| pieces[rng.usize(..pieces.len())])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let mut scrubber = super::Scrubber::new(engine, false);
+    let (mut expected, mut got) = (Vec::new(), Vec::new());
+    let mut replayed = 0;
+    for _ in 0..3 {
+        for text in &samples {
+            engine.detectors.find(text, &mut expected);
+            let digest = scrubber.key_verdicts.found.digest(text);
+            replayed += usize::from(scrubber.key_verdicts.found.get(digest, &mut got));
+            scrubber.find_values(text, &mut got);
+            assert_eq!(got, expected, "{text}");
+        }
+    }
+    // Repeats are found in the memo (not only computed again), and strings it cannot keep are not.
+    assert!(replayed > samples.len(), "{replayed}");
+    for text in [
+        "jane.doe@example.com ".repeat(7),
+        "1.2.3.4 5.6.7.8 9.10.11.12 13.14.15.16 17.18.19.20 21.22.23.24 25.26.27.28 29.30.31.32 33.34.35.36"
+            .to_string(),
+    ] {
+        scrubber.find_values(&text, &mut got);
+        let digest = scrubber.key_verdicts.found.digest(&text);
+        assert!(!scrubber.key_verdicts.found.get(digest, &mut got), "{text}");
+    }
 }

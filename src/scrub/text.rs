@@ -105,7 +105,7 @@ impl Scrubber<'_> {
         if mode == TextMode::Path {
             self.engine.detectors.find_only(Kind::UserPath, text, &mut hits);
         } else {
-            self.engine.detectors.find(text, &mut hits);
+            self.find_values(text, &mut hits);
         }
         if hits.is_empty() && spans.is_empty() {
             self.hits = hits;
