@@ -160,15 +160,14 @@ const T_ALL: u32 = T_AT
     | T_TAX_LABEL
     | T_PLUS;
 
-/// How many bytes of each class a string holds. One pass that the compiler vectorizes: 16 bytes per step into `u8`
-/// lanes (one SSE2 instruction per class), widened to `u32` every 255 steps. About 0.2 ns per byte, where
-/// the bigram Bloom filter it replaces cost about 2 ns per byte. Most families are ruled out by these counts alone
-/// (no digit, no `@`, no `b`, no `_`...), so plain prose never reaches a substring search. The classes that are only
-/// ever asked "any?" (`_`, `@`, `%`, `b`, `A`, `J`, non-ASCII) hold 1 or 0.
+/// How many bytes of each class a string holds, byte by byte through [`CLASS_COUNTS`] and [`CLASS_FLAGS`]: about four
+/// instructions a byte and nothing to set up. Most families are ruled out by these counts alone (no digit, no `@`,
+/// no `b`, no `_`...), so plain prose never reaches a substring search. The classes that are only ever asked "any?"
+/// (`_`, `@`, `%`, `b`, `A`, `J`, non-ASCII) hold 1 or 0.
 ///
-/// The prefilter counts strings shorter than [`SHORT_COUNT`] so ([`Classes::of`]); longer ones are read by
-/// [`Classes::of_long`], which stops where the thresholds are decided, and this exact count is what tests check it
-/// against.
+/// The prefilter counts strings shorter than [`SHORT_COUNT`] so ([`Classes::of`]), most values being short; longer
+/// ones are read by [`Classes::of_long`], which stops where the thresholds are decided, and this exact count is what
+/// tests check it against.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
     digits: u32,
@@ -191,25 +190,10 @@ struct Counts {
     colons: u32,
 }
 
-/// Bytes per step of [`Counts::of`]: one SSE2 register.
-const LANES: usize = 16;
-
-/// Sliced at the tail's length, what of the last 16 bytes the tail keeps: the last that many.
-const TAIL_KEEP: [u8; 2 * LANES] = {
-    let mut keep = [0u8; 2 * LANES];
-    let mut i = LANES;
-    while i < 2 * LANES {
-        keep[i] = 0xff;
-        i += 1;
-    }
-    keep
-};
-
-/// The classes [`Counts::of`] counts, one `u8` lane each.
+/// The classes [`Counts::of`] counts, one byte each of a `u64` ([`CLASS_COUNTS`]).
 const COUNTED: usize = 6;
 
-/// The classes it only needs to see once: one bit each in a seventh lane, OR-ed together (a count lane per class,
-/// summed across its 16 bytes at the end, cost more than the block steps on the short strings most values are).
+/// The classes it only needs to see once: one bit each of a byte, OR-ed together.
 const F_UNDERSCORE: u8 = 1;
 const F_AT: u8 = 1 << 1;
 const F_PERCENT: u8 = 1 << 2;
@@ -218,19 +202,13 @@ const F_CAP_A: u8 = 1 << 4;
 const F_CAP_J: u8 = 1 << 5;
 const F_NON_ASCII: u8 = 1 << 6;
 
-/// Strings shorter than this are counted byte by byte through [`CLASS_COUNTS`] and [`CLASS_FLAGS`]: about four
-/// instructions a byte and nothing to set up, where the vector pass costs ~90 instructions per 16 bytes (SSE2 has
-/// no byte range compare, and 13 classes do not fit its registers) plus ~150 to start and finish. Most values are
-/// short. Longer strings take the vector pass, faster per byte in time (its instructions run in parallel); the
-/// prefilter reads them with [`Classes::of_long`] instead, at a fraction of its instructions.
+/// Strings shorter than this are counted exactly ([`Counts::of`]); longer ones are read by [`Classes::of_long`]'s
+/// scans, which stop at each class's largest threshold and cost a fraction of an instruction a byte where the count
+/// costs four.
 const SHORT_COUNT: usize = 128;
-const _: () = assert!(
-    SHORT_COUNT >= LANES,
-    "the vector pass reads its tail as the string's last block"
-);
 
 /// For each byte value, a one in the byte of a `u64` that counts its class: digits, capitals, dots, dashes,
-/// slashes (`/`, `\`) and colons, bytes 0 to 5. A string shorter than 256 bytes cannot carry one byte into the next.
+/// slashes (`/`, `\`) and colons, bytes 0 to 5. Up to 255 bytes cannot carry one byte into the next.
 static CLASS_COUNTS: [u64; 256] = {
     let mut table = [0u64; 256];
     let mut i = 0;
@@ -267,53 +245,18 @@ static CLASS_FLAGS: [u8; 256] = {
 
 impl Counts {
     fn of(bytes: &[u8]) -> Counts {
-        if bytes.len() < SHORT_COUNT {
-            let (mut counts, mut seen) = (0u64, 0u8);
-            for &b in bytes {
+        let (mut total, mut seen) = ([0u32; COUNTED], 0u8);
+        // 255 bytes per `u64` at most, so no byte of it overflows; the prefilter's strings are one chunk.
+        for chunk in bytes.chunks(255) {
+            let mut counts = 0u64;
+            for &b in chunk {
                 counts += CLASS_COUNTS[usize::from(b)];
                 seen |= CLASS_FLAGS[usize::from(b)];
             }
-            let class = |i: u32| ((counts >> (8 * i)) & 0xff) as u32;
-            return Counts::from_totals([class(0), class(1), class(2), class(3), class(4), class(5)], seen);
-        }
-        let blocks = bytes.chunks_exact(LANES);
-        // The tail goes through the same fixed-size step, as the last 16 bytes with those the blocks counted zeroed
-        // (a zero byte is in no class): no copy of a variable length (a call to `memcpy` per string). Strings here
-        // are longer than a block ([`SHORT_COUNT`]).
-        let rest = blocks.remainder().len();
-        let mut tail = [0u8; LANES];
-        let last = &bytes[bytes.len() - LANES..];
-        for ((t, &b), &k) in tail.iter_mut().zip(last).zip(&TAIL_KEEP[rest..rest + LANES]) {
-            *t = b & k;
-        }
-        let mut total = [0u32; COUNTED];
-        // One `u8` lane per counter and byte position; flushed every 255 steps, before a lane can overflow.
-        let mut lanes = [[0u8; LANES]; COUNTED];
-        let mut flags = [0u8; LANES];
-        let mut steps = 0;
-        for block in blocks.chain(std::iter::once(&tail[..]).take(usize::from(rest > 0))) {
-            let Ok(block) = <&[u8; LANES]>::try_from(block) else {
-                continue; // cannot happen: every block is LANES long
-            };
-            Counts::step(&mut lanes, &mut flags, block);
-            steps += 1;
-            if steps == 255 {
-                Counts::flush(&mut lanes, &mut total);
-                steps = 0;
+            for (i, sum) in total.iter_mut().enumerate() {
+                *sum += ((counts >> (8 * i)) & 0xff) as u32;
             }
         }
-        Counts::flush(&mut lanes, &mut total);
-        // OR of the 16 flag bytes, folded within one integer (a byte-by-byte fold was 16 loads and ORs).
-        let mut folded = u128::from_le_bytes(flags);
-        folded |= folded >> 64;
-        folded |= folded >> 32;
-        folded |= folded >> 16;
-        folded |= folded >> 8;
-        Counts::from_totals(total, folded as u8)
-    }
-
-    /// The counts from the six class totals and the OR of the flags.
-    fn from_totals(total: [u32; COUNTED], seen: u8) -> Counts {
         let has = |flag: u8| u32::from(seen & flag != 0);
         let [digits, uppers, dots, dashes, slashes, colons] = total;
         Counts {
@@ -332,44 +275,6 @@ impl Counts {
             colons,
         }
     }
-
-    #[inline(always)]
-    fn step(lanes: &mut [[u8; LANES]; COUNTED], flags: &mut [u8; LANES], block: &[u8; LANES]) {
-        for (i, &b) in block.iter().enumerate() {
-            lanes[0][i] += u8::from(b.wrapping_sub(b'0') < 10);
-            lanes[1][i] += u8::from(b.wrapping_sub(b'A') < 26);
-            lanes[2][i] += u8::from(b == b'.');
-            lanes[3][i] += u8::from(b == b'-');
-            lanes[4][i] += u8::from((b == b'/') | (b == b'\\'));
-            lanes[5][i] += u8::from(b == b':');
-            flags[i] |= (u8::from(b == b'_') * F_UNDERSCORE)
-                | (u8::from(b == b'@') * F_AT)
-                | (u8::from(b == b'%') * F_PERCENT)
-                | (u8::from(b | 0x20 == b'b') * F_B)
-                | (u8::from(b == b'A') * F_CAP_A)
-                | (u8::from(b == b'J') * F_CAP_J)
-                | (u8::from(b >= 0x80) * F_NON_ASCII);
-        }
-    }
-
-    fn flush(lanes: &mut [[u8; LANES]; COUNTED], total: &mut [u32; COUNTED]) {
-        for (lane, sum) in lanes.iter_mut().zip(total.iter_mut()) {
-            *sum += lane_sum(lane);
-            *lane = [0; LANES];
-        }
-    }
-}
-
-/// The sum of 16 byte lanes, added within one integer: neighbouring bytes into 16-bit lanes (each at most 510),
-/// the two halves together (at most 1,020 each), then the four 16-bit lanes by one multiplication into the top one
-/// (at most 4,080: no carry leaves it). The compiler turned a byte-by-byte sum into 16 extracts and adds per class,
-/// about a third of the prefilter's instructions on the short strings most values are.
-fn lane_sum(lane: &[u8; LANES]) -> u32 {
-    const BYTES: u128 = 0x00ff_00ff_00ff_00ff_00ff_00ff_00ff_00ff;
-    let x = u128::from_le_bytes(*lane);
-    let pairs = (x & BYTES) + ((x >> 8) & BYTES);
-    let halves = (pairs as u64) + ((pairs >> 64) as u64);
-    (halves.wrapping_mul(0x0001_0001_0001_0001) >> 48) as u32
 }
 
 /// A count that stops at `CAP`, the largest threshold it is compared with: it can only be asked "at least `N`?" for
@@ -463,8 +368,8 @@ impl Classes {
         }
     }
 
-    /// Without counting every class over every byte ([`Counts::of`]'s vector pass costs about 5.6 instructions a
-    /// byte): digits and capitals counted until their thresholds are all reached ([`digits_and_uppers`]), the
+    /// Without counting every class over every byte (a vector pass over all thirteen cost about 5.6 instructions
+    /// a byte): digits and capitals counted until their thresholds are all reached ([`digits_and_uppers`]), the
     /// other classes found by `memchr` scans (vectorized, a fraction of an instruction a byte) that stop at their
     /// threshold's hit. On the raw captures' gen_ai prompts (10 KB of prose, PII at the start) and 42 KB blob of
     /// e-mail addresses, the scrub pass went from 10.54 M to 10.20 M instructions.
@@ -494,7 +399,7 @@ impl Classes {
 /// vectorizes the two sums) until both have reached every threshold they are compared with: from there the counts
 /// are only lower bounds, the same once stopped at [`DIGITS_CAP`] and [`UPPERS_CAP`] as the exact ones.
 fn digits_and_uppers(bytes: &[u8]) -> (u32, u32) {
-    const CHUNK: usize = 15 * LANES;
+    const CHUNK: usize = 240;
     let (mut digits, mut uppers) = (0, 0);
     for chunk in bytes.chunks(CHUNK) {
         let (d, u) = chunk.iter().fold((0u8, 0u8), |(d, u), &b| {
@@ -3476,8 +3381,7 @@ mod tests {
         let mut rng = generators::Rng(0xC0_0475);
         const BYTES: &[u8] = b"09aZAJbB._-@%/\\:_ \x80\xff\x00";
         for round in 0..3_000 {
-            // Lengths across the 16-byte blocks, the byte-by-byte count of short strings and the vector pass of
-            // longer ones ([`SHORT_COUNT`]), and past the 255-step flush.
+            // Short strings, and long ones across the 255-byte chunks.
             let len = match round % 100 {
                 0 => 4_000 + rng.below(600),
                 n if n % 3 == 0 => rng.below(300),
@@ -3504,44 +3408,13 @@ mod tests {
     }
 
     #[test]
-    fn lane_sums_agree_with_a_byte_loop() {
-        let mut rng = generators::Rng(0x5A4D_0001);
-        assert_eq!(lane_sum(&[255; LANES]), 16 * 255);
-        assert_eq!(lane_sum(&[0; LANES]), 0);
-        for _ in 0..20_000 {
-            let lane: [u8; LANES] = std::array::from_fn(|_| match rng.below(3) {
-                0 => 255,
-                1 => 0,
-                _ => rng.below(256) as u8,
-            });
-            assert_eq!(
-                lane_sum(&lane),
-                lane.iter().map(|&n| u32::from(n)).sum::<u32>(),
-                "{lane:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn counts_of_full_lanes_and_every_tail_length() {
-        // One class in every byte: each lane reaches 255 before a flush (16 * 255 bytes), and one more block.
-        for len in [16 * 255 - 1, 16 * 255, 16 * 255 + 1, 16 * 256, 16 * 510 + 7] {
+    fn counts_of_long_runs_of_one_class() {
+        // One class in every byte, around the 255-byte chunks whose `u64` bytes must not carry into each other.
+        for len in [254, 255, 256, 510, 511, 16 * 510 + 7] {
             let c = Counts::of(&vec![b'7'; len]);
-            assert_eq!((c.digits, c.uppers), (len as u32, 0), "{len}");
-        }
-        // Every tail length after zero to three blocks (the byte-by-byte count) and after eight to ten (the vector
-        // pass, past `SHORT_COUNT`), the tail's bytes marked apart from the blocks'.
-        for blocks in [0, 1, 2, 3, 8, 9, 10] {
-            for rest in 0..LANES {
-                let mut bytes = vec![b'.'; blocks * LANES];
-                bytes.extend(std::iter::repeat_n(b'-', rest));
-                let c = Counts::of(&bytes);
-                assert_eq!(
-                    (c.dots, c.dashes),
-                    ((blocks * LANES) as u32, rest as u32),
-                    "{blocks} blocks, {rest}"
-                );
-            }
+            assert_eq!((c.digits, c.uppers, c.dots), (len as u32, 0, 0), "{len}");
+            let c = Counts::of(&vec![b':'; len]);
+            assert_eq!((c.colons, c.slashes), (len as u32, 0), "{len}");
         }
     }
 
