@@ -862,7 +862,33 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
     /// Moves past the string at the cursor (on its opening quote); returns whether it holds escapes. Raw control
     /// characters are refused as by every JSON parser; escapes are checked when the string is decoded, or by
     /// [`Self::skip_value`].
+    #[inline]
     fn scan_string(&mut self) -> Result<bool, Bail> {
+        // Most keys and many values end within their first sixteen bytes: their closing quote is found here,
+        // without the setup of the general loop.
+        let from = self.pos + 1;
+        if let Some(words) = self.bytes.get(from..from + 16) {
+            let word = |at: usize| u64::from_le_bytes(words[at..at + 8].try_into().expect("an 8-byte word"));
+            let mut flags = string_special_flags(word(0));
+            let mut end = from;
+            if flags == 0 {
+                flags = string_special_flags(word(8));
+                end += 8;
+            }
+            if flags != 0 {
+                end += (flags.trailing_zeros() / 8) as usize;
+                if self.bytes[end] == b'"' {
+                    self.pos = end + 1;
+                    return Ok(false);
+                }
+            }
+        }
+        self.scan_string_loop()
+    }
+
+    /// [`Self::scan_string`] for a string with an escape, a control character or more than 16 bytes.
+    #[inline(never)]
+    fn scan_string_loop(&mut self) -> Result<bool, Bail> {
         let mut i = self.pos + 1;
         let mut escaped = false;
         loop {
@@ -1001,22 +1027,45 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
     }
 }
 
-/// The position of the first `"`, `\\` or control character at or after `from`, eight bytes at a time: most
-/// strings are short, where a SIMD search costs more to set up than it saves.
+/// The position of the first `"`, `\\` or control character at or after `from`: eight bytes at a time for the first
+/// [`SWAR_BYTES`] (most strings are short, where a SIMD search costs more to set up than it saves), then
+/// [`find_string_special_long`].
 pub(super) fn find_string_special(bytes: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
+    let swar_end = from.saturating_add(SWAR_BYTES);
     while let Some(chunk) = bytes.get(i..i + 8) {
         let flags = string_special_flags(u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk")));
         if flags != 0 {
             return Some(i + (flags.trailing_zeros() / 8) as usize);
         }
         i += 8;
+        if i >= swar_end {
+            return find_string_special_long(bytes, i);
+        }
     }
     bytes
         .get(i..)?
         .iter()
         .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
         .map(|p| i + p)
+}
+
+/// How far [`find_string_special`] reads eight bytes at a time before it takes the vector search.
+const SWAR_BYTES: usize = 32;
+
+/// [`find_string_special`] past the first [`SWAR_BYTES`] (`from` is at most `bytes.len()`): the first quote or
+/// backslash by `memchr2`, then the smallest byte before it, both vector passes, instead of eight bytes at a time;
+/// a control character is searched for again byte by byte only when there is one (the text is then refused).
+#[inline(never)]
+fn find_string_special_long(bytes: &[u8], from: usize) -> Option<usize> {
+    let rest = &bytes[from..];
+    let end = memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
+    let before = &rest[..end];
+    // A min fold, unlike a search that stops at the first hit, compiles to a vector loop.
+    if before.iter().fold(u8::MAX, |min, &b| min.min(b)) < 0x20 {
+        return before.iter().position(|&b| b < 0x20).map(|p| from + p);
+    }
+    (end < rest.len()).then_some(from + end)
 }
 
 /// The bytes of `word` (little-endian) that are a `"`, `\\` or control character, each as its high bit. Classic "has a

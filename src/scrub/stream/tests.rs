@@ -354,6 +354,120 @@ fn mutated_payloads_never_panic_and_validate_like_serde_json() {
     }
 }
 
+/// `find_string_special` as it was before strings of more than 32 bytes took `memchr2`: eight bytes at a time to
+/// the end. The oracle of the tests below.
+fn find_string_special_by_words(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let flags = super::string_special_flags(u64::from_le_bytes(chunk.try_into().expect("an 8-byte chunk")));
+        if flags != 0 {
+            return Some(i + (flags.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes
+        .get(i..)?
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|p| i + p)
+}
+
+/// Random bytes of every length up to 300 (mostly plain, with quotes, backslashes, control characters, DEL and
+/// UTF-8 bytes here and there, at any distance from the start), and every capture: the vector search finds the same
+/// first special byte as the word-at-a-time one from every start.
+#[test]
+fn the_special_byte_search_finds_what_the_word_search_finds() {
+    let mut next = seeded_below();
+    const RARE: &[u8] = b"\"\\\x00\x01\x0a\x1f\x20\x7f\x80\xc3\xa9\xff";
+    let mut texts: Vec<Vec<u8>> = (0..6000)
+        .map(|round| {
+            let len = round % 300;
+            let rare_every = 1 + next(400);
+            (0..len)
+                .map(|_| match next(rare_every) {
+                    0 => RARE[next(RARE.len())],
+                    _ => b'a' + next(26) as u8,
+                })
+                .collect()
+        })
+        .collect();
+    texts.extend(
+        captures()
+            .into_iter()
+            .flat_map(|(_, envelope)| envelope.items.into_iter().map(|item| item.payload().to_vec())),
+    );
+    for text in &texts {
+        let step = 1 + text.len() / 500;
+        for from in (0..=text.len() + 2).step_by(step) {
+            assert_eq!(
+                super::find_string_special(text, from),
+                find_string_special_by_words(text, from),
+                "{:?} from {from}",
+                String::from_utf8_lossy(text)
+            );
+        }
+    }
+}
+
+/// Strings of every length up to 200 around the 16 bytes `scan_string` reads at once and the 32 bytes before the
+/// vector search, with escapes (good and bad), raw control characters and multi-byte characters at random places,
+/// as a key and as a value, terminated or not: the stream accepts exactly what serde_json accepts (leaving escaped
+/// keys to the tree walk) and reads the same strings.
+#[test]
+fn strings_of_every_length_validate_and_read_like_serde_json() {
+    let mut next = seeded_below();
+    const PIECES: &[&str] = &[
+        "\\\"",
+        "\\\\",
+        "\\n",
+        "\\u00e9",
+        "\\ud83d\\ude00",
+        "\\x",
+        "\\ud800",
+        "\"",
+        "\t",
+        "\u{1}",
+        "\u{1f}",
+        "é",
+        "😀",
+        "\u{7f}",
+    ];
+    for round in 0..6000 {
+        let len = round % 200;
+        let rare_every = 2 + next(300);
+        let mut content = String::new();
+        while content.len() < len {
+            match next(rare_every) {
+                0 => content.push_str(PIECES[next(PIECES.len())]),
+                _ => content.push(char::from(b'a' + next(26) as u8)),
+            }
+        }
+        let texts = [
+            format!("{{\"{content}\":1,\"k\":\"{content}\",\"l\":[\"{content}\"]}}"),
+            format!("{{\"k\":\"{content}\"}}"),
+            format!("{{\"k\":\"{content}"),
+            format!("[\"{content}\"]"),
+        ];
+        for text in texts {
+            let serde = serde_json::from_str::<Value>(&text);
+            match stream(&text) {
+                Err(Bail::Invalid) => assert!(serde.is_err(), "round {round}: refused valid {text:?}"),
+                // An escaped key: the tree walk's parser decides.
+                Err(Bail::NeedsTree) => {}
+                Err(other) => panic!("round {round}: {other:?} on {text:?}"),
+                Ok(written) => {
+                    let written = written.map_or(text.clone(), |w| String::from_utf8(w).expect("UTF-8"));
+                    assert_eq!(
+                        serde_json::from_str::<Value>(&written).ok(),
+                        serde.ok(),
+                        "round {round}: {text:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// The stream drops a transaction on a drop route itself (without the tree walk) when it reads its name and
 /// `request.url` as the tree walk reads them: the last of duplicate keys wins, whatever it holds.
 #[test]
