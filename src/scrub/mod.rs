@@ -341,12 +341,13 @@ impl<V: Copy> Memo<V> {
 /// detector costs ten to a hundred times a lookup here. What is replayed is exactly what `find` returned for that
 /// string under these rules: the table belongs to one engine like the other verdicts.
 ///
-/// Unlike the clean-string memo, this one is keyed by a 128-bit digest of the string (SipHash under two random keys
-/// drawn per table), never by the string: the strings it holds findings for are the secrets themselves, and the
-/// relay keeps no copy of them past the request. Two strings share an entry only when both 64-bit halves collide, a
-/// chance of about 2^-127 per lookup that no sender can steer without the keys.
+/// Unlike the clean-string memo, this one is keyed by a 128-bit digest of the string (two SipHash values under a
+/// random key drawn per table: of the string, and of the string and one more byte), never by the string: the strings
+/// it holds findings for are the secrets themselves, and the relay keeps no copy of them past the request. Two
+/// strings share an entry only when both 64-bit halves collide, a chance of about 2^-127 per lookup that no sender
+/// can steer without the key.
 struct FoundMemo {
-    keys: [std::hash::RandomState; 2],
+    key: std::hash::RandomState,
     /// Sets of two slots each: a power of two.
     sets: usize,
     slots: Vec<Option<([u64; 2], Found)>>,
@@ -371,15 +372,21 @@ impl FoundMemo {
     fn with_sets(sets: usize) -> FoundMemo {
         debug_assert!(sets.is_power_of_two());
         FoundMemo {
-            keys: [std::hash::RandomState::new(), std::hash::RandomState::new()],
+            key: std::hash::RandomState::new(),
             sets,
             slots: Vec::new(),
         }
     }
 
     fn digest(&self, text: &str) -> [u64; 2] {
-        use std::hash::BuildHasher;
-        [self.keys[0].hash_one(text), self.keys[1].hash_one(text)]
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut hasher = self.key.build_hasher();
+        text.hash(&mut hasher);
+        let first = hasher.finish();
+        // The same key on a longer input: a second value as independent of the first as SipHash's outputs are of
+        // each other, without reading the text again.
+        hasher.write_u8(1);
+        [first, hasher.finish()]
     }
 
     /// The first slot of a digest's set, allocating the table on first use.

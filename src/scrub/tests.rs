@@ -631,11 +631,16 @@ fn clean_strings_are_remembered_only_for_the_rules_and_reading_they_were_found_c
         );
         assert_eq!(scrubber.scrub_str("tenant=acme", super::TextMode::Source, &[]), None);
     }
-    // A string's findings are remembered by digest (`FoundMemo`): the same secret is masked alike every time.
+    // A string's findings are remembered by digest (`FoundMemo`): the same secret is masked alike every time, and a
+    // reload that switches its detector off is not handed the old rules' findings.
     let email = json!({"message": "mail jane.doe@example.com"});
     for _ in 0..3 {
         assert_eq!(scrubbed(&plain, &email)["message"], "mail ***@example.com");
     }
+    let yaml = crate::rules::DEFAULT_RULES_YAML.replace("  email:\n    enabled: true", "  email:\n    enabled: false");
+    let without_email = CompiledRules::from_yaml(&yaml).unwrap();
+    assert_eq!(scrubbed(&without_email, &email)["message"], "mail jane.doe@example.com");
+    assert_eq!(scrubbed(&plain, &email)["message"], "mail ***@example.com");
 }
 
 #[test]
