@@ -426,13 +426,13 @@ impl FoundMemo {
 
     /// Keeps `hits` for `digest`, unless they do not fit ([`Found::MAX_HITS`], byte-sized positions and indices).
     fn put(&mut self, digest: [u64; 2], hits: &[Hit]) {
+        if hits.len() > Found::MAX_HITS {
+            return;
+        }
         let mut found = Found {
             len: 0,
             hits: [[0; 3]; Found::MAX_HITS],
         };
-        if hits.len() > Found::MAX_HITS {
-            return;
-        }
         for (slot, hit) in found.hits.iter_mut().zip(hits) {
             let (Ok(start), Ok(end), Ok(detector)) = (
                 u8::try_from(hit.start),
@@ -553,7 +553,11 @@ impl<'e> Scrubber<'e> {
             return;
         }
         self.engine.detectors.find(text, hits);
-        self.key_verdicts.found.put(digest, hits);
+        // A string without findings is left to the clean-string memo (or, with a key rule's span, read again): its
+        // slot would only evict one with findings.
+        if !hits.is_empty() {
+            self.key_verdicts.found.put(digest, hits);
+        }
     }
 
     /// What the walk does with `key` in `scope` ([`walk::KeyFacts`]), from the memo when it was worked out before:
