@@ -273,50 +273,38 @@ impl KeyVerdicts {
     }
 }
 
-/// A memo of values by key (and a small tag, such as a scope), two-way set associative (a direct-mapped table of 256
-/// slots missed on about one key in six of the raw python event: keys that collide evicted each other at every
-/// event) and bounded, so keys chosen to collide only cost a recomputation.
-struct Memo<V> {
+/// A bounded table of values by key, two-way set associative (a direct-mapped table of 256 slots missed on about one
+/// key in six of the raw python event: keys that collide evicted each other at every event), so keys chosen to
+/// collide only cost a recomputation. The memos below pick a key's set from their own hash of it.
+struct TwoWay<K, V> {
     /// Sets of two slots each: a power of two.
     sets: usize,
-    slots: Vec<Option<(Box<str>, u16, V)>>,
+    slots: Vec<Option<(K, V)>>,
 }
 
-impl<V: Copy> Memo<V> {
-    fn with_sets(sets: usize) -> Memo<V> {
+impl<K, V: Copy> TwoWay<K, V> {
+    fn with_sets(sets: usize) -> TwoWay<K, V> {
         debug_assert!(sets.is_power_of_two());
-        Memo {
+        TwoWay {
             sets,
             slots: Vec::new(),
         }
     }
 
-    /// The first slot of a key's set, allocating the table on first use. The key is hashed eight bytes at a time
-    /// (FxHash's step; FNV-1a, a multiply per byte, cost more than the lookup), and the set is read from the high
-    /// bits of one more multiply, which every byte reaches.
-    fn set(&mut self, key: &str, tag: u16) -> usize {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
+    /// The first slot of the set `hash`'s high bits pick, allocating the table on first use.
+    fn set_of(&mut self, hash: u64) -> usize {
         if self.slots.is_empty() {
             self.slots.resize_with(self.sets * 2, || None);
         }
-        let step = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(K);
-        let bytes = key.as_bytes();
-        let mut hash = step(0, (u64::from(tag) << 32) | bytes.len() as u64);
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            hash = step(hash, u64::from_le_bytes(word.try_into().expect("an 8-byte chunk")));
-        }
-        hash = step(hash, tail_word(words.remainder()));
-        let bits = self.sets.trailing_zeros();
-        (hash.wrapping_mul(K) >> (64 - bits)) as usize * 2
+        (hash >> (64 - self.sets.trailing_zeros())) as usize * 2
     }
 
-    /// The cached value; a hit in the second slot moves to the first, so the slot a miss evicts is the colder.
-    fn get(&mut self, set: usize, key: &str, tag: u16) -> Option<V> {
+    /// The value of the key in `set` that `is_key` accepts; a hit in the second slot moves to the first, so the slot
+    /// a miss evicts is the colder.
+    fn get(&mut self, set: usize, is_key: impl Fn(&K) -> bool) -> Option<V> {
         for way in 0..2 {
-            if let Some((cached, cached_tag, value)) = &self.slots[set + way]
-                && *cached_tag == tag
-                && **cached == *key
+            if let Some((cached, value)) = &self.slots[set + way]
+                && is_key(cached)
             {
                 let value = *value;
                 if way == 1 {
@@ -329,9 +317,44 @@ impl<V: Copy> Memo<V> {
     }
 
     /// Keeps a value in the first slot of its set, moving the one there to the second (evicting the colder).
-    fn put(&mut self, set: usize, key: &str, tag: u16, value: V) {
+    fn put(&mut self, set: usize, key: K, value: V) {
         self.slots[set + 1] = self.slots[set].take();
-        self.slots[set] = Some((key.into(), tag, value));
+        self.slots[set] = Some((key, value));
+    }
+}
+
+/// A memo of values by key and a small tag (such as a scope), in a [`TwoWay`] table.
+struct Memo<V>(TwoWay<(Box<str>, u16), V>);
+
+impl<V: Copy> Memo<V> {
+    fn with_sets(sets: usize) -> Memo<V> {
+        Memo(TwoWay::with_sets(sets))
+    }
+
+    /// The first slot of a key's set, allocating the table on first use. The key is hashed eight bytes at a time
+    /// (FxHash's step; FNV-1a, a multiply per byte, cost more than the lookup), and the set is read from the high
+    /// bits of one more multiply, which every byte reaches.
+    fn set(&mut self, key: &str, tag: u16) -> usize {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let step = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(K);
+        let bytes = key.as_bytes();
+        let mut hash = step(0, (u64::from(tag) << 32) | bytes.len() as u64);
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            hash = step(hash, u64::from_le_bytes(word.try_into().expect("an 8-byte chunk")));
+        }
+        hash = step(hash, tail_word(words.remainder()));
+        self.0.set_of(hash.wrapping_mul(K))
+    }
+
+    /// The cached value.
+    fn get(&mut self, set: usize, key: &str, tag: u16) -> Option<V> {
+        self.0
+            .get(set, |(cached, cached_tag)| *cached_tag == tag && **cached == *key)
+    }
+
+    fn put(&mut self, set: usize, key: &str, tag: u16, value: V) {
+        self.0.put(set, (key.into(), tag), value);
     }
 }
 
@@ -348,9 +371,7 @@ impl<V: Copy> Memo<V> {
 /// can steer without the key.
 struct FoundMemo {
     key: std::hash::RandomState,
-    /// Sets of two slots each: a power of two.
-    sets: usize,
-    slots: Vec<Option<([u64; 2], Found)>>,
+    table: TwoWay<[u64; 2], Found>,
 }
 
 /// The hits of one string, each as start, end and detector index in a byte.
@@ -370,11 +391,9 @@ impl FoundMemo {
     const MAX_LEN: usize = 128;
 
     fn with_sets(sets: usize) -> FoundMemo {
-        debug_assert!(sets.is_power_of_two());
         FoundMemo {
             key: std::hash::RandomState::new(),
-            sets,
-            slots: Vec::new(),
+            table: TwoWay::with_sets(sets),
         }
     }
 
@@ -389,39 +408,23 @@ impl FoundMemo {
         [first, hasher.finish()]
     }
 
-    /// The first slot of a digest's set, allocating the table on first use.
-    fn set(&mut self, digest: [u64; 2]) -> usize {
-        if self.slots.is_empty() {
-            self.slots.resize(self.sets * 2, None);
-        }
-        (digest[0] >> (64 - self.sets.trailing_zeros())) as usize * 2
-    }
-
-    /// Fills `hits` (cleared first) with what was kept for `digest`; false when nothing was. A hit in the second
-    /// slot moves to the first, so the slot a miss evicts is the colder.
+    /// Fills `hits` (cleared first) with what was kept for `digest`; false when nothing was.
     fn get(&mut self, digest: [u64; 2], hits: &mut Vec<Hit>) -> bool {
-        let set = self.set(digest);
-        for way in 0..2 {
-            if let Some((kept, found)) = &self.slots[set + way]
-                && *kept == digest
-            {
-                hits.clear();
-                hits.extend(
-                    found.hits[..usize::from(found.len)]
-                        .iter()
-                        .map(|&[start, end, detector]| Hit {
-                            start: usize::from(start),
-                            end: usize::from(end),
-                            detector: usize::from(detector),
-                        }),
-                );
-                if way == 1 {
-                    self.slots.swap(set, set + 1);
-                }
-                return true;
-            }
-        }
-        false
+        let set = self.table.set_of(digest[0]);
+        let Some(found) = self.table.get(set, |kept| *kept == digest) else {
+            return false;
+        };
+        hits.clear();
+        hits.extend(
+            found.hits[..usize::from(found.len)]
+                .iter()
+                .map(|&[start, end, detector]| Hit {
+                    start: usize::from(start),
+                    end: usize::from(end),
+                    detector: usize::from(detector),
+                }),
+        );
+        true
     }
 
     /// Keeps `hits` for `digest`, unless they do not fit ([`Found::MAX_HITS`], byte-sized positions and indices).
@@ -444,9 +447,8 @@ impl FoundMemo {
             *slot = [start, end, detector];
         }
         found.len = hits.len() as u8;
-        let set = self.set(digest);
-        self.slots[set + 1] = self.slots[set].take();
-        self.slots[set] = Some((digest, found));
+        let set = self.table.set_of(digest[0]);
+        self.table.put(set, digest, found);
     }
 }
 
