@@ -243,8 +243,8 @@ thread_local! {
 struct KeyVerdicts {
     /// [`Engine::id`] of the rules the verdicts came from.
     engine: u64,
-    sensitive: Memo<bool>,
-    fields: Memo<walk::KeyFacts>,
+    sensitive: KeyMemo<bool>,
+    fields: KeyMemo<walk::KeyFacts>,
     /// Strings the text pass left as they were, by [`TextMode`]: an SDK sends the same frame names, context lines,
     /// module names and SDK metadata in every event, and reading one again through every detector costs a hundred
     /// times more than finding it here ([`Scrubber::scrub_str`]).
@@ -254,8 +254,6 @@ struct KeyVerdicts {
 }
 
 impl KeyVerdicts {
-    /// Longer keys are worked out every time rather than kept.
-    const MAX_KEY_LEN: usize = 64;
     /// Longer strings are read every time rather than kept: a full table then holds at most 2 x 1,024 x 128 bytes
     /// of text per thread, and the long strings that repeat (stack traces, queries) are seldom free of findings.
     const MAX_CLEAN_LEN: usize = 128;
@@ -263,10 +261,10 @@ impl KeyVerdicts {
     fn new(engine: u64) -> KeyVerdicts {
         KeyVerdicts {
             engine,
-            sensitive: Memo::with_sets(256),
+            sensitive: KeyMemo::with_sets(256),
             // A scope and key per set: a raw python event asks about a hundred, and three keys in one set of two
-            // evict each other at every event.
-            fields: Memo::with_sets(1024),
+            // evict each other at every event. A slot is a cache line (an [`InlineKey`] and the facts): 128 KiB.
+            fields: KeyMemo::with_sets(1024),
             clean: Memo::with_sets(1024),
             found: FoundMemo::with_sets(1024),
         }
@@ -323,7 +321,101 @@ impl<K, V: Copy> TwoWay<K, V> {
     }
 }
 
-/// A memo of values by key and a small tag (such as a scope), in a [`TwoWay`] table.
+/// FxHash's multiplier, which the memos' hashes multiply by.
+const FX_K: u64 = 0x517c_c1b7_2722_0a95;
+
+/// A memo of values by object key and a small tag (a scope), for keys of at most [`InlineKey::CAPACITY`] bytes,
+/// kept in the slot itself: a lookup reads one slot and compares its words, where a boxed key cost a second cache
+/// line and a `memcmp` call per hit (with them, the key-facts lookup was 5.9 % of the scrub's time on the raw
+/// captures and 2.3 % of its instructions, issue #11).
+struct KeyMemo<V>(TwoWay<InlineKey, V>);
+
+impl<V: Copy> KeyMemo<V> {
+    fn with_sets(sets: usize) -> KeyMemo<V> {
+        KeyMemo(TwoWay::with_sets(sets))
+    }
+
+    /// The first slot of a key's set, allocating the table on first use.
+    fn set(&mut self, key: &InlineKey) -> usize {
+        self.0.set_of(key.hash())
+    }
+
+    fn get(&mut self, set: usize, key: &InlineKey) -> Option<V> {
+        self.0.get(set, |kept| kept == key)
+    }
+
+    fn put(&mut self, set: usize, key: InlineKey, value: V) {
+        self.0.put(set, key, value);
+    }
+}
+
+/// A key of at most [`InlineKey::CAPACITY`] bytes and its tag as [`KeyMemo`] keeps it: the key's eight-byte words,
+/// its last bytes as [`tail_word`] reads them, zeros up to the last word, and the length and tag in that one. Of two
+/// keys of one length, the words differ wherever the bytes do (`tail_word` tells apart the tails of one length), so
+/// comparing the words compares the keys, without a call or a length-dependent loop.
+#[derive(Debug, Clone, Copy, Eq)]
+struct InlineKey([u64; InlineKey::WORDS]);
+
+impl PartialEq for InlineKey {
+    /// Word by word without a branch: the derived comparison of the array is a `bcmp` call.
+    fn eq(&self, other: &InlineKey) -> bool {
+        self.0.iter().zip(&other.0).fold(0, |differ, (a, b)| differ | (a ^ b)) == 0
+    }
+}
+
+impl InlineKey {
+    /// Seven words and a value of up to eight bytes make a slot of 64 bytes, one cache line.
+    const WORDS: usize = 7;
+    /// Longer keys are worked out every time rather than kept. The longest object keys of the raw captures are
+    /// OpenTelemetry header attributes of up to 37 bytes (`http.request.header.transfer_encoding`).
+    const CAPACITY: usize = (Self::WORDS - 1) * 8;
+
+    #[inline]
+    fn new(key: &str, tag: u8) -> Option<InlineKey> {
+        let bytes = key.as_bytes();
+        if bytes.len() > Self::CAPACITY {
+            return None;
+        }
+        let mut words = [0; Self::WORDS];
+        let full = bytes.len() / 8;
+        // A word at a time under a condition: a loop of plain copies up to `full` compiles to a `memcpy` call.
+        for (n, word) in words[..Self::WORDS - 1].iter_mut().enumerate() {
+            if n < full {
+                *word = u64::from_le_bytes(bytes[n * 8..n * 8 + 8].try_into().expect("eight bytes"));
+            }
+        }
+        let tail = &bytes[full * 8..];
+        if !tail.is_empty() {
+            words[full] = tail_word(tail);
+        }
+        words[Self::WORDS - 1] = u64::from(tag) << 8 | bytes.len() as u64;
+        Some(InlineKey(words))
+    }
+
+    /// The words times odd multipliers, summed: seven multiplies side by side rather than a chain of seven steps.
+    /// Every bit of a word reaches the high bits of its product, from which [`TwoWay`] reads the set.
+    fn hash(&self) -> u64 {
+        const MULTIPLIERS: [u64; InlineKey::WORDS] = {
+            let mut multipliers = [0; InlineKey::WORDS];
+            let mut n = 0;
+            while n < InlineKey::WORDS {
+                multipliers[n] = FX_K.wrapping_mul(2 * n as u64 + 3);
+                n += 1;
+            }
+            multipliers
+        };
+        self.0.iter().zip(MULTIPLIERS).fold(0, |hash: u64, (word, multiplier)| {
+            hash.wrapping_add(word.wrapping_mul(multiplier))
+        })
+    }
+}
+
+// A slot of the key memos is one cache line, so a lookup reads one (jemalloc aligns the tables to a page).
+const _: () = assert!(std::mem::size_of::<Option<(InlineKey, walk::KeyFacts)>>() == 64);
+const _: () = assert!(std::mem::size_of::<Option<(InlineKey, bool)>>() == 64);
+
+/// A memo of values by string and a small tag (a [`TextMode`]), in a [`TwoWay`] table: for strings longer than
+/// keys ([`KeyVerdicts::MAX_CLEAN_LEN`]), kept boxed.
 struct Memo<V>(TwoWay<(Box<str>, u16), V>);
 
 impl<V: Copy> Memo<V> {
@@ -335,8 +427,7 @@ impl<V: Copy> Memo<V> {
     /// (FxHash's step; FNV-1a, a multiply per byte, cost more than the lookup), and the set is read from the high
     /// bits of one more multiply, which every byte reaches.
     fn set(&mut self, key: &str, tag: u16) -> usize {
-        const K: u64 = 0x517c_c1b7_2722_0a95;
-        let step = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(K);
+        let step = |hash: u64, word: u64| (hash.rotate_left(5) ^ word).wrapping_mul(FX_K);
         let bytes = key.as_bytes();
         let mut hash = step(0, (u64::from(tag) << 32) | bytes.len() as u64);
         let mut words = bytes.chunks_exact(8);
@@ -344,7 +435,7 @@ impl<V: Copy> Memo<V> {
             hash = step(hash, u64::from_le_bytes(word.try_into().expect("an 8-byte chunk")));
         }
         hash = step(hash, tail_word(words.remainder()));
-        self.0.set_of(hash.wrapping_mul(K))
+        self.0.set_of(hash.wrapping_mul(FX_K))
     }
 
     /// The cached value.
@@ -513,15 +604,15 @@ impl<'e> Scrubber<'e> {
     }
 
     pub(crate) fn is_sensitive_key(&mut self, key: &str) -> bool {
-        if key.len() > KeyVerdicts::MAX_KEY_LEN {
+        let Some(kept) = InlineKey::new(key, 0) else {
             return self.engine.keys.is_sensitive_with(key, &mut self.scratch);
-        }
-        let set = self.key_verdicts.sensitive.set(key, 0);
-        if let Some(verdict) = self.key_verdicts.sensitive.get(set, key, 0) {
+        };
+        let set = self.key_verdicts.sensitive.set(&kept);
+        if let Some(verdict) = self.key_verdicts.sensitive.get(set, &kept) {
             return verdict;
         }
         let verdict = self.engine.keys.is_sensitive_with(key, &mut self.scratch);
-        self.key_verdicts.sensitive.put(set, key, 0, verdict);
+        self.key_verdicts.sensitive.put(set, kept, verdict);
         verdict
     }
 
@@ -565,17 +656,16 @@ impl<'e> Scrubber<'e> {
     /// What the walk does with `key` in `scope` ([`walk::KeyFacts`]), from the memo when it was worked out before:
     /// it depends on nothing else (the rules are the memo's own).
     pub(crate) fn key_facts(&mut self, scope: Scope, key: &str) -> walk::KeyFacts {
-        if key.len() > KeyVerdicts::MAX_KEY_LEN {
-            return self.work_out_key_facts(scope, key);
-        }
         // Never 0 (the tag of the sensitive-key memo), though the tables are apart anyway.
-        let tag = scope as u16 + 1;
-        let set = self.key_verdicts.fields.set(key, tag);
-        if let Some(facts) = self.key_verdicts.fields.get(set, key, tag) {
+        let Some(kept) = InlineKey::new(key, scope as u8 + 1) else {
+            return self.work_out_key_facts(scope, key);
+        };
+        let set = self.key_verdicts.fields.set(&kept);
+        if let Some(facts) = self.key_verdicts.fields.get(set, &kept) {
             return facts;
         }
         let facts = self.work_out_key_facts(scope, key);
-        self.key_verdicts.fields.put(set, key, tag, facts);
+        self.key_verdicts.fields.put(set, kept, facts);
         facts
     }
 

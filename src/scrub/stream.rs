@@ -320,7 +320,7 @@ impl<'a, 's, 'e> Stream<'a, 's, 'e> {
             path.push(Seg::Key(key));
             let result = match facts.field {
                 Field::Skip => self.copy_value(),
-                Field::Redact(rule) => self.redact(rule, path),
+                Field::Redact(rule) => self.redact(rule.name(), path),
                 Field::Walk(child) => self.value(child, path, Some(key)),
             };
             path.pop();

@@ -885,6 +885,115 @@ fn memo_keys_of_every_length_are_told_apart_and_found() {
     }
 }
 
+/// Keys the key memos keep in their slots are told apart by every byte, the length and the tag; longer keys are not
+/// kept (so not confused with their first bytes).
+#[test]
+fn inline_keys_differ_wherever_the_keys_do() {
+    use super::InlineKey;
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..20_000 {
+        let len = rng.usize(0..=InlineKey::CAPACITY);
+        let key: String = (0..len).map(|_| rng.char('a'..='c')).collect();
+        let tag = rng.u8(0..3);
+        let kept = InlineKey::new(&key, tag).expect("a key within capacity");
+        assert_eq!(
+            *seen.entry(kept.0).or_insert_with(|| (key.clone(), tag)),
+            (key.clone(), tag)
+        );
+        // The same key padded or cut is another key.
+        if len < InlineKey::CAPACITY {
+            assert_ne!(InlineKey::new(&(key.clone() + "\0"), tag), Some(kept), "{key:?}");
+        }
+        if len > 0 {
+            assert_ne!(InlineKey::new(&key[..len - 1], tag), Some(kept), "{key:?}");
+        }
+    }
+    assert!(seen.len() > 15_000, "{}", seen.len());
+    // One byte apart, at every position of every length.
+    for len in 1..=InlineKey::CAPACITY {
+        let same = "a".repeat(len);
+        for at in 0..len {
+            let other = format!("{}b{}", &same[..at], &same[at + 1..]);
+            assert_ne!(InlineKey::new(&same, 1), InlineKey::new(&other, 1), "{other}");
+        }
+    }
+    assert_eq!(InlineKey::new(&"k".repeat(InlineKey::CAPACITY + 1), 0), None);
+}
+
+/// The key memos give each key its own verdict where keys share their first 8, 16 or 32 bytes, and keys longer than
+/// a slot holds get theirs too, not those of the key made of their first bytes.
+#[test]
+fn key_memos_tell_apart_keys_that_share_a_prefix() {
+    use super::{InlineKey, Scope, Scrubber};
+    let rules = CompiledRules::defaults();
+    let engine = rules.engine(None);
+    // Past the capacity: a sensitive key whose first bytes are not one, and the other way round.
+    let long_sensitive = "a".repeat(InlineKey::CAPACITY - 8) + ".password";
+    let long_innocent = "a".repeat(InlineKey::CAPACITY - 9) + ".passwordx";
+    assert_eq!(long_sensitive.len(), InlineKey::CAPACITY + 1);
+    assert_eq!(long_innocent.len(), InlineKey::CAPACITY + 1);
+    assert!(engine.keys.is_sensitive_with(&long_sensitive, &mut String::new()));
+    assert!(
+        !engine
+            .keys
+            .is_sensitive_with(&long_sensitive[..InlineKey::CAPACITY], &mut String::new())
+    );
+    assert!(!engine.keys.is_sensitive_with(&long_innocent, &mut String::new()));
+    assert!(
+        engine
+            .keys
+            .is_sensitive_with(&long_innocent[..InlineKey::CAPACITY], &mut String::new())
+    );
+    let mut keys = Vec::new();
+    for long in [&long_sensitive, &long_innocent] {
+        keys.extend([
+            long.clone(),
+            long[..InlineKey::CAPACITY].to_string(),
+            long[..InlineKey::CAPACITY - 1].to_string(),
+        ]);
+    }
+    // Pairs that differ only past byte 8 or 16, one of each sensitive.
+    for (secret, innocent) in [
+        ("user.password", "user.passwore"),
+        ("request.headers.cookie", "request.headers.cookiz"),
+        ("client.metadata.api_key", "client.metadata.api_kez"),
+        ("metadata.current.token", "metadata.current.tokem"),
+        ("aaaaaaaaaaaaaaaaaaaaaaaa.secret", "aaaaaaaaaaaaaaaaaaaaaaaa.secreq"),
+    ] {
+        assert!(engine.keys.is_sensitive_with(secret, &mut String::new()), "{secret}");
+        assert!(
+            !engine.keys.is_sensitive_with(innocent, &mut String::new()),
+            "{innocent}"
+        );
+        keys.extend([secret.to_string(), innocent.to_string()]);
+    }
+    let mut kept = Scrubber::new(engine, false);
+    let mut fresh = Scrubber::new(engine, false);
+    let mut told_apart = 0;
+    // In both orders, twice each: whichever key comes first, the other does not get its verdict.
+    for round in 0..4 {
+        let order: Vec<&String> = if round % 2 == 0 {
+            keys.iter().collect()
+        } else {
+            keys.iter().rev().collect()
+        };
+        for key in order {
+            let verdict = engine.keys.is_sensitive_with(key, &mut String::new());
+            assert_eq!(kept.is_sensitive_key(key), verdict, "{key}");
+            told_apart += usize::from(verdict);
+            for scope in [Scope::EventRoot, Scope::Headers, Scope::Data, Scope::Span] {
+                assert_eq!(
+                    kept.key_facts(scope, key),
+                    fresh.work_out_key_facts(scope, key),
+                    "{scope:?} {key}"
+                );
+            }
+        }
+    }
+    assert!(told_apart >= 4 * 7, "{told_apart}");
+}
+
 /// Redactions counted in the tally's recent list and in its map (past its size) add up to what a map alone counts,
 /// after a settle and across settles.
 #[test]

@@ -70,8 +70,26 @@ pub enum Scope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Field {
     Skip,
-    Redact(&'static str),
+    Redact(KeyRule),
     Walk(Scope),
+}
+
+/// The rule that redacts a whole field by its key. A byte rather than its name, so [`KeyFacts`] fit the slot of
+/// their memo beside the key ([`Scrubber::key_facts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeyRule {
+    SensitiveHeader,
+    SensitiveKey,
+}
+
+impl KeyRule {
+    /// The rule's name in `_meta` remarks and the tally.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            KeyRule::SensitiveHeader => "sensitive_header",
+            KeyRule::SensitiveKey => "sensitive_key",
+        }
+    }
 }
 
 /// What the walk needs to know of an object key in a scope. A function of the rules, the scope and the key alone,
@@ -416,7 +434,7 @@ impl<'e> Scrubber<'e> {
             path.push(Seg::Key(key));
             match field {
                 Field::Skip => {}
-                Field::Redact(rule) => self.redact(value, rule, path),
+                Field::Redact(rule) => self.redact(value, rule.name(), path),
                 Field::Walk(child) => match value {
                     Value::String(s) => {
                         self.walk_string(s, child, path);
@@ -457,15 +475,15 @@ impl<'e> Scrubber<'e> {
                 return Field::Skip;
             }
             if scope == Scope::Headers && self.engine.headers.matches(key) {
-                return Field::Redact("sensitive_header");
+                return Field::Redact(KeyRule::SensitiveHeader);
             }
             if self.is_sensitive_key(key) {
-                return Field::Redact("sensitive_key");
+                return Field::Redact(KeyRule::SensitiveKey);
             }
             if let Some(name) = header_attribute_name(key)
                 && self.engine.headers.matches(name)
             {
-                return Field::Redact("sensitive_header");
+                return Field::Redact(KeyRule::SensitiveHeader);
             }
         }
         Field::Walk(scope.child(key))
