@@ -258,45 +258,79 @@ impl MetaLog {
     }
 
     /// Renders remarks as `,["rule","s",start,end]` each, as serde_json writes the `Value` [`merge_meta`] builds.
+    /// A string with many findings has many remarks of one rule and type (an address list: thousands of `@email`),
+    /// so their head `,["rule","s"` is rendered once per run and kept on the stack; each remark after the first is
+    /// its numbers written backwards from the end of a stack buffer, the head copied before them (a fixed-size copy)
+    /// and one copy into the log (a copy per piece and an escape check per rule id cost about twice as much; issue
+    /// #11).
     fn push_remarks(&mut self, remarks: &[Remark<'_>]) {
+        let mut rendered = [0u8; HEAD_MAX + TAIL_MAX];
+        // The head of the run, at the end of its buffer.
+        let mut kept_head = [0u8; HEAD_MAX];
+        // The run's rule id and type, the length of its head in `kept_head` (0: too long to keep there) and where
+        // its rule id is kept.
+        let mut run: Option<(&str, &str, usize, RuleText)> = None;
         for remark in remarks {
-            let text = &mut self.text;
-            text.reserve(remark.rule.len() + 56);
-            let rule = if needs_escape(remark.rule) {
-                text.extend_from_slice(b",[");
-                push_escaped(text, remark.rule);
-                let start = self.escaped_rules.len();
-                self.escaped_rules.push_str(remark.rule);
-                RuleText::Escaped(start, self.escaped_rules.len())
-            } else {
-                text.extend_from_slice(b",[\"");
-                let start = text.len();
-                text.extend_from_slice(remark.rule.as_bytes());
-                text.push(b'"');
-                RuleText::Text(start, start + remark.rule.len())
-            };
-            // `s`, `x` or `p`: nothing to escape.
-            match *remark.ty.as_bytes() {
-                [ty] => text.extend_from_slice(&[b',', b'"', ty, b'"']),
-                ref ty => {
-                    text.extend_from_slice(b",\"");
-                    text.extend_from_slice(ty);
-                    text.push(b'"');
+            let tail = render_tail(&mut rendered, remark.range);
+            let rule = match run {
+                Some((rule, ty, len, at))
+                    if len > 0 && super::same_text(rule, remark.rule) && super::same_text(ty, remark.ty) =>
+                {
+                    // `tail` is at least HEAD_MAX: the tail is at most TAIL_MAX bytes.
+                    rendered[tail - HEAD_MAX..tail].copy_from_slice(&kept_head);
+                    self.text.extend_from_slice(&rendered[tail - len..]);
+                    at
                 }
-            }
-            if let Some((start, end)) = remark.range {
-                text.push(b',');
-                push_number(text, start);
-                text.push(b',');
-                push_number(text, end);
-            }
-            text.push(b']');
+                _ => {
+                    let start = self.text.len();
+                    let at = self.push_head(remark);
+                    let len = self.text.len() - start;
+                    let kept = if len <= HEAD_MAX {
+                        kept_head[HEAD_MAX - len..].copy_from_slice(&self.text[start..]);
+                        len
+                    } else {
+                        0
+                    };
+                    self.text.extend_from_slice(&rendered[tail..]);
+                    run = Some((remark.rule, remark.ty, kept, at));
+                    at
+                }
+            };
             self.remarks.push(LogRemark {
                 rule,
                 ty: remark.ty,
                 range: remark.range,
             });
         }
+    }
+
+    /// Writes a remark's head, `,["rule","s"`, and returns where its rule id is kept.
+    fn push_head(&mut self, remark: &Remark<'_>) -> RuleText {
+        let text = &mut self.text;
+        text.reserve(remark.rule.len() + 56);
+        let rule = if needs_escape(remark.rule) {
+            text.extend_from_slice(b",[");
+            push_escaped(text, remark.rule);
+            let start = self.escaped_rules.len();
+            self.escaped_rules.push_str(remark.rule);
+            RuleText::Escaped(start, self.escaped_rules.len())
+        } else {
+            text.extend_from_slice(b",[\"");
+            let start = text.len();
+            text.extend_from_slice(remark.rule.as_bytes());
+            text.push(b'"');
+            RuleText::Text(start, start + remark.rule.len())
+        };
+        // `s`, `x` or `p`: nothing to escape.
+        match *remark.ty.as_bytes() {
+            [ty] => text.extend_from_slice(&[b',', b'"', ty, b'"']),
+            ref ty => {
+                text.extend_from_slice(b",\"");
+                text.extend_from_slice(ty);
+                text.push(b'"');
+            }
+        }
+        rule
     }
 
     /// Whether [`write_meta`] can write this log: not when a path has an empty segment, because its node would be
@@ -310,26 +344,53 @@ impl MetaLog {
     }
 }
 
-/// `value` in decimal, as `usize`'s `Display` (and serde_json) writes it, without the formatting machinery; two
-/// digits per division (offsets into long strings have four or five).
-fn decimal(value: usize, digits: &mut [u8; 20]) -> &[u8] {
+/// The longest remark head [`MetaLog::push_remarks`] keeps on the stack: `,["` and `","s"` around a rule id of up
+/// to 64 bytes as JSON (a longer one, a long custom rule id, is rendered again for every remark).
+const HEAD_MAX: usize = 64 + 8;
+/// The longest remark tail, `,start,end]`: two numbers of up to 20 digits.
+const TAIL_MAX: usize = 43;
+
+/// Writes a remark's tail, `,start,end]` or `]`, at the end of `out`; returns where it starts.
+fn render_tail(out: &mut [u8; HEAD_MAX + TAIL_MAX], range: Option<(usize, usize)>) -> usize {
+    let mut at = out.len() - 1;
+    out[at] = b']';
+    if let Some((start, end)) = range {
+        at = write_decimal(&mut out[..at], end) - 1;
+        out[at] = b',';
+        at = write_decimal(&mut out[..at], start) - 1;
+        out[at] = b',';
+    }
+    at
+}
+
+/// Writes `value` in decimal at the end of `out`, as `usize`'s `Display` (and serde_json) writes it, without the
+/// formatting machinery; returns where its digits start. Two digits per division (offsets into long strings have
+/// four or five).
+#[inline]
+fn write_decimal(out: &mut [u8], value: usize) -> usize {
     const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849\
                                 5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
-    let mut at = digits.len();
+    let mut at = out.len();
     let mut rest = value;
     while rest >= 100 {
         let pair = (rest % 100) * 2;
         rest /= 100;
         at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        out[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
     }
     if rest >= 10 {
         at -= 2;
-        digits[at..at + 2].copy_from_slice(&PAIRS[rest * 2..rest * 2 + 2]);
+        out[at..at + 2].copy_from_slice(&PAIRS[rest * 2..rest * 2 + 2]);
     } else {
         at -= 1;
-        digits[at] = b'0' + rest as u8;
+        out[at] = b'0' + rest as u8;
     }
+    at
+}
+
+/// `value` in decimal ([`write_decimal`]).
+fn decimal(value: usize, digits: &mut [u8; 20]) -> &[u8] {
+    let at = write_decimal(digits, value);
     &digits[at..]
 }
 
@@ -986,6 +1047,73 @@ mod tests {
         assert_eq!(direct(&wide), via_tree(&wide));
         let narrow = log_of(&wide[..NARROW], false);
         assert_eq!(in_order(&narrow), Some(tree_of(&narrow)));
+    }
+
+    /// Remarks in runs of one rule and type (whose head is rendered once) and rule ids that change, repeat with
+    /// the same text from another allocation, need escapes or are too long for the kept head (64 bytes and 65, at
+    /// the edge): written as the `Value` tree writes them, and read back as they were given.
+    #[test]
+    fn runs_of_remarks_match_the_value_tree() {
+        /// A remark's rule id, type and range.
+        type Given = (String, &'static str, Option<(usize, usize)>);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let long = |len: usize| "r".repeat(len);
+        let rules: Vec<String> = vec![
+            "@email".into(),
+            "@email".into(),
+            "@phone".into(),
+            "ru\"le".into(),
+            long(63),
+            long(64),
+            long(65),
+            long(200),
+            "é".repeat(40),
+        ];
+        let numbers = [0, 9, 10, 99, 100, 12_345, 99_999, 100_000, 1 << 40, usize::MAX];
+        for round in 0..400 {
+            let mut log = MetaLog::default();
+            let mut given: Vec<Vec<Given>> = Vec::new();
+            for field in 0..rng.usize(1..4) {
+                let mut remarks: Vec<Remark<'_>> = Vec::new();
+                let mut rule = rng.usize(..rules.len());
+                let mut ty = "s";
+                for _ in 0..rng.usize(1..60) {
+                    if rng.u8(..8) == 0 {
+                        rule = rng.usize(..rules.len());
+                    }
+                    if rng.u8(..16) == 0 {
+                        ty = ["s", "x", "p"][rng.usize(..3)];
+                    }
+                    let range = match rng.u8(..4) {
+                        0 => None,
+                        1 => Some((numbers[rng.usize(..numbers.len())], numbers[rng.usize(..numbers.len())])),
+                        _ => {
+                            let start = rng.usize(..50_000);
+                            Some((start, start + rng.usize(..20)))
+                        }
+                    };
+                    remarks.push(Remark {
+                        rule: &rules[rule],
+                        ty,
+                        range,
+                    });
+                }
+                log.add(&[Seg::Key("extra"), Seg::Index(field)], None, &remarks, Some(7), true);
+                given.push(remarks.iter().map(|r| (r.rule.to_string(), r.ty, r.range)).collect());
+            }
+            let read: Vec<Vec<Given>> = log
+                .entries()
+                .map(|entry| entry.remarks().map(|r| (r.rule.to_string(), r.ty, r.range)).collect())
+                .collect();
+            assert_eq!(read, given, "round {round}");
+            let mut out = Vec::new();
+            write_meta(&log, &mut out);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(tree_of(&log)).unwrap(),
+                "round {round}"
+            );
+        }
     }
 
     #[test]

@@ -127,17 +127,18 @@ impl Tally {
     /// Rules counted in `recent`; a payload's other rules go to the map directly.
     const RECENT: usize = 16;
 
-    fn count_redaction(&mut self, rule: &str) {
+    /// Counts `add` redactions by `rule`.
+    fn count_redaction(&mut self, rule: &str, add: u64) {
         for (name, count) in &mut self.recent {
             if name.len() == rule.len() && **name == *rule {
-                *count += 1;
+                *count += add;
                 return;
             }
         }
         if self.recent.len() < Tally::RECENT {
-            self.recent.push((rule.into(), 1));
+            self.recent.push((rule.into(), add));
         } else {
-            add_count(&mut self.redactions, rule, 1);
+            add_count(&mut self.redactions, rule, add);
         }
     }
 
@@ -158,6 +159,13 @@ fn add_count(counts: &mut BTreeMap<String, u64>, rule: &str, add: u64) {
             counts.insert(rule.to_string(), add);
         }
     }
+}
+
+/// Whether two strings hold the same text; the same `str` (a rule id borrowed from the engine, met again) is known
+/// without comparing bytes.
+#[inline]
+fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len() && (std::ptr::eq(a.as_ptr(), b.as_ptr()) || a == b)
 }
 
 /// Scrubs JSON values and strings with one engine. One per envelope.
@@ -710,11 +718,36 @@ impl<'e> Scrubber<'e> {
         remarks: &[Remark<'_>],
         len: Option<usize>,
     ) {
+        self.record_all(path, extra, &[(rule, action)], remarks, len);
+    }
+
+    /// Counts changes of one field and records each for `--explain`, in order, and `remarks` as one `_meta` entry:
+    /// what [`Scrubber::record`] of each change does, the remarks and length going with the last. A run of changes
+    /// by one rule (a string with many findings of one detector) is counted with one look-up, not one per change.
+    pub(crate) fn record_all(
+        &mut self,
+        path: &[Seg<'_>],
+        extra: Option<&str>,
+        changes: &[(&str, ChangeAction)],
+        remarks: &[Remark<'_>],
+        len: Option<usize>,
+    ) {
+        if changes.is_empty() {
+            return;
+        }
         self.changed = true;
-        if action == ChangeAction::Truncated {
-            *self.tally.truncations.entry(rule.to_string()).or_default() += 1;
-        } else {
-            self.tally.count_redaction(rule);
+        let mut rest = changes;
+        while let Some(&(rule, action)) = rest.first() {
+            let run = rest
+                .iter()
+                .take_while(|&&(other, other_action)| other_action == action && same_text(other, rule))
+                .count();
+            if action == ChangeAction::Truncated {
+                *self.tally.truncations.entry(rule.to_string()).or_default() += run as u64;
+            } else {
+                self.tally.count_redaction(rule, run as u64);
+            }
+            rest = &rest[run..];
         }
         if self.explain {
             let mut rendered = String::new();
@@ -728,13 +761,15 @@ impl<'e> Scrubber<'e> {
                 }
                 rendered.push_str(&seg);
             }
-            self.tally.changes.push(Change {
-                item_index: self.item_index,
-                item_type: self.item_type,
-                path: rendered,
-                rule: rule.to_string(),
-                action,
-            });
+            for &(rule, action) in changes {
+                self.tally.changes.push(Change {
+                    item_index: self.item_index,
+                    item_type: self.item_type,
+                    path: rendered.clone(),
+                    rule: rule.to_string(),
+                    action,
+                });
+            }
         }
         if self.collect_meta && self.nested == 0 && !remarks.is_empty() {
             // A field's changes are recorded together (scrub, then maybe truncate), so only the last entry can share

@@ -1008,7 +1008,7 @@ fn tally_counts_every_redaction_once() {
         // Skewed: the first rules come most often, as on a real payload.
         let upto = rng.usize(1..=rules.len());
         let rule = &rules[rng.usize(..upto)];
-        tally.count_redaction(rule);
+        tally.count_redaction(rule, 1);
         *expected.entry(rule.clone()).or_default() += 1;
         if step % 997 == 0 {
             tally.settle();
@@ -1019,6 +1019,42 @@ fn tally_counts_every_redaction_once() {
     assert_eq!(tally.redactions, expected);
     tally.settle();
     assert_eq!(tally.redactions, expected, "a second settle adds nothing");
+}
+
+/// Every change is counted once, under its rule: on every SDK capture, the redactions and truncations of the report
+/// are the changes `--explain` lists, by rule (a string's findings are counted in runs of one rule, nested JSON
+/// strings in tallies of their own).
+#[test]
+fn counters_count_each_explained_change_once() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/sdk/");
+    let mut captures = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !matches!(path.extension().and_then(|e| e.to_str()), Some("envelope" | "body")) {
+            continue;
+        }
+        let Ok(envelope) = Envelope::parse(Bytes::from(std::fs::read(&path).unwrap())) else {
+            continue;
+        };
+        let options = ProcessOptions {
+            explain: true,
+            ..ProcessOptions::default()
+        };
+        let report = process(envelope, &rules(), &options).report;
+        let (mut redactions, mut truncations) = (std::collections::BTreeMap::new(), std::collections::BTreeMap::new());
+        for change in &report.changes {
+            let counts = if change.action == super::ChangeAction::Truncated {
+                &mut truncations
+            } else {
+                &mut redactions
+            };
+            *counts.entry(change.rule.clone()).or_insert(0u64) += 1;
+        }
+        assert_eq!(report.redactions, redactions, "{}", path.display());
+        assert_eq!(report.truncations, truncations, "{}", path.display());
+        captures += 1;
+    }
+    assert!(captures > 50, "{captures}");
 }
 
 /// The found-value memo replays exactly what the detectors find: for strings seen before, strings sharing a set with

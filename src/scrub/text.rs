@@ -190,17 +190,26 @@ impl Scrubber<'_> {
 
     /// Returns `text` with every span replaced, recording one change per span and one `_meta` entry.
     fn apply_spans(&mut self, text: &str, spans: &[Span], path: &[Seg<'_>]) -> String {
-        let original_chars = text.chars().count();
+        // Remark ranges and the original length count chars. In ASCII text (nearly all, and the long strings with
+        // many findings) a char is a byte, so nothing is counted; otherwise each piece is counted once, as it is
+        // copied (counting the text again per span cost more than the rest of a span's work).
+        let ascii = text.is_ascii();
+        let chars = |piece: &str| if ascii { piece.len() } else { piece.chars().count() };
         let mut out = String::with_capacity(text.len());
         let mut remarks = Vec::with_capacity(spans.len());
         let mut rules: Vec<(&str, ChangeAction)> = Vec::with_capacity(spans.len());
         let mut cursor = 0;
         let mut out_chars = 0;
+        let mut original_chars = 0;
+        // The last fixed replacement and its length in chars: a string's findings are mostly one detector's.
+        let mut last_replacement: Option<(&str, usize)> = None;
         for span in spans {
             let before = &text[cursor..span.start];
             out.push_str(before);
-            out_chars += before.chars().count();
+            let before_chars = chars(before);
+            out_chars += before_chars;
             let matched = &text[span.start..span.end];
+            original_chars += before_chars + chars(matched);
             // Rule ids and fixed replacements borrow from the engine: PII-dense strings have many spans, and two
             // allocations per span showed up in profiles.
             let engine = self.engine;
@@ -234,7 +243,17 @@ impl Scrubber<'_> {
                     }
                 }
             };
-            let replacement_chars = replacement.chars().count();
+            let replacement_chars = match &replacement {
+                &Cow::Borrowed(fixed) => match last_replacement {
+                    Some((last, count)) if super::same_text(last, fixed) => count,
+                    _ => {
+                        let count = fixed.chars().count();
+                        last_replacement = Some((fixed, count));
+                        count
+                    }
+                },
+                Cow::Owned(hashed) => hashed.chars().count(),
+            };
             out.push_str(&replacement);
             let ty = if action == ChangeAction::Hashed { "p" } else { "s" };
             remarks.push(Remark {
@@ -246,18 +265,13 @@ impl Scrubber<'_> {
             rules.push((rule_id, action));
             cursor = span.end;
         }
-        out.push_str(&text[cursor..]);
-        let new_chars = out_chars + text[cursor..].chars().count();
+        let rest = &text[cursor..];
+        out.push_str(rest);
+        let rest_chars = chars(rest);
+        let (original_chars, new_chars) = (original_chars + rest_chars, out_chars + rest_chars);
         let len = (new_chars != original_chars).then_some(original_chars);
-        let last = rules.len().saturating_sub(1);
-        for (i, (rule, action)) in rules.into_iter().enumerate() {
-            // All remarks go into one `_meta` entry, attached with the last change.
-            if i == last {
-                self.record(path, None, rule, action, &remarks, len);
-            } else {
-                self.record(path, None, rule, action, &[], None);
-            }
-        }
+        // All remarks go into one `_meta` entry, attached with the last change.
+        self.record_all(path, None, &rules, &remarks, len);
         out
     }
 
