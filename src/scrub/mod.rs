@@ -142,6 +142,24 @@ impl Tally {
         }
     }
 
+    /// Adds `from`'s counts and changes to this tally. Its recent counts are counted here like any others, not
+    /// first settled into a map of owned rule ids of its own (a walk that may give up counts into a tally of its
+    /// own, one per JSON string inside a string: `stream::with_rollback`).
+    pub(crate) fn absorb(&mut self, from: Tally) {
+        for (rule, count) in &from.recent {
+            if *count > 0 {
+                self.count_redaction(rule, *count);
+            }
+        }
+        for (rule, count) in from.redactions {
+            *self.redactions.entry(rule).or_default() += count;
+        }
+        for (rule, count) in from.truncations {
+            *self.truncations.entry(rule).or_default() += count;
+        }
+        self.changes.extend(from.changes);
+    }
+
     /// Moves the counts kept in `recent` to `redactions`. The rules stay, counting from zero.
     pub(crate) fn settle(&mut self) {
         for (name, count) in &mut self.recent {

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use serde_json::{Map, Value};
 
 use super::walk::{AttributeRule, Field, attribute_value_scope, is_scalar_typed};
-use super::{Scope, Scrubber, Seg, Tally, merge_meta, meta};
+use super::{Scope, Scrubber, Seg, merge_meta, meta};
 use crate::filter;
 
 /// Why the streaming walk gave up on a text.
@@ -129,20 +129,9 @@ fn with_rollback<T>(
     let result = f(scrubber);
     let partial = std::mem::replace(&mut scrubber.tally, saved);
     if result.is_ok() {
-        merge_tally(&mut scrubber.tally, partial);
+        scrubber.tally.absorb(partial);
     }
     result
-}
-
-fn merge_tally(into: &mut Tally, mut from: Tally) {
-    from.settle();
-    for (rule, count) in from.redactions {
-        *into.redactions.entry(rule).or_default() += count;
-    }
-    for (rule, count) in from.truncations {
-        *into.truncations.entry(rule).or_default() += count;
-    }
-    into.changes.extend(from.changes);
 }
 
 /// Whether a span may be a segment on a drop route ([`DropCheck::SegmentSpans`]): any of its values, duplicate

@@ -1057,6 +1057,46 @@ fn counters_count_each_explained_change_once() {
     assert!(captures > 50, "{captures}");
 }
 
+/// A tally absorbing others (a JSON string's walk counts into a tally of its own) counts what they counted, whether
+/// they kept a rule in their recent list or in their map, counted once or in runs, with truncations and changes.
+#[test]
+fn absorbed_tallies_add_up() {
+    let mut rng = fastrand::Rng::with_seed(9);
+    let rules: Vec<String> = (0..30).map(|n| format!("rule_{n}")).collect();
+    let mut tally = super::Tally::default();
+    let mut expected: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut truncations = 0;
+    for round in 0..200 {
+        let mut part = super::Tally::default();
+        for _ in 0..rng.usize(0..40) {
+            // Skewed: the first rules come most often, as on a real payload.
+            let upto = rng.usize(1..=rules.len());
+            let rule = &rules[rng.usize(..upto)];
+            let run = rng.u64(1..5);
+            part.count_redaction(rule, run);
+            *expected.entry(rule.clone()).or_default() += run;
+        }
+        if rng.bool() {
+            part.settle();
+        }
+        *part.truncations.entry("gen_ai".into()).or_default() += 1;
+        truncations += 1;
+        if rng.bool() {
+            let rule = &rules[rng.usize(..rules.len())];
+            tally.count_redaction(rule, 1);
+            *expected.entry(rule.clone()).or_default() += 1;
+        }
+        tally.absorb(part);
+        if round % 37 == 0 {
+            tally.settle();
+            assert_eq!(tally.redactions, expected, "round {round}");
+        }
+    }
+    tally.settle();
+    assert_eq!(tally.redactions, expected);
+    assert_eq!(tally.truncations.get("gen_ai"), Some(&truncations));
+}
+
 /// The found-value memo replays exactly what the detectors find: for strings seen before, strings sharing a set with
 /// others, strings with more hits than it keeps and strings longer than it keeps, in any order.
 #[test]
