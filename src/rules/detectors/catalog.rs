@@ -19,6 +19,8 @@ use std::sync::LazyLock;
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use regex::Regex;
 
+use super::is_word_byte;
+
 /// Which bytes a format's leading part may hold when its literal sits in the middle of the token.
 #[derive(Debug, Clone, Copy)]
 enum Back {
@@ -448,11 +450,6 @@ fn back_run(bytes: &[u8], at: usize, max: usize, class: impl Fn(u8) -> bool) -> 
         }
     }
     start
-}
-
-/// Letters, digits and `_`: a token must not continue a word on either side.
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// Whether a token may start at `start`: not inside a word. A Telegram bot token also starts right after `/bot` in

@@ -9,6 +9,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use super::is_word_byte;
+
 /// The longest text form: eight groups of four plus seven colons, or six groups and a dotted IPv4 (45 bytes).
 const MAX_LEN: usize = 45;
 
@@ -58,11 +60,6 @@ pub fn find(bytes: &[u8], push: &mut dyn FnMut(usize, usize)) {
 /// Hex digits, colons, and dots (an IPv4 tail).
 fn is_addr_byte(b: u8) -> bool {
     b.is_ascii_hexdigit() || b == b':' || b == b'.'
-}
-
-/// Letters, digits and `_` that would make the run part of a longer word.
-fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// Cheap shape checks before parsing: at least two colons, and a first group that can be public (`2xxx:`/`3xxx:`

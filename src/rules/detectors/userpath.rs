@@ -50,7 +50,8 @@ fn root_end(bytes: &[u8], slash: usize) -> Option<usize> {
     if slash < 2 || bytes[slash - 1] != b':' || !bytes[slash - 2].is_ascii_alphabetic() {
         return None;
     }
-    if slash >= 3 && token_char(bytes[slash - 3]) {
+    // A drive letter right after a word byte is part of the word (`abc:/Users`), not a drive.
+    if slash >= 3 && super::is_word_byte(bytes[slash - 3]) {
         return None;
     }
     let width = if sep == b'\\' && bytes.get(slash + 1) == Some(&b'\\') {
@@ -93,11 +94,6 @@ fn unix_start(bytes: &[u8], slash: usize) -> bool {
             prev,
             b'"' | b'\'' | b'`' | b'(' | b'[' | b'{' | b'<' | b'=' | b',' | b';' | b':' | b'|' | b'@' | b'>'
         )
-}
-
-/// Letters, digits and the like: a drive letter right after one is part of a word (`abc:/Users`), not a drive.
-fn token_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
 }
 
 /// The end of the user segment starting at `start`: up to the next path separator. A name may hold single
