@@ -104,7 +104,8 @@ fn gzip_native(data: &[u8], bits: u8) -> Vec<u8> {
     })
 }
 
-/// Only the reset of a reused level-1 state (what every envelope pays before its first byte).
+/// Only the reset of a reused level-1 state at flate2's memLevel 8 (what every envelope paid before its first byte
+/// until `upstream::GZIP_MEM_LEVEL`; the 128 KiB hash table is still zeroed).
 fn deflate_reset_only() {
     GZ.with(|cell| {
         let mut slot = cell.borrow_mut();

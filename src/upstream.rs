@@ -329,7 +329,7 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The gzip level for forwarded envelopes (see `compress`).
-const GZIP_LEVEL: u32 = 1;
+const GZIP_LEVEL: i32 = 1;
 
 /// Compresses a forwarded envelope.
 pub fn compress(encoding: UpstreamEncoding, data: &[u8]) -> std::io::Result<Vec<u8>> {
@@ -367,21 +367,39 @@ thread_local! {
     /// One deflate state per thread, reset between envelopes. A new one allocates and zeroes a few hundred KiB of
     /// window and hash tables (glibc serves that with mmap, so every envelope also paid page faults and munmap),
     /// which cost more than compressing a typical 4 KiB envelope (issue #11). The reset still zeroes zlib-rs' 128 KiB
-    /// hash table, whatever the input's size (about 4 µs of the python event's 17; no option of zlib-rs or flate2
-    /// sizes it, `benches/codec.rs`).
+    /// hash table, whatever the input's size (about 4 µs of the python event's 17; no option of zlib-rs sizes it,
+    /// `benches/codec.rs`).
     static DEFLATE: RefCell<Option<Deflater>> = const { RefCell::new(None) };
 }
 
 struct Deflater {
-    state: flate2::Compress,
-    /// Where the stream is written, reused: the envelope's body is then one allocation of exactly its size, after
-    /// one pass of deflate. A guessed size (a third of the input) was too short for the python event (2,302 bytes
-    /// of 4,131): a second pass, a realloc, and a queued body of 5.5 KiB for 2.3 KiB of bytes.
+    state: zlib_rs::Deflate,
+    /// Where the stream is written, reused and kept initialized (its length only grows, up to [`SCRATCH_KEEP`]):
+    /// the envelope's body is then one allocation of exactly its size, after one pass of deflate. A guessed size
+    /// (a third of the input) was too short for the python event (2,302 bytes of 4,131): a second pass, a realloc,
+    /// and a queued body of 5.5 KiB for 2.3 KiB of bytes.
     scratch: Vec<u8>,
 }
 
 /// The scratch buffer is given back after an envelope that needed more than this.
 const SCRATCH_KEEP: usize = 256 * 1024;
+
+/// zlib's `memLevel` for [`GZIP_LEVEL`]. At level 1 (zlib-rs' "quick": static Huffman codes, written as matches are
+/// found) it only sizes two buffers: the symbol buffer the other levels gather a block in, which every reset zeroes,
+/// and the pending output, flushed to the caller's buffer when full. The stream is the same at every memLevel (a test
+/// compares it with memLevel 8's); the default 8 zeroed 48 KiB per envelope for nothing, 4 zeroes 3 KiB and holds
+/// 4 KiB of pending output, more than a typical envelope compresses to.
+const GZIP_MEM_LEVEL: i32 = 4;
+
+fn new_deflate() -> zlib_rs::Deflate {
+    zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
+        level: GZIP_LEVEL,
+        // Negative: a raw deflate stream; `gzip` writes the header and trailer itself.
+        window_bits: -15,
+        mem_level: GZIP_MEM_LEVEL,
+        ..zlib_rs::DeflateConfig::default()
+    })
+}
 
 /// gzip (RFC 1952): a fixed header, the raw deflate stream, CRC-32 and length.
 ///
@@ -394,40 +412,42 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     DEFLATE.with(|cell| {
         let mut slot = cell.borrow_mut();
         let Deflater { state, scratch } = slot.get_or_insert_with(|| Deflater {
-            state: flate2::Compress::new(flate2::Compression::new(GZIP_LEVEL), false),
+            state: new_deflate(),
             scratch: Vec::new(),
         });
         state.reset();
-        scratch.clear();
         let deflated = deflate_into(state, data, scratch);
-        let out = deflated.map(|()| {
-            let mut out = Vec::with_capacity(HEADER.len() + scratch.len() + 8);
+        let out = deflated.map(|written| {
+            let mut out = Vec::with_capacity(HEADER.len() + written + 8);
             out.extend_from_slice(&HEADER);
-            out.extend_from_slice(scratch);
+            out.extend_from_slice(&scratch[..written]);
             out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
             // ISIZE is the length modulo 2^32.
             out.extend_from_slice(&(data.len() as u32).to_le_bytes());
             out
         });
-        if scratch.capacity() > SCRATCH_KEEP {
+        if scratch.len() > SCRATCH_KEEP {
             *scratch = Vec::new();
         }
         out
     })
 }
 
-/// The whole of `data` as one finished raw deflate stream, appended to `out`.
-fn deflate_into(state: &mut flate2::Compress, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<()> {
+/// The whole of `data` as one finished raw deflate stream, written from the start of `out` (grown when short);
+/// returns its length.
+fn deflate_into(state: &mut zlib_rs::Deflate, data: &[u8], out: &mut Vec<u8>) -> std::io::Result<usize> {
     loop {
         let consumed = usize::try_from(state.total_in()).unwrap_or(usize::MAX).min(data.len());
-        if out.capacity() - out.len() < 64 {
-            out.reserve(out.capacity().max(data.len() - consumed).max(4096));
+        let written = usize::try_from(state.total_out()).unwrap_or(usize::MAX).min(out.len());
+        if out.len() - written < 64 {
+            let more = out.len().max(data.len() - consumed).max(4096);
+            out.resize(out.len() + more, 0);
         }
         let status = state
-            .compress_vec(&data[consumed..], out, flate2::FlushCompress::Finish)
-            .map_err(std::io::Error::other)?;
-        if status == flate2::Status::StreamEnd {
-            return Ok(());
+            .compress(&data[consumed..], &mut out[written..], zlib_rs::DeflateFlush::Finish)
+            .map_err(|error| std::io::Error::other(error.as_str()))?;
+        if status == zlib_rs::Status::StreamEnd {
+            return Ok(usize::try_from(state.total_out()).unwrap_or(usize::MAX).min(out.len()));
         }
     }
 }
@@ -562,6 +582,35 @@ mod tests {
             std::io::Read::read_to_end(&mut decoder, &mut frame).unwrap();
             assert!(frame == *data, "{} bytes round trip through zstd", data.len());
             assert!(zstd::decode_all(&compressed[..]).unwrap() == *data);
+        }
+    }
+
+    /// [`GZIP_MEM_LEVEL`] only sizes buffers at level 1: the deflate stream is byte for byte the one zlib's default
+    /// memLevel (flate2's) writes, so no envelope compresses worse for it.
+    #[test]
+    fn gzip_mem_level_leaves_the_stream_as_it_was() {
+        let event = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/sdk/py-error-event-rawpii.envelope"
+        );
+        let inputs: Vec<Vec<u8>> = vec![
+            std::fs::read(event).unwrap(),
+            Vec::new(),
+            b"{\"message\":\"jane.doe@example.com\"}\n".repeat(2_000),
+            // Incompressible: the pending output fills many times over.
+            (0..300_000u32)
+                .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
+                .collect(),
+        ];
+        for data in &inputs {
+            let mut default_mem_level = flate2::Compress::new(flate2::Compression::new(1), false);
+            let mut expected = Vec::with_capacity(data.len() + 1024);
+            let status = default_mem_level
+                .compress_vec(data, &mut expected, flate2::FlushCompress::Finish)
+                .unwrap();
+            assert_eq!(status, flate2::Status::StreamEnd);
+            let gzipped = compress(UpstreamEncoding::Gzip, data).unwrap();
+            assert!(gzipped[10..gzipped.len() - 8] == expected[..], "{} bytes", data.len());
         }
     }
 
