@@ -72,8 +72,8 @@ pub struct AppState {
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    #[error("cannot build the upstream HTTP client: {}", crate::upstream::describe_build_error(.0))]
-    Client(#[from] reqwest::Error),
+    #[error("cannot build the upstream HTTP client: {0}")]
+    Client(#[from] crate::upstream::BuildError),
     #[error("cannot use the spool directory {path}: {source}")]
     Spool {
         path: String,

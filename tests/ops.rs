@@ -700,10 +700,16 @@ impl RelayProcess {
     /// Starts `scrub-relay run` on loopback port 0 (main and metrics listeners) with `args` added, and waits until
     /// both listeners are bound.
     fn start(upstream: &MiniSentry, args: &[&str]) -> RelayProcess {
+        RelayProcess::start_with_env(&upstream.url(), args, &[])
+    }
+
+    /// [`RelayProcess::start`] with `upstream` as the upstream URL and `env` added to its environment.
+    fn start_with_env(upstream: &str, args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_scrub-relay"));
-        // The test's own environment must not configure the relay under test.
+        // The test's own environment must not configure the relay under test, nor send its upstream through a proxy.
         for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("SCRUB_RELAY_") || name == "RUST_LOG" {
+            let name_text = name.to_string_lossy().to_ascii_uppercase();
+            if name_text.starts_with("SCRUB_RELAY_") || name_text == "RUST_LOG" || name_text.ends_with("_PROXY") {
                 command.env_remove(name);
             }
         }
@@ -716,7 +722,8 @@ impl RelayProcess {
                 "127.0.0.1:0",
                 "--upstream",
             ])
-            .arg(upstream.url())
+            .arg(upstream)
+            .envs(env.iter().copied())
             .args(["--log-format", "json"])
             .args(args)
             .args(if args.contains(&"--shutdown-timeout") {
@@ -1221,6 +1228,41 @@ const PLANTED_SECRETS: &[&str] = &[
     // Not a secret (it ships in every browser bundle), but it identifies a project and logs never need it.
     "publickey123",
 ];
+
+/// The relay forwards with hyper-util's client directly, and with reqwest when the environment sends the upstream
+/// through a proxy: `HTTP_PROXY` gets the request (for a plain-HTTP upstream, in absolute form, for the upstream's
+/// host), and `NO_PROXY` naming the upstream makes the relay connect directly again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_behind_a_proxy_from_the_environment_is_reached_through_it() {
+    // Plays the proxy: it records what reaches it and answers 200 as the upstream would.
+    let proxy = MiniSentry::start().await;
+    let proxy_url = proxy.url();
+    // Not resolvable: only the proxy can deliver there.
+    let relay = RelayProcess::start_with_env("http://sentry.invalid:9", &[], &[("HTTP_PROXY", &proxy_url)]);
+    let response = post(relay.addr, &common::event_envelope("9ec79c33ec9942ab8353589fcb2e04dc")).await;
+    assert_eq!(response.status, 200);
+    let proxied = proxy.next().await;
+    assert_eq!(proxied.path, "/api/42/envelope/");
+    assert_eq!(proxied.headers["host"], "sentry.invalid:9");
+    let envelope = proxied.envelope.expect("the envelope reached the proxy");
+    assert_eq!(
+        envelope.headers.get("event_id").and_then(Value::as_str),
+        Some("9ec79c33ec9942ab8353589fcb2e04dc")
+    );
+    relay.stop();
+
+    let upstream = MiniSentry::start().await;
+    let relay = RelayProcess::start_with_env(
+        &upstream.url(),
+        &[],
+        &[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "127.0.0.1")],
+    );
+    let response = post(relay.addr, &common::event_envelope("0123456789abcdef0123456789abcdef")).await;
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.next().await.path, "/api/42/envelope/");
+    relay.stop();
+    assert_eq!(proxy.received(), 1, "NO_PROXY: the second relay did not use the proxy");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relays_own_logs_never_contain_payload_values() {
