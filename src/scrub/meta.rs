@@ -27,18 +27,17 @@ use super::{Remark, Seg};
 /// The `_meta` entries of one item, in the order they were recorded. Each entry is a path, remarks and maybe the
 /// original length. Path segments and remarks are kept as the JSON text [`write_meta`] writes (`"key"`,
 /// `,["rule","s",0,10]`), rendered once when recorded, so writing the object is mostly copying ranges of one buffer.
+/// Remarks are kept only as that text (the `Value` route parses it back): a record of each remark beside its text
+/// was 64 bytes written per remark, for an address list thousands of them (issue #11).
 /// Cleared, not dropped, between items, so its buffers are reused.
 #[derive(Debug, Default)]
 pub struct MetaLog {
     /// Rendered path segments and remarks, back to back; the raw text of a segment that needed escapes follows its
     /// JSON. UTF-8 (made of `str`s and their JSON escapes), kept as bytes because pushing bytes is cheaper.
     text: Vec<u8>,
-    /// The raw text of rule ids that needed escapes (apart, so an entry's remarks stay one range of `text`).
-    escaped_rules: String,
     /// Path segments of all entries, in order.
     segments: Vec<Segment>,
     entries: Vec<LogEntry>,
-    remarks: Vec<LogRemark>,
 }
 
 /// One path segment: byte ranges of `MetaLog::text`.
@@ -56,27 +55,9 @@ struct LogEntry {
     segments: (usize, usize),
     /// How many leading segments are the same as the previous entry's.
     shared: usize,
-    /// Range of `MetaLog::remarks`.
-    remarks: (usize, usize),
     /// Byte range of `MetaLog::text`: the remarks as JSON arrays, each after a comma.
     remarks_json: (usize, usize),
     len: Option<usize>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct LogRemark {
-    rule: RuleText,
-    ty: &'static str,
-    range: Option<(usize, usize)>,
-}
-
-/// Where a remark's rule id is kept.
-#[derive(Debug, Clone, Copy)]
-enum RuleText {
-    /// Byte range of `MetaLog::text`, inside the remark's JSON.
-    Text(usize, usize),
-    /// Byte range of `MetaLog::escaped_rules`.
-    Escaped(usize, usize),
 }
 
 /// One entry of a [`MetaLog`], borrowed.
@@ -96,22 +77,23 @@ impl<'l> EntryRef<'l> {
             .map(move |segment| &text[segment.raw.0..segment.raw.1])
     }
 
-    pub(crate) fn remarks(self) -> impl Iterator<Item = Remark<'l>> {
-        let (log, text) = (self.log, self.text);
-        log.remarks[self.entry.remarks.0..self.entry.remarks.1]
-            .iter()
-            .map(move |remark| Remark {
-                rule: match remark.rule {
-                    RuleText::Text(start, end) => &text[start..end],
-                    RuleText::Escaped(start, end) => &log.escaped_rules[start..end],
-                },
-                ty: remark.ty,
-                range: remark.range,
-            })
+    /// The entry's remarks as the `Value`s [`merge_meta`] adds: `["rule","s",start,end]` each, read back from their
+    /// JSON (which is what serde_json writes for those values).
+    pub(crate) fn remark_values(self) -> Vec<Value> {
+        let (start, end) = self.entry.remarks_json;
+        if start == end {
+            return Vec::new();
+        }
+        // `[` and the remarks after the comma before the first one.
+        let mut list = String::with_capacity(end - start + 1);
+        list.push('[');
+        list.push_str(&self.text[start + 1..end]);
+        list.push(']');
+        serde_json::from_str(&list).expect("the log's remarks are JSON")
     }
 
     fn has_remarks(self) -> bool {
-        self.entry.remarks.0 < self.entry.remarks.1
+        self.entry.remarks_json.0 < self.entry.remarks_json.1
     }
 
     pub(crate) fn len(self) -> Option<usize> {
@@ -136,6 +118,21 @@ fn needs_escape(text: &str) -> bool {
     }
 }
 
+/// Whether two byte strings are equal. Path segments are short: up to 16 bytes are compared as two overlapping
+/// words (or four-byte halves), inline, not through a call of `bcmp`.
+#[inline(always)]
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    len == b.len()
+        && match len {
+            0..=3 => a.iter().zip(b).all(|(x, y)| x == y),
+            4..=8 => super::four_to_eight_bytes(a) == super::four_to_eight_bytes(b),
+            9..=16 => word(a, 0) == word(b, 0) && word(a, len - 8) == word(b, len - 8),
+            _ => a == b,
+        }
+}
+
 impl MetaLog {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
@@ -144,18 +141,14 @@ impl MetaLog {
     /// The heap the log's buffers hold (their capacity), to bound what a thread keeps between envelopes.
     pub(crate) fn heap_bytes(&self) -> usize {
         self.text.capacity()
-            + self.escaped_rules.capacity()
             + self.segments.capacity() * std::mem::size_of::<Segment>()
             + self.entries.capacity() * std::mem::size_of::<LogEntry>()
-            + self.remarks.capacity() * std::mem::size_of::<LogRemark>()
     }
 
     pub fn clear(&mut self) {
         self.text.clear();
-        self.escaped_rules.clear();
         self.segments.clear();
         self.entries.clear();
-        self.remarks.clear();
     }
 
     pub(crate) fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
@@ -193,7 +186,7 @@ impl MetaLog {
             // compared, not copied again.
             if shared == at && at < previous_len {
                 let segment = self.segments[previous.0 + at];
-                if self.text[segment.raw.0..segment.raw.1] == *raw.as_bytes() {
+                if same_bytes(&self.text[segment.raw.0..segment.raw.1], raw.as_bytes()) {
                     self.segments.push(segment);
                     shared += 1;
                     continue;
@@ -206,15 +199,13 @@ impl MetaLog {
         if merge && shared == count && shared == previous_len && !self.entries.is_empty() {
             // The path is the last entry's: drop the copy just made (it holds no text of its own).
             self.segments.truncate(first_segment);
-            let first_remark = self.remarks.len();
             let json_start = self.text.len();
             self.push_remarks(remarks);
-            let (remarks_end, json_end) = (self.remarks.len(), self.text.len());
+            let json_end = self.text.len();
             if let Some(last) = self.entries.last_mut() {
-                // Only the last entry is ever extended, so its remarks are the last ones pushed, and so is their
-                // JSON (this path pushed no segment text).
-                debug_assert_eq!((last.remarks.1, last.remarks_json.1), (first_remark, json_start));
-                last.remarks.1 = remarks_end;
+                // Only the last entry is ever extended, so its remarks' JSON is the last pushed (this path pushed no
+                // segment text).
+                debug_assert_eq!(last.remarks_json.1, json_start);
                 last.remarks_json.1 = json_end;
                 if last.len.is_none() {
                     last.len = len;
@@ -222,13 +213,11 @@ impl MetaLog {
             }
             return;
         }
-        let first_remark = self.remarks.len();
         let json_start = self.text.len();
         self.push_remarks(remarks);
         self.entries.push(LogEntry {
             segments,
             shared,
-            remarks: (first_remark, self.remarks.len()),
             remarks_json: (json_start, self.text.len()),
             len,
         });
@@ -264,26 +253,35 @@ impl MetaLog {
     /// and one copy into the log (a copy per piece and an escape check per rule id cost about twice as much; issue
     /// #11).
     fn push_remarks(&mut self, remarks: &[Remark<'_>]) {
+        match remarks {
+            [] => {}
+            // Most fields have one remark: written straight into the log, without the stack buffers of a run
+            // (zeroing them and copying out of them was about a third of recording a one-remark field; issue #11).
+            [remark] => self.push_remark(remark),
+            _ => self.push_runs(remarks),
+        }
+    }
+
+    /// [`MetaLog::push_remarks`] of several remarks, in runs of one rule and type.
+    fn push_runs(&mut self, remarks: &[Remark<'_>]) {
         let mut rendered = [0u8; HEAD_MAX + TAIL_MAX];
         // The head of the run, at the end of its buffer.
         let mut kept_head = [0u8; HEAD_MAX];
-        // The run's rule id and type, the length of its head in `kept_head` (0: too long to keep there) and where
-        // its rule id is kept.
-        let mut run: Option<(&str, &str, usize, RuleText)> = None;
+        // The run's rule id and type, and the length of its head in `kept_head` (0: too long to keep there).
+        let mut run: Option<(&str, &str, usize)> = None;
         for remark in remarks {
             let tail = render_tail(&mut rendered, remark.range);
-            let rule = match run {
-                Some((rule, ty, len, at))
+            match run {
+                Some((rule, ty, len))
                     if len > 0 && super::same_text(rule, remark.rule) && super::same_text(ty, remark.ty) =>
                 {
                     // `tail` is at least HEAD_MAX: the tail is at most TAIL_MAX bytes.
                     rendered[tail - HEAD_MAX..tail].copy_from_slice(&kept_head);
                     self.text.extend_from_slice(&rendered[tail - len..]);
-                    at
                 }
                 _ => {
                     let start = self.text.len();
-                    let at = self.push_head(remark);
+                    self.push_head(remark);
                     let len = self.text.len() - start;
                     let kept = if len <= HEAD_MAX {
                         kept_head[HEAD_MAX - len..].copy_from_slice(&self.text[start..]);
@@ -292,35 +290,62 @@ impl MetaLog {
                         0
                     };
                     self.text.extend_from_slice(&rendered[tail..]);
-                    run = Some((remark.rule, remark.ty, kept, at));
-                    at
+                    run = Some((remark.rule, remark.ty, kept));
                 }
-            };
-            self.remarks.push(LogRemark {
-                rule,
-                ty: remark.ty,
-                range: remark.range,
-            });
+            }
         }
     }
 
-    /// Writes a remark's head, `,["rule","s"`, and returns where its rule id is kept.
-    fn push_head(&mut self, remark: &Remark<'_>) -> RuleText {
+    /// Writes one remark, `,["rule","s",start,end]`. A rule id of up to
+    /// [`SHORT`] bytes without escapes (all the built-in ones) is written into a fixed-size window at the end of the
+    /// log, with fixed-size copies, and the window cut to what was written: one length check and no call, where a
+    /// push per piece checked the capacity each time and copied the rule id through `memcpy`.
+    fn push_remark(&mut self, remark: &Remark<'_>) {
+        let rule = remark.rule.as_bytes();
+        let &[ty] = remark.ty.as_bytes() else {
+            return self.push_remark_in_pieces(remark);
+        };
+        if rule.len() > SHORT || needs_escape(remark.rule) {
+            return self.push_remark_in_pieces(remark);
+        }
+        let start = self.text.len();
+        self.text.extend_from_slice(&[0; WINDOW]);
+        let window = &mut self.text[start..];
+        window[..3].copy_from_slice(b",[\"");
+        copy_short(&mut window[3..3 + rule.len()], rule);
+        let mut at = 3 + rule.len();
+        window[at..at + 5].copy_from_slice(&[b'"', b',', b'"', ty, b'"']);
+        at += 5;
+        if let Some((first, last)) = remark.range {
+            for number in [first, last] {
+                window[at] = b',';
+                let digits = number.checked_ilog10().unwrap_or(0) as usize + 1;
+                write_decimal(&mut window[at + 1..at + 1 + digits], number);
+                at += 1 + digits;
+            }
+        }
+        window[at] = b']';
+        self.text.truncate(start + at + 1);
+    }
+
+    /// [`MetaLog::push_remark`] for any rule id and type.
+    fn push_remark_in_pieces(&mut self, remark: &Remark<'_>) {
+        self.push_head(remark);
+        push_tail(&mut self.text, remark.range);
+    }
+
+    /// Writes a remark's head, `,["rule","s"`.
+    fn push_head(&mut self, remark: &Remark<'_>) {
         let text = &mut self.text;
         text.reserve(remark.rule.len() + 56);
-        let rule = if needs_escape(remark.rule) {
+        if needs_escape(remark.rule) {
             text.extend_from_slice(b",[");
             push_escaped(text, remark.rule);
-            let start = self.escaped_rules.len();
-            self.escaped_rules.push_str(remark.rule);
-            RuleText::Escaped(start, self.escaped_rules.len())
         } else {
             text.extend_from_slice(b",[\"");
-            let start = text.len();
             text.extend_from_slice(remark.rule.as_bytes());
             text.push(b'"');
-            RuleText::Text(start, start + remark.rule.len())
-        };
+        }
         // `s`, `x` or `p`: nothing to escape.
         match *remark.ty.as_bytes() {
             [ty] => text.extend_from_slice(&[b',', b'"', ty, b'"']),
@@ -330,7 +355,6 @@ impl MetaLog {
                 text.push(b'"');
             }
         }
-        rule
     }
 
     /// Whether [`write_meta`] can write this log: not when a path has an empty segment, because its node would be
@@ -349,6 +373,47 @@ impl MetaLog {
 const HEAD_MAX: usize = 64 + 8;
 /// The longest remark tail, `,start,end]`: two numbers of up to 20 digits.
 const TAIL_MAX: usize = 43;
+
+/// The longest rule id [`MetaLog::push_remark`] writes through a window, and the window: a remark of such a rule id
+/// is at most 8 + 48 + 43 bytes.
+const SHORT: usize = 48;
+const WINDOW: usize = 112;
+
+/// `dst.copy_from_slice(src)` for the short texts of the log: up to 32 bytes as two overlapping fixed-size copies
+/// (inline loads and stores), not a call of `memcpy`.
+#[inline(always)]
+fn copy_short(dst: &mut [u8], src: &[u8]) {
+    let len = src.len();
+    debug_assert_eq!(dst.len(), len);
+    match len {
+        0..=3 => dst.iter_mut().zip(src).for_each(|(d, s)| *d = *s),
+        4..=8 => {
+            dst[..4].copy_from_slice(&src[..4]);
+            dst[len - 4..len].copy_from_slice(&src[len - 4..len]);
+        }
+        9..=16 => {
+            dst[..8].copy_from_slice(&src[..8]);
+            dst[len - 8..len].copy_from_slice(&src[len - 8..len]);
+        }
+        17..=32 => {
+            dst[..16].copy_from_slice(&src[..16]);
+            dst[len - 16..len].copy_from_slice(&src[len - 16..len]);
+        }
+        _ => dst.copy_from_slice(src),
+    }
+}
+
+/// Appends a remark's tail, `,start,end]` or `]`, as [`render_tail`] renders it.
+#[inline]
+fn push_tail(out: &mut Vec<u8>, range: Option<(usize, usize)>) {
+    if let Some((start, end)) = range {
+        out.push(b',');
+        push_number(out, start);
+        out.push(b',');
+        push_number(out, end);
+    }
+    out.push(b']');
+}
 
 /// Writes a remark's tail, `,start,end]` or `]`, at the end of `out`; returns where it starts.
 fn render_tail(out: &mut [u8; HEAD_MAX + TAIL_MAX], range: Option<(usize, usize)>) -> usize {
@@ -443,16 +508,7 @@ pub fn merge_meta(root: &mut Map<String, Value>, log: &MetaLog) {
                 leaf.insert("rem".into(), Value::Array(Vec::new()));
             }
             if let Some(Value::Array(rem)) = leaf.get_mut("rem") {
-                for remark in entry.remarks() {
-                    let mut item = Vec::with_capacity(if remark.range.is_some() { 4 } else { 2 });
-                    item.push(Value::from(remark.rule));
-                    item.push(Value::from(remark.ty));
-                    if let Some((start, end)) = remark.range {
-                        item.push(Value::from(start));
-                        item.push(Value::from(end));
-                    }
-                    rem.push(Value::Array(item));
-                }
+                rem.extend(entry.remark_values());
             }
         }
         if let Some(len) = entry.len()
@@ -831,6 +887,37 @@ mod tests {
         serde_json::to_vec(&root["_meta"]).unwrap()
     }
 
+    /// A remark's rule id, type and range.
+    type Given = (String, &'static str, Option<(usize, usize)>);
+
+    /// Remarks as `merge_meta` built their `Value`s before it read them back from the log's text: the oracle of
+    /// [`EntryRef::remark_values`].
+    fn values_of(remarks: &[Given]) -> Vec<Value> {
+        remarks
+            .iter()
+            .map(|(rule, ty, range)| {
+                let mut item = vec![Value::from(rule.as_str()), Value::from(*ty)];
+                if let Some((start, end)) = range {
+                    item.push(Value::from(*start));
+                    item.push(Value::from(*end));
+                }
+                Value::Array(item)
+            })
+            .collect()
+    }
+
+    fn rules_of(entry: EntryRef<'_>) -> Vec<String> {
+        entry
+            .remark_values()
+            .iter()
+            .map(|remark| remark[0].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn strings(texts: &[&str]) -> Vec<String> {
+        texts.iter().map(|text| text.to_string()).collect()
+    }
+
     fn writable(entries: &[Owned]) -> bool {
         log_of(entries, false).writable()
     }
@@ -858,16 +945,16 @@ mod tests {
         log.add(&[Seg::Key("a"), Seg::Index(10)], None, &[remark("r3")], Some(9), true);
         log.add(&[Seg::Key("b")], None, &[remark("r4")], Some(1), true);
         log.add(&[Seg::Key("a"), Seg::Index(10)], None, &[remark("r5")], None, true);
-        let entries: Vec<(Vec<&str>, Vec<&str>, Option<usize>)> = log
+        let entries: Vec<(Vec<&str>, Vec<String>, Option<usize>)> = log
             .entries()
-            .map(|e| (e.path().collect(), e.remarks().map(|r| r.rule).collect(), e.len()))
+            .map(|e| (e.path().collect(), rules_of(e), e.len()))
             .collect();
         assert_eq!(
             entries,
             vec![
-                (vec!["a", "10"], vec!["r1", "r2", "r3"], Some(7)),
-                (vec!["b"], vec!["r4"], Some(1)),
-                (vec!["a", "10"], vec!["r5"], None),
+                (vec!["a", "10"], strings(&["r1", "r2", "r3"]), Some(7)),
+                (vec!["b"], strings(&["r4"]), Some(1)),
+                (vec!["a", "10"], strings(&["r5"]), None),
             ]
         );
         let mut out = Vec::new();
@@ -1054,8 +1141,6 @@ mod tests {
     /// the edge): written as the `Value` tree writes them, and read back as they were given.
     #[test]
     fn runs_of_remarks_match_the_value_tree() {
-        /// A remark's rule id, type and range.
-        type Given = (String, &'static str, Option<(usize, usize)>);
         let mut rng = fastrand::Rng::with_seed(3);
         let long = |len: usize| "r".repeat(len);
         let rules: Vec<String> = vec![
@@ -1101,10 +1186,8 @@ mod tests {
                 log.add(&[Seg::Key("extra"), Seg::Index(field)], None, &remarks, Some(7), true);
                 given.push(remarks.iter().map(|r| (r.rule.to_string(), r.ty, r.range)).collect());
             }
-            let read: Vec<Vec<Given>> = log
-                .entries()
-                .map(|entry| entry.remarks().map(|r| (r.rule.to_string(), r.ty, r.range)).collect())
-                .collect();
+            let read: Vec<Vec<Value>> = log.entries().map(|entry| entry.remark_values()).collect();
+            let given: Vec<Vec<Value>> = given.iter().map(|remarks| values_of(remarks)).collect();
             assert_eq!(read, given, "round {round}");
             let mut out = Vec::new();
             write_meta(&log, &mut out);
@@ -1142,6 +1225,71 @@ mod tests {
                 serde_json::to_string(&text).unwrap() != format!("\"{text}\""),
                 "{byte}"
             );
+        }
+    }
+
+    #[test]
+    fn bytes_are_the_same_as_slice_equality_says() {
+        for len in 0..40usize {
+            let plain: Vec<u8> = (0..len).map(|n| b'a' + (n % 26) as u8).collect();
+            assert!(same_bytes(&plain, &plain.clone()), "{len}");
+            if len > 0 {
+                assert!(!same_bytes(&plain, &plain[..len - 1]), "{len}");
+            }
+            for at in 0..len {
+                let mut other = plain.clone();
+                other[at] ^= 0x80;
+                assert!(!same_bytes(&plain, &other), "{len} {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_copies_copy() {
+        let source: Vec<u8> = (0..80u8).collect();
+        for len in 0..80 {
+            let mut out = vec![0xffu8; len];
+            copy_short(&mut out, &source[..len]);
+            assert_eq!(out, source[..len], "{len}");
+        }
+    }
+
+    /// One remark of every rule id length around the window's, every type and numbers of every width: as the
+    /// `Value` tree writes it, and read back.
+    #[test]
+    fn single_remarks_match_the_value_tree() {
+        let numbers = [0, 7, 10, 99, 100, 9_999, 10_000, 123_456_789, 1 << 40, usize::MAX];
+        for len in 0..=SHORT + 2 {
+            let rule = "r".repeat(len);
+            for ty in ["s", "x", "p", "sx"] {
+                for (n, &first) in numbers.iter().enumerate() {
+                    let range = (n % 4 != 3).then_some((first, numbers[(n * 7) % numbers.len()]));
+                    let mut log = MetaLog::default();
+                    let remark = Remark { rule: &rule, ty, range };
+                    log.add(&[Seg::Key("k"), Seg::Index(len)], None, &[remark], Some(n), true);
+                    let read: Vec<Value> = log.entries().flat_map(|entry| entry.remark_values()).collect();
+                    assert_eq!(read, values_of(&[(rule.clone(), ty, range)]));
+                    let mut out = Vec::new();
+                    write_meta(&log, &mut out);
+                    assert_eq!(out, tree_of(&log), "{len} {ty} {range:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tails_are_pushed_as_they_are_rendered() {
+        let numbers = [0, 1, 9, 10, 99, 100, 12_345, 1 << 40, usize::MAX];
+        let ranges = numbers
+            .iter()
+            .flat_map(|&start| numbers.iter().map(move |&end| Some((start, end))))
+            .chain([None]);
+        for range in ranges {
+            let mut rendered = [0u8; HEAD_MAX + TAIL_MAX];
+            let at = render_tail(&mut rendered, range);
+            let mut pushed = b"x".to_vec();
+            push_tail(&mut pushed, range);
+            assert_eq!(pushed[1..], rendered[at..], "{range:?}");
         }
     }
 
