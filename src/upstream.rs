@@ -374,17 +374,18 @@ async fn exchange(
 
 /// Whether an I/O timeout is among `error`'s causes (hyper-util's connector reports its connect timeout so).
 fn caused_by_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
-        if error
+    causes(error).any(|cause| {
+        cause
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
+    })
+}
+
+/// `error` and its sources, outermost first.
+fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |cause| cause.source())
 }
 
 /// Appends what fits of `chunk` under [`MAX_RESPONSE_BODY`]; true once the cap is reached (the rest is not read).
@@ -463,14 +464,7 @@ pub fn status_outcome(status: StatusCode) -> &'static str {
 
 /// The error and its sources on one line (reqwest hides the useful part in the source chain).
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    causes(error).map(ToString::to_string).collect::<Vec<_>>().join(": ")
 }
 
 /// The gzip level for forwarded envelopes (see `compress`).
@@ -597,22 +591,16 @@ fn deflate_into(state: &mut zlib_rs::Deflate, data: &[u8], out: &mut Vec<u8>) ->
     }
 }
 
-/// Why the HTTP client could not be built, for the one start-up error line. reqwest's own text is only "builder
-/// error"; the cause is in its source chain. The usual cause in a container is an image without CA certificates
-/// (the TLS verifier loads the system's roots when the client is built, whatever the upstream's scheme), so that
-/// case names the bundle and where it was looked for.
+/// Why the HTTP client could not be built, for the one start-up error line: the error and its sources (reqwest's
+/// own text is only "builder error"). The usual cause in a container is an image without CA certificates (the TLS
+/// verifier loads the system's roots when the client is built, whatever the upstream's scheme), so that case names
+/// the bundle and where it was looked for.
 fn describe_build_error(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut causes = Vec::new();
-    let mut source = Some(error);
-    let mut no_roots = false;
-    while let Some(cause) = source {
-        if let Some(rustls::Error::General(message)) = cause.downcast_ref::<rustls::Error>() {
-            no_roots |= message.contains("CA certificates");
-        }
-        causes.push(cause.to_string());
-        source = cause.source();
-    }
-    let chain = causes.join(": ");
+    let no_roots = causes(error).any(|cause| {
+        matches!(cause.downcast_ref::<rustls::Error>(), Some(rustls::Error::General(message))
+            if message.contains("CA certificates"))
+    });
+    let chain = error_chain(error);
     if no_roots {
         format!(
             "no CA certificate bundle found (the system's, or SSL_CERT_FILE / SSL_CERT_DIR when set); install one \
