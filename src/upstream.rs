@@ -67,6 +67,20 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
+impl UpstreamResponse {
+    /// What the relay keeps of an answer: its status, the headers delivery reads, and the (capped) body.
+    fn new(status: StatusCode, headers: &HeaderMap, body: Vec<u8>) -> UpstreamResponse {
+        let header = |name: &HeaderName| headers.get(name).cloned();
+        UpstreamResponse {
+            status,
+            retry_after: header(&http::header::RETRY_AFTER),
+            rate_limits: header(&X_SENTRY_RATE_LIMITS),
+            content_type: header(&http::header::CONTENT_TYPE),
+            body: Bytes::from(body),
+        }
+    }
+}
+
 /// A request that got no HTTP answer.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -309,28 +323,14 @@ impl Upstream {
             Client::Proxied(client) => {
                 let url = url.map_or_else(|text| text, |url| url.to_string());
                 let sent = client.post(url).headers(headers).body(body).send().await;
-                let response = sent.map_err(classify)?;
-                let status = response.status();
-                let header = |name: &HeaderName| response.headers().get(name).cloned();
-                let (retry_after, rate_limits, content_type) = (
-                    header(&http::header::RETRY_AFTER),
-                    header(&X_SENTRY_RATE_LIMITS),
-                    header(&http::header::CONTENT_TYPE),
-                );
-                let mut response = response;
+                let mut response = sent.map_err(classify)?;
                 let mut body = Vec::new();
                 while let Some(chunk) = response.chunk().await.map_err(classify)? {
                     if keep_response_chunk(&mut body, &chunk) {
                         break;
                     }
                 }
-                Ok(UpstreamResponse {
-                    status,
-                    retry_after,
-                    rate_limits,
-                    content_type,
-                    body: Bytes::from(body),
-                })
+                Ok(UpstreamResponse::new(response.status(), response.headers(), body))
             }
         }
     }
@@ -353,7 +353,6 @@ async fn exchange(
         }
     })?;
     let (parts, mut incoming) = response.into_parts();
-    let header = |name: &HeaderName| parts.headers.get(name).cloned();
     let mut body = Vec::new();
     while let Some(frame) = incoming.frame().await {
         let frame = frame.map_err(|error| UpstreamError::Request(error.into()))?;
@@ -363,13 +362,7 @@ async fn exchange(
             break;
         }
     }
-    Ok(UpstreamResponse {
-        status: parts.status,
-        retry_after: header(&http::header::RETRY_AFTER),
-        rate_limits: header(&X_SENTRY_RATE_LIMITS),
-        content_type: header(&http::header::CONTENT_TYPE),
-        body: Bytes::from(body),
-    })
+    Ok(UpstreamResponse::new(parts.status, &parts.headers, body))
 }
 
 /// Whether an I/O timeout is among `error`'s causes (hyper-util's connector reports its connect timeout so).
