@@ -551,6 +551,40 @@ mod tests {
         assert_eq!(steps, [FIRST_STEP]);
     }
 
+    /// The thread's inflate state is reused, so a body that stops it anywhere (corrupt, cut short, over the cap,
+    /// refused memory) must leave nothing behind: every good body decoded after one is exactly what a new state
+    /// gives.
+    #[test]
+    fn a_body_that_fails_midway_leaves_the_reused_state_clean() {
+        let good_text: Vec<u8> = (0..6_000u32)
+            .flat_map(|n| format!("{{\"n\":{n},\"v\":\"x{}\"}}", n % 97).into_bytes())
+            .collect();
+        let good = gzip(&good_text);
+        let event = gzip(TEXT);
+        let mut failures = 0;
+        for round in 0..400usize {
+            let mut bad = good.clone();
+            let at = 10 + (round * 7919) % (bad.len() - 18);
+            match round % 4 {
+                0 => bad[at] ^= 1 << (round % 8),
+                1 => bad.truncate(at),
+                _ => {}
+            }
+            let cap = if round % 4 == 2 { at * 3 } else { 1 << 22 };
+            let mut grants = 0;
+            let result = decode_charged(ContentEncoding::Gzip, &bad, cap, &mut |_| {
+                grants += 1;
+                round % 4 != 3 || grants < 2
+            });
+            failures += usize::from(result.is_err());
+            for (body, text) in [(&event, TEXT), (&good, &good_text[..])] {
+                let out = decode(ContentEncoding::Gzip, body, 1 << 22).unwrap();
+                assert!(out == text, "after round {round}");
+            }
+        }
+        assert!(failures > 300, "most rounds stopped the state midway ({failures})");
+    }
+
     #[test]
     fn garbage_is_invalid_not_a_panic() {
         assert!(matches!(

@@ -548,20 +548,26 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
             scratch: Vec::new(),
         });
         state.reset();
-        let deflated = deflate_into(state, data, scratch);
-        let out = deflated.map(|written| {
-            let mut out = Vec::with_capacity(HEADER.len() + written + 8);
-            out.extend_from_slice(&HEADER);
-            out.extend_from_slice(&scratch[..written]);
-            out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-            // ISIZE is the length modulo 2^32.
-            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-            out
-        });
+        let written = match deflate_into(state, data, scratch) {
+            Ok(written) => written,
+            Err(error) => {
+                // A stream that did not end may hold half-flushed output, and zlib-rs 0.6.8's reset forgets where
+                // that output starts (`Pending::reset_keep` keeps its offset), so the next envelope on this thread
+                // would panic mid-compression. A failed state is dropped, never reset.
+                *slot = None;
+                return Err(error);
+            }
+        };
+        let mut out = Vec::with_capacity(HEADER.len() + written + 8);
+        out.extend_from_slice(&HEADER);
+        out.extend_from_slice(&scratch[..written]);
+        out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+        // ISIZE is the length modulo 2^32.
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
         if scratch.len() > SCRATCH_KEEP {
             *scratch = Vec::new();
         }
-        out
+        Ok(out)
     })
 }
 
@@ -737,6 +743,36 @@ mod tests {
             assert_eq!(status, flate2::Status::StreamEnd);
             let gzipped = compress(UpstreamEncoding::Gzip, data).unwrap();
             assert!(gzipped[10..gzipped.len() - 8] == expected[..], "{} bytes", data.len());
+        }
+    }
+
+    /// Whatever the input's size and compressibility, one reused deflate state writes a whole stream that decodes
+    /// back to it: the output buffer starts at the input's size, so incompressible inputs (static codes expand them)
+    /// end the stream over several calls, and the state is reset after that for the next input.
+    #[test]
+    fn gzip_round_trips_across_sizes_and_mixes() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..600 {
+            let len = match round % 3 {
+                0 => (next() % 512) as usize,
+                1 => (next() % 8192) as usize,
+                _ => (next() % 200_000) as usize,
+            };
+            // From text-like (few distinct bytes) to incompressible, by the round.
+            let spread = [4u64, 64, 256][(round / 3) % 3];
+            let data: Vec<u8> = (0..len)
+                .map(|_| (next() % spread) as u8 + if spread < 256 { b' ' } else { 0 })
+                .collect();
+            let gzipped = compress(UpstreamEncoding::Gzip, &data).unwrap();
+            let mut decoded = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut decoded).unwrap();
+            assert!(decoded == data, "round {round}: {len} bytes");
         }
     }
 
