@@ -541,23 +541,8 @@ fn new_deflate() -> zlib_rs::Deflate {
 fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
     /// Magic, deflate, no flags, no modification time, no extra flags, OS unknown: what flate2's `GzEncoder` writes.
     const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-    DEFLATE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        let Deflater { state, scratch } = slot.get_or_insert_with(|| Deflater {
-            state: new_deflate(),
-            scratch: Vec::new(),
-        });
-        state.reset();
-        let written = match deflate_into(state, data, scratch) {
-            Ok(written) => written,
-            Err(error) => {
-                // A stream that did not end may hold half-flushed output, and zlib-rs 0.6.8's reset forgets where
-                // that output starts (`Pending::reset_keep` keeps its offset), so the next envelope on this thread
-                // would panic mid-compression. A failed state is dropped, never reset.
-                *slot = None;
-                return Err(error);
-            }
-        };
+    with_deflater(|Deflater { state, scratch }| {
+        let written = deflate_into(state, data, scratch)?;
         let mut out = Vec::with_capacity(HEADER.len() + written + 8);
         out.extend_from_slice(&HEADER);
         out.extend_from_slice(&scratch[..written]);
@@ -568,6 +553,26 @@ fn gzip(data: &[u8]) -> std::io::Result<Vec<u8>> {
             *scratch = Vec::new();
         }
         Ok(out)
+    })
+}
+
+/// Runs `work` on this thread's deflate state, reset first. A state whose work failed is dropped, never reset: its
+/// stream did not end and may hold output it could not flush, and zlib-rs 0.6.8's reset forgets where that output
+/// starts (`Pending::reset_keep` keeps its offset): the next envelope on this thread would panic mid-compression or
+/// come out as a stream that does not decode.
+fn with_deflater<T>(work: impl FnOnce(&mut Deflater) -> std::io::Result<T>) -> std::io::Result<T> {
+    DEFLATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let deflater = slot.get_or_insert_with(|| Deflater {
+            state: new_deflate(),
+            scratch: Vec::new(),
+        });
+        deflater.state.reset();
+        let result = work(deflater);
+        if result.is_err() {
+            *slot = None;
+        }
+        result
     })
 }
 
@@ -747,8 +752,8 @@ mod tests {
     }
 
     /// Whatever the input's size and compressibility, one reused deflate state writes a whole stream that decodes
-    /// back to it: the output buffer starts at the input's size, so incompressible inputs (static codes expand them)
-    /// end the stream over several calls, and the state is reset after that for the next input.
+    /// back to it: the reused output buffer can be shorter than the stream (static codes expand incompressible
+    /// input), which then ends over several calls, and the state is reset after that for the next input.
     #[test]
     fn gzip_round_trips_across_sizes_and_mixes() {
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -774,6 +779,34 @@ mod tests {
             std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut decoded).unwrap();
             assert!(decoded == data, "round {round}: {len} bytes");
         }
+    }
+
+    /// The reset that a failed stream would get is the one zlib-rs gets wrong: after output it could not flush, the
+    /// next compression on that state panics or writes a stream that does not decode (both seen). The relay's next
+    /// envelope gets a new state instead.
+    #[test]
+    fn a_deflate_state_whose_stream_failed_is_not_reused() {
+        let incompressible: Vec<u8> = (0..100_000u32)
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect();
+        let failed = with_deflater(|deflater| {
+            let mut short = [0u8; 100];
+            deflater
+                .state
+                .compress(&incompressible, &mut short, zlib_rs::DeflateFlush::Finish)
+                .map_err(|error| std::io::Error::other(error.as_str()))?;
+            Err::<(), _>(std::io::Error::other("stopped with output pending"))
+        });
+        assert!(failed.is_err());
+        let event = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/sdk/py-error-event-rawpii.envelope"
+        ))
+        .unwrap();
+        let gzipped = compress(UpstreamEncoding::Gzip, &event).unwrap();
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut decoded).unwrap();
+        assert!(decoded == event);
     }
 
     #[test]
