@@ -694,9 +694,7 @@ mod tests {
             b"{\"message\":\"jane.doe@example.com\"}\n".repeat(500),
             Vec::new(),
             b"x".to_vec(),
-            (0..200_000u32)
-                .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
-                .collect(),
+            incompressible(200_000),
             b"{\"message\":\"[Filtered]\"}\n".repeat(3),
             // Larger than the scratch buffer kept between envelopes.
             (0..400_000u32)
@@ -705,10 +703,11 @@ mod tests {
         ];
         for data in inputs.iter().chain(inputs.iter().rev()) {
             let compressed = compress(UpstreamEncoding::Gzip, data).unwrap();
-            let mut single = Vec::new();
-            // A single-member decoder, as strict as any upstream's.
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&compressed[..]), &mut single).unwrap();
-            assert!(single == *data, "{} bytes round trip through gzip", data.len());
+            assert!(
+                gunzip_one_member(&compressed) == *data,
+                "{} bytes round trip through gzip",
+                data.len()
+            );
 
             let compressed = compress(UpstreamEncoding::Zstd, data).unwrap();
             // A streaming decoder, as an upstream reading the request body uses: one frame, nothing after it.
@@ -726,18 +725,12 @@ mod tests {
     /// memLevel (flate2's) writes, so no envelope compresses worse for it.
     #[test]
     fn gzip_mem_level_leaves_the_stream_as_it_was() {
-        let event = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sdk/py-error-event-rawpii.envelope"
-        );
         let inputs: Vec<Vec<u8>> = vec![
-            std::fs::read(event).unwrap(),
+            python_event(),
             Vec::new(),
             b"{\"message\":\"jane.doe@example.com\"}\n".repeat(2_000),
             // Incompressible: the pending output fills many times over.
-            (0..300_000u32)
-                .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
-                .collect(),
+            incompressible(300_000),
         ];
         for data in &inputs {
             let mut default_mem_level = flate2::Compress::new(flate2::Compression::new(1), false);
@@ -751,62 +744,22 @@ mod tests {
         }
     }
 
-    /// Whatever the input's size and compressibility, one reused deflate state writes a whole stream that decodes
-    /// back to it: the reused output buffer can be shorter than the stream (static codes expand incompressible
-    /// input), which then ends over several calls, and the state is reset after that for the next input.
-    #[test]
-    fn gzip_round_trips_across_sizes_and_mixes() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for round in 0..600 {
-            let len = match round % 3 {
-                0 => (next() % 512) as usize,
-                1 => (next() % 8192) as usize,
-                _ => (next() % 200_000) as usize,
-            };
-            // From text-like (few distinct bytes) to incompressible, by the round.
-            let spread = [4u64, 64, 256][(round / 3) % 3];
-            let data: Vec<u8> = (0..len)
-                .map(|_| (next() % spread) as u8 + if spread < 256 { b' ' } else { 0 })
-                .collect();
-            let gzipped = compress(UpstreamEncoding::Gzip, &data).unwrap();
-            let mut decoded = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut decoded).unwrap();
-            assert!(decoded == data, "round {round}: {len} bytes");
-        }
-    }
-
     /// The reset that a failed stream would get is the one zlib-rs gets wrong: after output it could not flush, the
     /// next compression on that state panics or writes a stream that does not decode (both seen). The relay's next
     /// envelope gets a new state instead.
     #[test]
     fn a_deflate_state_whose_stream_failed_is_not_reused() {
-        let incompressible: Vec<u8> = (0..100_000u32)
-            .map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8)
-            .collect();
         let failed = with_deflater(|deflater| {
             let mut short = [0u8; 100];
             deflater
                 .state
-                .compress(&incompressible, &mut short, zlib_rs::DeflateFlush::Finish)
+                .compress(&incompressible(100_000), &mut short, zlib_rs::DeflateFlush::Finish)
                 .map_err(|error| std::io::Error::other(error.as_str()))?;
             Err::<(), _>(std::io::Error::other("stopped with output pending"))
         });
         assert!(failed.is_err());
-        let event = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sdk/py-error-event-rawpii.envelope"
-        ))
-        .unwrap();
-        let gzipped = compress(UpstreamEncoding::Gzip, &event).unwrap();
-        let mut decoded = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzipped[..]), &mut decoded).unwrap();
-        assert!(decoded == event);
+        let event = python_event();
+        assert!(gunzip_one_member(&compress(UpstreamEncoding::Gzip, &event).unwrap()) == event);
     }
 
     #[test]
@@ -848,6 +801,27 @@ mod tests {
         assert!(caused_by_timeout(&timed_out));
         let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(!caused_by_timeout(&refused));
+    }
+
+    /// The raw python error event as the SDK sent it, decompressed (issue #11's yardstick).
+    fn python_event() -> Vec<u8> {
+        std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/sdk/py-error-event-rawpii.envelope"
+        ))
+        .unwrap()
+    }
+
+    /// `len` bytes no compressor shrinks (static Huffman codes expand them).
+    fn incompressible(len: u32) -> Vec<u8> {
+        (0..len).map(|n| (n.wrapping_mul(2_654_435_761) >> 24) as u8).collect()
+    }
+
+    /// A single-member gzip decoder, as strict as any upstream's.
+    fn gunzip_one_member(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(body), &mut out).unwrap();
+        out
     }
 
     fn small_request() -> UpstreamRequest {
