@@ -1,6 +1,6 @@
 //! Running the relay in production: `/metrics` in the Prometheus text format with counters that match the traffic,
-//! hot reload of the rules under load, logs free of payload values, the `healthcheck` subcommand, and the Docker,
-//! Compose and Kubernetes files that ship in `docker/`.
+//! hot reload of the rules under load, logs free of payload values, the `healthcheck` subcommand, upstreams behind a
+//! proxy or on HTTPS, and the Docker, Compose and Kubernetes files that ship in `docker/`.
 //!
 //! Tests that need the real signal path (SIGHUP) or the process's own log output spawn the built binary.
 
@@ -1262,6 +1262,112 @@ async fn an_upstream_behind_a_proxy_from_the_environment_is_reached_through_it()
     assert_eq!(upstream.next().await.path, "/api/42/envelope/");
     relay.stop();
     assert_eq!(proxy.received(), 1, "NO_PROXY: the second relay did not use the proxy");
+}
+
+/// The environment that makes the relay trust the test CA of `tests/fixtures/tls/` (and nothing else: `dir` is an
+/// empty directory), as an operator points it at a self-hosted Sentry's private CA.
+fn trusting_the_test_ca(dir: &Path) -> [(&'static str, String); 2] {
+    let ca = common::tls_fixture("ca.pem");
+    [
+        ("SSL_CERT_FILE", ca.to_str().expect("UTF-8 path").to_owned()),
+        ("SSL_CERT_DIR", dir.to_str().expect("UTF-8 path").to_owned()),
+    ]
+}
+
+/// Sentry's ingest is HTTPS and offers HTTP/2 by ALPN: the relay verifies the certificate against the roots it was
+/// given, speaks HTTP/2 when offered and HTTP/1.1 otherwise, and what arrives is the scrubbed envelope, gzip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_gets_the_scrubbed_envelope_over_the_protocol_it_offers() {
+    let roots = tempfile::tempdir().unwrap();
+    let env = trusting_the_test_ca(roots.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let capture = common::Capture::load("py-error-event-rawpii");
+    let offers: [(&[&[u8]], http::Version); 2] = [
+        (&[b"h2", b"http/1.1"], http::Version::HTTP_2),
+        (&[b"http/1.1"], http::Version::HTTP_11),
+    ];
+    for (alpn, version) in offers {
+        let upstream = MiniSentry::start_tls("localhost", alpn).await;
+        let relay = RelayProcess::start_with_env(&upstream.url(), &[], &env);
+        // Two envelopes: the second goes over the connection the first opened, or a new one; either must work.
+        for _ in 0..2 {
+            let response = send_raw(
+                relay.addr,
+                &capture.method,
+                &capture.target(),
+                &capture.headers,
+                &capture.body,
+                capture.chunked,
+            )
+            .await;
+            assert_eq!(response.status, 200, "{version:?}");
+            let delivered = upstream.next().await;
+            assert_eq!(delivered.version, version);
+            assert_eq!(delivered.path, capture.target().split('?').next().unwrap());
+            assert_eq!(delivered.header("content-encoding"), Some("gzip"));
+            let body = String::from_utf8_lossy(&delivered.body);
+            assert!(body.contains("Payment failed for"), "{version:?}: the event arrived");
+            // The capture's own secrets, each in it as sent.
+            for secret in [
+                "jane.doe@example.com",
+                "123-45-6789",
+                "4111 1111 1111 1111",
+                "sk_live_",
+                "203.0.113.7",
+            ] {
+                assert!(!body.contains(secret), "{version:?}: {secret} reached the upstream");
+            }
+        }
+        relay.stop();
+        assert_eq!(upstream.refused_handshakes(), 0);
+    }
+}
+
+/// An upstream whose certificate the relay does not trust gets nothing, not even the envelope's headers: the TLS
+/// handshake fails, the envelope waits in the spool, the log says why, and once the upstream is one the relay
+/// trusts, the envelope is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_an_untrusted_certificate_gets_nothing_and_the_envelope_waits() {
+    let roots = tempfile::tempdir().unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let env = trusting_the_test_ca(roots.path());
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let spool_args = ["--spool-dir", spool.path().to_str().unwrap()];
+    let event_id = "9ec79c33ec9942ab8353589fcb2e04dc";
+
+    let stranger = MiniSentry::start_tls("stranger", &[b"h2", b"http/1.1"]).await;
+    let relay = RelayProcess::start_with_env(&stranger.url(), &spool_args, &env);
+    let response = post(relay.addr, &common::event_envelope(event_id)).await;
+    assert_eq!(response.status, 200);
+    relay
+        .wait_for_metrics("the refused delivery is kept in the spool", |m| {
+            m.value("scrub_relay_upstream_requests_total", &[("outcome", "network_error")]) >= 1.0
+                && m.value("scrub_relay_spool_envelopes", &[]) == 1.0
+        })
+        .await;
+    assert!(stranger.refused_handshakes() >= 1, "the relay refused the handshake");
+    assert_eq!(
+        stranger.received(),
+        0,
+        "no request reached an upstream the relay does not trust"
+    );
+    let logs = relay.stop();
+    assert!(
+        logs.iter().any(
+            |line| log_field(line, "message").as_deref() == Some("upstream request failed")
+                && log_field(line, "error").is_some_and(|error| error.contains("certificate"))
+        ),
+        "the log names the certificate problem: {logs:#?}"
+    );
+
+    let trusted = MiniSentry::start_tls("localhost", &[b"h2", b"http/1.1"]).await;
+    let relay = RelayProcess::start_with_env(&trusted.url(), &spool_args, &env);
+    let delivered = trusted.next().await;
+    assert_eq!(
+        delivered.envelope().headers.get("event_id").and_then(Value::as_str),
+        Some(event_id)
+    );
+    relay.stop();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,8 @@ pub fn json_report(output: &Output) -> serde_json::Value {
 #[derive(Debug, Clone)]
 pub struct Recorded {
     pub method: Method,
+    /// The HTTP version the request came in (HTTP/2 when ALPN chose it).
+    pub version: http::Version,
     pub path: String,
     pub query: Option<String>,
     pub headers: HeaderMap,
@@ -196,21 +198,52 @@ struct Script {
 /// A real HTTP server (HTTP/1.1 and HTTP/2) on loopback that records every request and answers as scripted.
 pub struct MiniSentry {
     pub addr: SocketAddr,
+    /// `https` when it serves TLS ([`MiniSentry::start_tls`]).
+    tls: bool,
     received: tokio::sync::Mutex<mpsc::UnboundedReceiver<Recorded>>,
     script: Arc<Mutex<Script>>,
     count: Arc<AtomicUsize>,
+    /// TLS handshakes that did not complete (the client refused the certificate, or spoke plain HTTP).
+    refused_handshakes: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
 }
 
 impl MiniSentry {
     pub async fn start() -> MiniSentry {
+        MiniSentry::serve(None).await
+    }
+
+    /// Serves HTTPS as `localhost` with the certificate and key [`tls_fixture`]`("<certificate>.{pem,key}")`,
+    /// offering `alpn` (e.g. `[b"h2", b"http/1.1"]`, as Sentry's ingest does).
+    pub async fn start_tls(certificate: &str, alpn: &[&[u8]]) -> MiniSentry {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(&std::fs::read(tls_fixture(&format!("{certificate}.pem"))).unwrap())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("PEM certificates");
+        let key = PrivateKeyDer::from_pem_slice(&std::fs::read(tls_fixture(&format!("{certificate}.key"))).unwrap())
+            .expect("a PEM private key");
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("TLS versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("certificate and key match");
+        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+        MiniSentry::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> MiniSentry {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind MiniSentry");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(Script::default()));
         let count = Arc::new(AtomicUsize::new(0));
+        let refused_handshakes = Arc::new(AtomicUsize::new(0));
         let (stop, mut stopped) = oneshot::channel::<()>();
-        let (task_script, task_count) = (script.clone(), count.clone());
+        let (task_script, task_count, task_refused) = (script.clone(), count.clone(), refused_handshakes.clone());
+        let is_tls = tls.is_some();
         tokio::spawn(async move {
             loop {
                 let stream = tokio::select! {
@@ -218,29 +251,52 @@ impl MiniSentry {
                     accepted = listener.accept() => match accepted { Ok((s, _)) => s, Err(_) => continue },
                 };
                 let (tx, script, count) = (tx.clone(), task_script.clone(), task_count.clone());
+                let (tls, refused) = (tls.clone(), task_refused.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let (tx, script, count) = (tx.clone(), script.clone(), count.clone());
                         async move { Ok::<_, Infallible>(record_and_answer(request, &tx, &script, &count).await) }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                            Err(_) => {
+                                refused.fetch_add(1, Ordering::SeqCst);
+                            }
+                        },
+                    }
                 });
             }
         });
         MiniSentry {
             addr,
+            tls: is_tls,
             received: tokio::sync::Mutex::new(rx),
             script,
             count,
+            refused_handshakes,
             stop: Some(stop),
         }
     }
 
-    /// `http://127.0.0.1:<port>`: pass as the relay's upstream.
+    /// `http://127.0.0.1:<port>`, or `https://localhost:<port>` for TLS: pass as the relay's upstream.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        if self.tls {
+            format!("https://localhost:{}", self.addr.port())
+        } else {
+            format!("http://{}", self.addr)
+        }
+    }
+
+    /// TLS handshakes that did not complete so far.
+    pub fn refused_handshakes(&self) -> usize {
+        self.refused_handshakes.load(Ordering::SeqCst)
     }
 
     /// Answer the next request with `answer` (queued; falls back to the `answer_always` answer or 200).
@@ -315,6 +371,7 @@ async fn record_and_answer(
     };
     let recorded = Recorded {
         method: parts.method,
+        version: parts.version,
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers,
@@ -638,6 +695,13 @@ pub fn zstd(data: &[u8]) -> Vec<u8> {
 
 pub fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sdk")
+}
+
+/// A file of the test-only TLS material in `tests/fixtures/tls/` (see its `make.sh`).
+pub fn tls_fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls")
+        .join(name)
 }
 
 /// One captured SDK request from `tests/fixtures/sdk/`.
