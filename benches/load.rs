@@ -5,7 +5,7 @@
 //! ```text
 //! cargo bench --bench load -- [--seconds 20] [--requests 300000] [--connections 32] [--warmup 3] \
 //!     [--only mix|single] [--capture py-error-event-rawpii] [--relay-cpu 0] [--relay-binary PATH] \
-//!     [--relay-arg=--upstream-encoding=identity ...] [--sink-latency-ms 0] [--rate 1500]
+//!     [--relay-arg=--upstream-encoding=identity ...] [--sink-latency-ms 0] [--rate 1500] [--sink-tls h2|http1]
 //! ```
 //!
 //! Two scenarios, each against a fresh relay process: **mix** replays every capture round-robin, **single** replays
@@ -17,6 +17,8 @@
 //! time, so a relay that falls behind shows its queueing in the percentiles instead of slowing the load down.
 //! Everything runs on 127.0.0.1 and stops by itself: after `--seconds` or `--requests`, whichever comes first.
 //! The load generator, the sink and the relay share the machine, so the figures are a floor for a dedicated host.
+//! With `--sink-tls` the sink is HTTPS, as Sentry's ingest is, offering HTTP/2 (`h2`) or only HTTP/1.1 (`http1`) by
+//! ALPN, with the test certificate of `tests/fixtures/tls/` (the relay is given its CA through `SSL_CERT_FILE`).
 //! The HTTP/1.1 client is written out by hand so that each capture is replayed with its own framing
 //! (Content-Length or chunked), its own Content-Encoding and its own auth style, byte for byte.
 
@@ -34,7 +36,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -66,6 +68,8 @@ struct Options {
     sink_latency: Duration,
     /// Requests per second on a fixed schedule (open loop); `None`: as fast as the relay answers.
     rate: Option<u64>,
+    /// Serve the sink over TLS offering these ALPN protocols; `None`: plain HTTP/1.1.
+    sink_tls: Option<Vec<Vec<u8>>>,
 }
 
 impl Options {
@@ -82,6 +86,7 @@ impl Options {
             relay_binary: None,
             sink_latency: Duration::ZERO,
             rate: None,
+            sink_tls: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -96,6 +101,13 @@ impl Options {
                 "--connections" => options.connections = number().expect("--connections takes a number") as usize,
                 "--warmup" => options.warmup = number().expect("--warmup takes a number"),
                 "--rate" => options.rate = Some(number().expect("--rate takes requests per second").max(1)),
+                "--sink-tls" => {
+                    options.sink_tls = Some(match args.next().as_deref() {
+                        Some("h2") => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                        Some("http1") => vec![b"http/1.1".to_vec()],
+                        _ => panic!("--sink-tls takes h2 or http1"),
+                    })
+                }
                 "--sink-latency-ms" => {
                     options.sink_latency = Duration::from_millis(number().expect("--sink-latency-ms takes a number"))
                 }
@@ -190,8 +202,9 @@ struct SinkCounts {
     bytes: AtomicU64,
 }
 
-/// A stand-in for Sentry: reads every request completely and answers like Sentry does.
-async fn start_sink(latency: Duration) -> (SocketAddr, Arc<SinkCounts>) {
+/// A stand-in for Sentry: reads every request completely and answers like Sentry does. Over TLS when `tls` is given
+/// (HTTP/1.1 or HTTP/2, as ALPN settles), else plain HTTP/1.1.
+async fn start_sink(latency: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -> (SocketAddr, Arc<SinkCounts>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind sink");
     let addr = listener.local_addr().expect("sink address");
     let counts = Arc::new(SinkCounts::default());
@@ -202,6 +215,7 @@ async fn start_sink(latency: Duration) -> (SocketAddr, Arc<SinkCounts>) {
                 continue;
             };
             let counts = Arc::clone(&shared);
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request: Request<hyper::body::Incoming>| {
                     let counts = Arc::clone(&counts);
@@ -221,14 +235,46 @@ async fn start_sink(latency: Duration) -> (SocketAddr, Arc<SinkCounts>) {
                         Ok::<_, hyper::Error>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(true)
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                match tls {
+                    None => {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
             });
         }
     });
     (addr, counts)
+}
+
+/// The sink's TLS: the test certificate for `localhost` (signed by `tests/fixtures/tls/ca.pem`), offering `alpn`.
+fn sink_tls(root: &Path, alpn: &[Vec<u8>]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = root.join("tests/fixtures/tls");
+    let chain = CertificateDer::pem_slice_iter(&std::fs::read(dir.join("localhost.pem")).expect("test certificate"))
+        .collect::<Result<Vec<_>, _>>()
+        .expect("PEM certificates");
+    let key = PrivateKeyDer::from_pem_slice(&std::fs::read(dir.join("localhost.key")).expect("test key"))
+        .expect("a PEM private key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("certificate and key match");
+    config.alpn_protocols = alpn.to_vec();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
 /// A keep-alive HTTP/1.1 connection that sends prepared requests and reads whole responses.
@@ -504,7 +550,10 @@ fn main() {
 /// One scenario against a fresh relay process: `mix` (every capture) or `single` (`--capture`).
 async fn run(options: &Options, scenario: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (sink, sink_counts) = start_sink(options.sink_latency).await;
+    let tls = options.sink_tls.as_deref().map(|alpn| sink_tls(root, alpn));
+    let (sink, sink_counts) = start_sink(options.sink_latency, tls).await;
+    // With a TLS sink the relay trusts the test CA only (`roots` stays an empty directory).
+    let roots = tempfile::tempdir().expect("temporary directory");
 
     // Pick a free port for the relay; the tiny window between closing this listener and the relay binding it
     // is acceptable for a benchmark on loopback.
@@ -524,8 +573,13 @@ async fn run(options: &Options, scenario: &str) {
         }
         None => tokio::process::Command::new(&binary),
     };
+    if options.sink_tls.is_some() {
+        command
+            .env("SSL_CERT_FILE", root.join("tests/fixtures/tls/ca.pem"))
+            .env("SSL_CERT_DIR", roots.path());
+    }
     let mut child = command
-        .args(relay_arguments(relay, sink, root))
+        .args(relay_arguments(relay, sink, options.sink_tls.is_some(), root))
         .args(&options.relay_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -674,9 +728,14 @@ async fn run(options: &Options, scenario: &str) {
 }
 
 /// Command-line arguments that start the relay on `relay`, forwarding to the sink, with the shipped rules.
-fn relay_arguments(relay: SocketAddr, sink: SocketAddr, root: &Path) -> Vec<String> {
+fn relay_arguments(relay: SocketAddr, sink: SocketAddr, tls: bool, root: &Path) -> Vec<String> {
     let mut arguments = vec!["run".to_owned(), "--listen".to_owned(), relay.to_string()];
-    arguments.extend(["--upstream".to_owned(), format!("http://{sink}")]);
+    let upstream = if tls {
+        format!("https://localhost:{}", sink.port())
+    } else {
+        format!("http://{sink}")
+    };
+    arguments.extend(["--upstream".to_owned(), upstream]);
     let rules = root.join("rules.yaml");
     if rules.exists() {
         arguments.extend(["--rules".to_owned(), rules.to_string_lossy().into_owned()]);
