@@ -5,7 +5,8 @@
 //! ```text
 //! cargo bench --bench load -- [--seconds 20] [--requests 300000] [--connections 32] [--warmup 3] \
 //!     [--only mix|single] [--capture py-error-event-rawpii] [--relay-cpu 0] [--relay-binary PATH] \
-//!     [--relay-arg=--upstream-encoding=identity ...] [--sink-latency-ms 0] [--rate 1500] [--sink-tls h2|http1]
+//!     [--relay-arg=--upstream-encoding=identity ...] [--sink-latency-ms 0] [--rate 1500] [--sink-tls h2|http1] \
+//!     [--vary 1000]
 //! ```
 //!
 //! Two scenarios, each against a fresh relay process: **mix** replays every capture round-robin, **single** replays
@@ -17,6 +18,8 @@
 //! time, so a relay that falls behind shows its queueing in the percentiles instead of slowing the load down.
 //! Everything runs on 127.0.0.1 and stops by itself: after `--seconds` or `--requests`, whichever comes first.
 //! The load generator, the sink and the relay share the machine, so the figures are a floor for a dedicated host.
+//! `--vary N` replays N versions of the single capture that differ as one app's events do (ids, timestamps, email
+//! addresses), so that strings the relay remembers from earlier envelopes help only where real traffic repeats too.
 //! With `--sink-tls` the sink is HTTPS, as Sentry's ingest is, offering HTTP/2 (`h2`) or only HTTP/1.1 (`http1`) by
 //! ALPN, with the test certificate of `tests/fixtures/tls/` (the relay is given its CA through `SSL_CERT_FILE`).
 //! The HTTP/1.1 client is written out by hand so that each capture is replayed with its own framing
@@ -40,6 +43,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "support/variants.rs"]
+mod variants;
 
 /// Linux reports process CPU time in clock ticks of 1/100 s (USER_HZ) on every mainstream architecture.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
@@ -70,6 +76,8 @@ struct Options {
     rate: Option<u64>,
     /// Serve the sink over TLS offering these ALPN protocols; `None`: plain HTTP/1.1.
     sink_tls: Option<Vec<Vec<u8>>>,
+    /// `single` replays this many versions of its capture ([`varied_captures`]); 0: the capture as captured.
+    vary: usize,
 }
 
 impl Options {
@@ -87,6 +95,7 @@ impl Options {
             sink_latency: Duration::ZERO,
             rate: None,
             sink_tls: None,
+            vary: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -101,6 +110,7 @@ impl Options {
                 "--connections" => options.connections = number().expect("--connections takes a number") as usize,
                 "--warmup" => options.warmup = number().expect("--warmup takes a number"),
                 "--rate" => options.rate = Some(number().expect("--rate takes requests per second").max(1)),
+                "--vary" => options.vary = number().expect("--vary takes a number of versions") as usize,
                 "--sink-tls" => {
                     options.sink_tls = Some(match args.next().as_deref() {
                         Some("h2") => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
@@ -131,6 +141,64 @@ struct Capture {
     body_len: u64,
     /// Envelope bytes after decompression.
     envelope_len: u64,
+    /// Request line and headers, without the framing ones: [`Capture::with_body`] frames another body the same way.
+    head: String,
+    chunked: bool,
+    gzip: bool,
+}
+
+impl Capture {
+    /// This request with `body` (compressed as the original was) instead of its own.
+    fn with_body(&self, body: &[u8], envelope_len: u64) -> Capture {
+        Capture {
+            label: self.label.clone(),
+            wire: frame(&self.head, body, self.chunked),
+            body_len: body.len() as u64,
+            envelope_len,
+            head: self.head.clone(),
+            chunked: self.chunked,
+            gzip: self.gzip,
+        }
+    }
+}
+
+/// The head, then `body` with `Content-Length`, or chunked as Node sends it.
+fn frame(head: &str, body: &[u8], chunked: bool) -> Bytes {
+    let mut wire = Vec::with_capacity(head.len() + body.len() + 64);
+    if chunked {
+        wire.extend_from_slice(head.as_bytes());
+        wire.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+        for piece in body.chunks(NODE_CHUNK) {
+            wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+            wire.extend_from_slice(piece);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+    } else {
+        wire.extend_from_slice(head.as_bytes());
+        wire.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        wire.extend_from_slice(body);
+    }
+    Bytes::from(wire)
+}
+
+/// `count` versions of a gzip capture ([`variants::variants`]), each compressed as sentry-python compresses.
+fn varied_captures(capture: &Capture, count: usize) -> Vec<Capture> {
+    use std::io::{Read, Write};
+    assert!(capture.gzip, "--vary needs a gzip capture");
+    let body = &capture.wire[capture.wire.len() - capture.body_len as usize..];
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(body)
+        .read_to_string(&mut text)
+        .expect("the capture is UTF-8 gzip");
+    variants::variants(&text, count, 11)
+        .into_iter()
+        .map(|varied| {
+            let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+            gzip.write_all(varied.as_bytes()).expect("gzip in memory");
+            capture.with_body(&gzip.finish().expect("gzip in memory"), varied.len() as u64)
+        })
+        .collect()
 }
 
 fn load_captures(dir: &Path, relay: SocketAddr) -> Vec<Capture> {
@@ -170,26 +238,20 @@ fn load_captures(dir: &Path, relay: SocketAddr) -> Vec<Capture> {
                 _ => head.push_str(&format!("{name}: {value}\r\n")),
             }
         }
-        let mut wire = Vec::with_capacity(head.len() + body.len() + 64);
-        if chunked {
-            head.push_str("Transfer-Encoding: chunked\r\n\r\n");
-            wire.extend_from_slice(head.as_bytes());
-            for piece in body.chunks(NODE_CHUNK) {
-                wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-                wire.extend_from_slice(piece);
-                wire.extend_from_slice(b"\r\n");
-            }
-            wire.extend_from_slice(b"0\r\n\r\n");
-        } else {
-            head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-            wire.extend_from_slice(head.as_bytes());
-            wire.extend_from_slice(&body);
-        }
+        let gzip = meta["headers"].as_array().expect("headers").iter().any(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|name| name.eq_ignore_ascii_case("content-encoding"))
+                && pair[1] == "gzip"
+        });
         captures.push(Capture {
             label,
-            wire: Bytes::from(wire),
+            wire: frame(&head, &body, chunked),
             body_len: body.len() as u64,
             envelope_len,
+            head,
+            chunked,
+            gzip,
         });
     }
     captures
@@ -595,6 +657,9 @@ async fn run(options: &Options, scenario: &str) {
     if scenario == "single" {
         captures.retain(|capture| capture.label == options.capture);
         assert!(!captures.is_empty(), "no capture labelled {}", options.capture);
+        if options.vary > 0 {
+            captures = varied_captures(&captures[0], options.vary);
+        }
     }
     let captures = Arc::new(captures);
     let mix_envelope: u64 = captures.iter().map(|capture| capture.envelope_len).sum();
@@ -602,7 +667,9 @@ async fn run(options: &Options, scenario: &str) {
     println!();
     println!(
         "## {scenario}: replaying {} (mean body {} B on the wire, {} B decompressed) over {} connections{}",
-        if scenario == "single" {
+        if scenario == "single" && options.vary > 0 {
+            format!("{} versions of {}", options.vary, options.capture)
+        } else if scenario == "single" {
             options.capture.clone()
         } else {
             format!("{} captures round-robin", captures.len())
