@@ -47,6 +47,9 @@ use tokio::net::{TcpListener, TcpStream};
 #[path = "support/variants.rs"]
 mod variants;
 
+#[path = "../tests/common/tls.rs"]
+mod tls;
+
 /// Linux reports process CPU time in clock ticks of 1/100 s (USER_HZ) on every mainstream architecture.
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 /// Node pipes gzip output in pieces of this size; we chunk compressed Node bodies the same way.
@@ -321,22 +324,9 @@ async fn start_sink(latency: Duration, tls: Option<tokio_rustls::TlsAcceptor>) -
 
 /// The sink's TLS: the test certificate for `localhost` (signed by `tests/fixtures/tls/ca.pem`), offering `alpn`.
 fn sink_tls(root: &Path, alpn: &[Vec<u8>]) -> tokio_rustls::TlsAcceptor {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let dir = root.join("tests/fixtures/tls");
-    let chain = CertificateDer::pem_slice_iter(&std::fs::read(dir.join("localhost.pem")).expect("test certificate"))
-        .collect::<Result<Vec<_>, _>>()
-        .expect("PEM certificates");
-    let key = PrivateKeyDer::from_pem_slice(&std::fs::read(dir.join("localhost.key")).expect("test key"))
-        .expect("a PEM private key");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("certificate and key match");
-    config.alpn_protocols = alpn.to_vec();
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    let alpn: Vec<&[u8]> = alpn.iter().map(Vec::as_slice).collect();
+    tls::acceptor(&dir.join("localhost.pem"), &dir.join("localhost.key"), &alpn)
 }
 
 /// A keep-alive HTTP/1.1 connection that sends prepared requests and reads whole responses.

@@ -1291,15 +1291,7 @@ async fn an_https_upstream_gets_the_scrubbed_envelope_over_the_protocol_it_offer
         let relay = RelayProcess::start_with_env(&upstream.url(), &[], &env);
         // Two envelopes: the second goes over the connection the first opened, or a new one; either must work.
         for _ in 0..2 {
-            let response = send_raw(
-                relay.addr,
-                &capture.method,
-                &capture.target(),
-                &capture.headers,
-                &capture.body,
-                capture.chunked,
-            )
-            .await;
+            let response = capture.send_to(relay.addr).await;
             assert_eq!(response.status, 200, "{version:?}");
             let delivered = upstream.next().await;
             assert_eq!(delivered.version, version);
@@ -1387,16 +1379,7 @@ async fn the_relays_own_logs_never_contain_payload_values() {
         "node-error-2",
         "node-tunnel-3",
     ] {
-        let capture = common::Capture::load(name);
-        let response = send_raw(
-            relay.addr,
-            &capture.method,
-            &capture.target(),
-            &capture.headers,
-            &capture.body,
-            capture.chunked,
-        )
-        .await;
+        let response = common::Capture::load(name).send_to(relay.addr).await;
         // The answer may be the upstream's own (scripted failures below), so only the status is looked at.
         assert!(response.status >= 200, "{name}: {}", response.status);
     }

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -216,22 +218,12 @@ impl MiniSentry {
     /// Serves HTTPS as `localhost` with the certificate and key [`tls_fixture`]`("<certificate>.{pem,key}")`,
     /// offering `alpn` (e.g. `[b"h2", b"http/1.1"]`, as Sentry's ingest does).
     pub async fn start_tls(certificate: &str, alpn: &[&[u8]]) -> MiniSentry {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain = CertificateDer::pem_slice_iter(&std::fs::read(tls_fixture(&format!("{certificate}.pem"))).unwrap())
-            .collect::<Result<Vec<_>, _>>()
-            .expect("PEM certificates");
-        let key = PrivateKeyDer::from_pem_slice(&std::fs::read(tls_fixture(&format!("{certificate}.key"))).unwrap())
-            .expect("a PEM private key");
-        let mut config =
-            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("TLS versions")
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .expect("certificate and key match");
-        config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-        MiniSentry::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        let acceptor = tls::acceptor(
+            &tls_fixture(&format!("{certificate}.pem")),
+            &tls_fixture(&format!("{certificate}.key")),
+            alpn,
+        );
+        MiniSentry::serve(Some(acceptor)).await
     }
 
     async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> MiniSentry {
@@ -791,8 +783,13 @@ impl Capture {
 
     /// Replays the capture against the relay: same method, target, headers (in order) and framing.
     pub async fn replay(&self, relay: &RelayHandle) -> RawResponse {
+        self.send_to(relay.addr).await
+    }
+
+    /// Sends this request, byte for byte, to a relay listening on `addr`.
+    pub async fn send_to(&self, addr: SocketAddr) -> RawResponse {
         send_raw(
-            relay.addr,
+            addr,
             &self.method,
             &self.target(),
             &self.headers,
