@@ -140,8 +140,8 @@ struct Capture {
     label: String,
     /// Request line, headers and the body with its framing.
     wire: Bytes,
-    /// Body bytes as the SDK sent them (compressed, without chunk framing).
-    body_len: u64,
+    /// The body as the SDK sent it (compressed, without chunk framing).
+    body: Bytes,
     /// Envelope bytes after decompression.
     envelope_len: u64,
     /// Request line and headers, without the framing ones: [`Capture::with_body`] frames another body the same way.
@@ -152,11 +152,11 @@ struct Capture {
 
 impl Capture {
     /// This request with `body` (compressed as the original was) instead of its own.
-    fn with_body(&self, body: &[u8], envelope_len: u64) -> Capture {
+    fn with_body(&self, body: Bytes, envelope_len: u64) -> Capture {
         Capture {
             label: self.label.clone(),
-            wire: frame(&self.head, body, self.chunked),
-            body_len: body.len() as u64,
+            wire: frame(&self.head, &body, self.chunked),
+            body,
             envelope_len,
             head: self.head.clone(),
             chunked: self.chunked,
@@ -185,16 +185,13 @@ fn frame(head: &str, body: &[u8], chunked: bool) -> Bytes {
     Bytes::from(wire)
 }
 
-/// `count` versions of a gzip capture ([`variants::variants`]), each compressed as sentry-python compresses.
+/// `count` versions of a gzip capture ([`variants::variants`]), each compressed at gzip's best level (sentry-python's) and
+/// framed as the original was.
 fn varied_captures(capture: &Capture, count: usize) -> Vec<Capture> {
     use std::io::{Read, Write};
-    assert!(
-        capture.gzip && !capture.chunked,
-        "--vary needs a gzip capture sent with Content-Length (its body ends the wire bytes)"
-    );
-    let body = &capture.wire[capture.wire.len() - capture.body_len as usize..];
+    assert!(capture.gzip, "--vary needs a gzip capture");
     let mut text = String::new();
-    flate2::read::GzDecoder::new(body)
+    flate2::read::GzDecoder::new(&capture.body[..])
         .read_to_string(&mut text)
         .expect("the capture is UTF-8 gzip");
     variants::variants(&text, count, 11)
@@ -202,7 +199,7 @@ fn varied_captures(capture: &Capture, count: usize) -> Vec<Capture> {
         .map(|varied| {
             let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
             gzip.write_all(varied.as_bytes()).expect("gzip in memory");
-            capture.with_body(&gzip.finish().expect("gzip in memory"), varied.len() as u64)
+            capture.with_body(Bytes::from(gzip.finish().expect("gzip in memory")), varied.len() as u64)
         })
         .collect()
 }
@@ -253,7 +250,7 @@ fn load_captures(dir: &Path, relay: SocketAddr) -> Vec<Capture> {
         captures.push(Capture {
             label,
             wire: frame(&head, &body, chunked),
-            body_len: body.len() as u64,
+            body: Bytes::from(body),
             envelope_len,
             head,
             chunked,
@@ -546,7 +543,7 @@ async fn drive(
                             .push(elapsed.as_micros().min(u32::MAX as u128) as u32);
                         *tally.statuses.entry(status).or_default() += 1;
                         tally.wire_bytes += capture.wire.len() as u64;
-                        tally.body_bytes += capture.body_len;
+                        tally.body_bytes += capture.body.len() as u64;
                         tally.envelope_bytes += capture.envelope_len;
                         if !keep_alive {
                             connection = None;
@@ -607,8 +604,11 @@ async fn run(options: &Options, scenario: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tls = options.sink_tls.as_deref().map(|alpn| sink_tls(root, alpn));
     let (sink, sink_counts) = start_sink(options.sink_latency, tls).await;
-    // With a TLS sink the relay trusts the test CA only (`roots` stays an empty directory).
-    let roots = tempfile::tempdir().expect("temporary directory");
+    // With a TLS sink the relay trusts the test CA only (`roots` stays an empty directory, kept until the run ends).
+    let roots = options
+        .sink_tls
+        .is_some()
+        .then(|| tempfile::tempdir().expect("temporary directory"));
 
     // Pick a free port for the relay; the tiny window between closing this listener and the relay binding it
     // is acceptable for a benchmark on loopback.
@@ -628,7 +628,7 @@ async fn run(options: &Options, scenario: &str) {
         }
         None => tokio::process::Command::new(&binary),
     };
-    if options.sink_tls.is_some() {
+    if let Some(roots) = &roots {
         command
             .env("SSL_CERT_FILE", root.join("tests/fixtures/tls/ca.pem"))
             .env("SSL_CERT_DIR", roots.path());
@@ -656,7 +656,7 @@ async fn run(options: &Options, scenario: &str) {
     }
     let captures = Arc::new(captures);
     let mix_envelope: u64 = captures.iter().map(|capture| capture.envelope_len).sum();
-    let mix_body: u64 = captures.iter().map(|capture| capture.body_len).sum();
+    let mix_body: u64 = captures.iter().map(|capture| capture.body.len() as u64).sum();
     println!();
     println!(
         "## {scenario}: replaying {} (mean body {} B on the wire, {} B decompressed) over {} connections{}",
