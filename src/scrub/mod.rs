@@ -34,7 +34,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use crate::envelope::ItemType;
-use crate::rules::detectors::Hit;
+use crate::rules::detectors::{CleanViews, Hit};
 use crate::rules::{Action, Engine};
 
 /// What happened to a field, for `--explain` (never the value).
@@ -277,6 +277,8 @@ struct KeyVerdicts {
     clean: Memo<()>,
     /// What the value detectors found in a string, for the strings that hold findings ([`FoundMemo`]).
     found: FoundMemo,
+    /// Strings with findings as they will be forwarded, where a second reading found nothing ([`ViewMemo`]).
+    views: ViewMemo,
 }
 
 impl KeyVerdicts {
@@ -293,6 +295,7 @@ impl KeyVerdicts {
             fields: KeyMemo::with_sets(1024),
             clean: Memo::with_sets(1024),
             found: FoundMemo::with_sets(1024),
+            views: ViewMemo::with_sets(512),
         }
     }
 }
@@ -515,14 +518,7 @@ impl FoundMemo {
     }
 
     fn digest(&self, text: &str) -> [u64; 2] {
-        use std::hash::{BuildHasher, Hash, Hasher};
-        let mut hasher = self.key.build_hasher();
-        text.hash(&mut hasher);
-        let first = hasher.finish();
-        // The same key on a longer input: a second value as independent of the first as SipHash's outputs are of
-        // each other, without reading the text again.
-        hasher.write_u8(1);
-        [first, hasher.finish()]
+        digest(&self.key, text)
     }
 
     /// Fills `hits` (cleared first) with what was kept for `digest`; false when nothing was.
@@ -570,6 +566,54 @@ impl FoundMemo {
 }
 
 const _: () = assert!(FoundMemo::MAX_LEN <= u8::MAX as usize, "positions are kept in a byte");
+
+/// The 128-bit digest the memos of strings that may hold secrets key by: two SipHash values under the table's key.
+fn digest(key: &std::hash::RandomState, text: &str) -> [u64; 2] {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    let mut hasher = key.build_hasher();
+    text.hash(&mut hasher);
+    let first = hasher.finish();
+    // The same key on a longer input: a second value as independent of the first as SipHash's outputs are of each
+    // other, without reading the text again.
+    hasher.write_u8(1);
+    [first, hasher.finish()]
+}
+
+/// Views in which the detectors found nothing ([`CleanViews`]), by digest like [`FoundMemo`]: a view still holds
+/// what only key rules mask (`password=...` in a query string), so no copy of it outlives the request either. A table
+/// of its own, so that views never evict findings.
+struct ViewMemo {
+    key: std::hash::RandomState,
+    table: TwoWay<[u64; 2], ()>,
+}
+
+impl ViewMemo {
+    fn with_sets(sets: usize) -> ViewMemo {
+        ViewMemo {
+            key: std::hash::RandomState::new(),
+            table: TwoWay::with_sets(sets),
+        }
+    }
+}
+
+impl CleanViews for ViewMemo {
+    fn known_clean(&mut self, view: &str) -> bool {
+        if view.len() > FoundMemo::MAX_LEN {
+            return false;
+        }
+        let digest = digest(&self.key, view);
+        let set = self.table.set_of(digest[0]);
+        self.table.get(set, |kept| *kept == digest).is_some()
+    }
+
+    fn remember_clean(&mut self, view: &str) {
+        if view.len() <= FoundMemo::MAX_LEN {
+            let digest = digest(&self.key, view);
+            let set = self.table.set_of(digest[0]);
+            self.table.put(set, digest, ());
+        }
+    }
+}
 
 /// The last bytes of a key (fewer than eight) as one word, read in at most two loads rather than copied into a
 /// zeroed word (a `memcpy` call per key). Bytes may be read twice: the key's length is hashed too, so keys of one
@@ -664,18 +708,20 @@ impl<'e> Scrubber<'e> {
     /// [`DetectorSet::find`](crate::rules::detectors::DetectorSet::find) on `text`, from [`FoundMemo`] when this
     /// thread read the same string under the same rules before.
     pub(crate) fn find_values(&mut self, text: &str, hits: &mut Vec<Hit>) {
+        let detectors = &self.engine.detectors;
+        let KeyVerdicts { found, views, .. } = &mut self.key_verdicts;
         if text.len() > FoundMemo::MAX_LEN {
-            return self.engine.detectors.find(text, hits);
+            return detectors.find_with_views(text, hits, views);
         }
-        let digest = self.key_verdicts.found.digest(text);
-        if self.key_verdicts.found.get(digest, hits) {
+        let digest = found.digest(text);
+        if found.get(digest, hits) {
             return;
         }
-        self.engine.detectors.find(text, hits);
+        detectors.find_with_views(text, hits, views);
         // A string without findings is left to the clean-string memo (or, with a key rule's span, read again): its
         // slot would only evict one with findings.
         if !hits.is_empty() {
-            self.key_verdicts.found.put(digest, hits);
+            found.put(digest, hits);
         }
     }
 

@@ -1139,6 +1139,21 @@ fn found_memo_gives_back_what_the_detectors_find() {
     }
     // Repeats are found in the memo (not only computed again), and strings it cannot keep are not.
     assert!(replayed > samples.len(), "{replayed}");
+    // A string with findings leaves its view, where the second reading found nothing, for the next such string.
+    use crate::rules::detectors::CleanViews;
+    scrubber.find_values("Payment failed for jane.doe@example.com", &mut got);
+    assert!(
+        scrubber
+            .key_verdicts
+            .views
+            .known_clean("Payment failed for ***@example.com")
+    );
+    assert!(
+        !scrubber
+            .key_verdicts
+            .views
+            .known_clean("Payment failed for jane.doe@example.com")
+    );
     for text in [
         "jane.doe@example.com ".repeat(7),
         "1.2.3.4 5.6.7.8 9.10.11.12 13.14.15.16 17.18.19.20 21.22.23.24 25.26.27.28 29.30.31.32 33.34.35.36"
