@@ -594,22 +594,25 @@ impl ViewMemo {
             table: TwoWay::with_sets(sets),
         }
     }
+
+    /// The view's digest and set; `None` for views longer than [`FoundMemo::MAX_LEN`], which are read every time
+    /// (hashing a long view costs about what reading it again does).
+    fn slot(&mut self, view: &str) -> Option<([u64; 2], usize)> {
+        (view.len() <= FoundMemo::MAX_LEN).then(|| {
+            let digest = digest(&self.key, view);
+            (digest, self.table.set_of(digest[0]))
+        })
+    }
 }
 
 impl CleanViews for ViewMemo {
     fn known_clean(&mut self, view: &str) -> bool {
-        if view.len() > FoundMemo::MAX_LEN {
-            return false;
-        }
-        let digest = digest(&self.key, view);
-        let set = self.table.set_of(digest[0]);
-        self.table.get(set, |kept| *kept == digest).is_some()
+        self.slot(view)
+            .is_some_and(|(digest, set)| self.table.get(set, |kept| *kept == digest).is_some())
     }
 
     fn remember_clean(&mut self, view: &str) {
-        if view.len() <= FoundMemo::MAX_LEN {
-            let digest = digest(&self.key, view);
-            let set = self.table.set_of(digest[0]);
+        if let Some((digest, set)) = self.slot(view) {
             self.table.put(set, digest, ());
         }
     }

@@ -1101,6 +1101,7 @@ fn absorbed_tallies_add_up() {
 /// others, strings with more hits than it keeps and strings longer than it keeps, in any order.
 #[test]
 fn found_memo_gives_back_what_the_detectors_find() {
+    use crate::rules::detectors::CleanViews;
     let rules = CompiledRules::defaults();
     let engine = rules.engine(Some(42));
     let mut rng = fastrand::Rng::with_seed(11);
@@ -1140,7 +1141,6 @@ fn found_memo_gives_back_what_the_detectors_find() {
     // Repeats are found in the memo (not only computed again), and strings it cannot keep are not.
     assert!(replayed > samples.len(), "{replayed}");
     // A string with findings leaves its view, where the second reading found nothing, for the next such string.
-    use crate::rules::detectors::CleanViews;
     scrubber.find_values("Payment failed for jane.doe@example.com", &mut got);
     assert!(
         scrubber
