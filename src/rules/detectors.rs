@@ -917,12 +917,11 @@ impl DetectorSet {
             }
             kept.push((view.len(), cursor, text.len() - cursor));
             view.push_str(&text[cursor..]);
-            if views.known_clean(view) {
-                return;
-            }
-            self.find_once(view, more);
-            if more.is_empty() {
-                views.remember_clean(view);
+            let view_is_clean = views.clean(view, &mut || {
+                self.find_once(view, more);
+                more.is_empty()
+            });
+            if view_is_clean {
                 return;
             }
             let before = hits.len();
@@ -977,21 +976,18 @@ impl DetectorSet {
 /// found is remembered: whether a finding in a view adds anything depends on where the masks are, which the view
 /// alone does not say.
 pub trait CleanViews {
-    /// Whether the detectors are known to find nothing in `view`.
-    fn known_clean(&mut self, view: &str) -> bool;
-    /// Keeps that the detectors found nothing in `view`.
-    fn remember_clean(&mut self, view: &str);
+    /// Whether the detectors find nothing in `view`: remembered, or `read` (which reads it and says whether it found
+    /// nothing), and remembered when clean. One call, so a memo looks its view up once.
+    fn clean(&mut self, view: &str, read: &mut dyn FnMut() -> bool) -> bool;
 }
 
 /// Remembers nothing: every second reading reads.
 struct NoViews;
 
 impl CleanViews for NoViews {
-    fn known_clean(&mut self, _view: &str) -> bool {
-        false
+    fn clean(&mut self, _view: &str, read: &mut dyn FnMut() -> bool) -> bool {
+        read()
     }
-
-    fn remember_clean(&mut self, _view: &str) {}
 }
 
 /// How many times [`DetectorSet::find`] reads a string again (see `read_again`).
@@ -3450,14 +3446,16 @@ mod tests {
     }
 
     impl CleanViews for ViewSet {
-        fn known_clean(&mut self, view: &str) -> bool {
-            let known = self.clean.contains(view);
-            self.answered += usize::from(known);
-            known
-        }
-
-        fn remember_clean(&mut self, view: &str) {
-            self.clean.insert(view.to_string());
+        fn clean(&mut self, view: &str, read: &mut dyn FnMut() -> bool) -> bool {
+            if self.clean.contains(view) {
+                self.answered += 1;
+                return true;
+            }
+            let clean = read();
+            if clean {
+                self.clean.insert(view.to_string());
+            }
+            clean
         }
     }
 

@@ -606,15 +606,18 @@ impl ViewMemo {
 }
 
 impl CleanViews for ViewMemo {
-    fn known_clean(&mut self, view: &str) -> bool {
-        self.slot(view)
-            .is_some_and(|(digest, set)| self.table.get(set, |kept| *kept == digest).is_some())
-    }
-
-    fn remember_clean(&mut self, view: &str) {
-        if let Some((digest, set)) = self.slot(view) {
+    fn clean(&mut self, view: &str, read: &mut dyn FnMut() -> bool) -> bool {
+        let Some((digest, set)) = self.slot(view) else {
+            return read();
+        };
+        if self.table.get(set, |kept| *kept == digest).is_some() {
+            return true;
+        }
+        let clean = read();
+        if clean {
             self.table.put(set, digest, ());
         }
+        clean
     }
 }
 
