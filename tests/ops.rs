@@ -1264,14 +1264,15 @@ async fn an_upstream_behind_a_proxy_from_the_environment_is_reached_through_it()
     assert_eq!(proxy.received(), 1, "NO_PROXY: the second relay did not use the proxy");
 }
 
-/// The environment that makes the relay trust the test CA of `tests/fixtures/tls/` (and nothing else: `dir` is an
-/// empty directory), as an operator points it at a self-hosted Sentry's private CA.
-fn trusting_the_test_ca(dir: &Path) -> [(&'static str, String); 2] {
+/// A relay that trusts the test CA of `tests/fixtures/tls/` and nothing else (`roots` is an empty directory), as an
+/// operator points it at a self-hosted Sentry's private CA.
+fn relay_trusting_the_test_ca(upstream: &str, args: &[&str], roots: &Path) -> RelayProcess {
     let ca = common::tls_fixture("ca.pem");
-    [
-        ("SSL_CERT_FILE", ca.to_str().expect("UTF-8 path").to_owned()),
-        ("SSL_CERT_DIR", dir.to_str().expect("UTF-8 path").to_owned()),
-    ]
+    let env = [
+        ("SSL_CERT_FILE", ca.to_str().expect("UTF-8 path")),
+        ("SSL_CERT_DIR", roots.to_str().expect("UTF-8 path")),
+    ];
+    RelayProcess::start_with_env(upstream, args, &env)
 }
 
 /// Sentry's ingest is HTTPS and offers HTTP/2 by ALPN: the relay verifies the certificate against the roots it was
@@ -1279,8 +1280,6 @@ fn trusting_the_test_ca(dir: &Path) -> [(&'static str, String); 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_upstream_gets_the_scrubbed_envelope_over_the_protocol_it_offers() {
     let roots = tempfile::tempdir().unwrap();
-    let env = trusting_the_test_ca(roots.path());
-    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
     let capture = common::Capture::load("py-error-event-rawpii");
     let offers: [(&[&[u8]], http::Version); 2] = [
         (&[b"h2", b"http/1.1"], http::Version::HTTP_2),
@@ -1288,7 +1287,7 @@ async fn an_https_upstream_gets_the_scrubbed_envelope_over_the_protocol_it_offer
     ];
     for (alpn, version) in offers {
         let upstream = MiniSentry::start_tls("localhost", alpn).await;
-        let relay = RelayProcess::start_with_env(&upstream.url(), &[], &env);
+        let relay = relay_trusting_the_test_ca(&upstream.url(), &[], roots.path());
         // Two envelopes: the second goes over the connection the first opened, or a new one; either must work.
         for _ in 0..2 {
             let response = capture.send_to(relay.addr).await;
@@ -1322,13 +1321,11 @@ async fn an_https_upstream_gets_the_scrubbed_envelope_over_the_protocol_it_offer
 async fn an_upstream_with_an_untrusted_certificate_gets_nothing_and_the_envelope_waits() {
     let roots = tempfile::tempdir().unwrap();
     let spool = tempfile::tempdir().unwrap();
-    let env = trusting_the_test_ca(roots.path());
-    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
     let spool_args = ["--spool-dir", spool.path().to_str().unwrap()];
     let event_id = "9ec79c33ec9942ab8353589fcb2e04dc";
 
     let stranger = MiniSentry::start_tls("stranger", &[b"h2", b"http/1.1"]).await;
-    let relay = RelayProcess::start_with_env(&stranger.url(), &spool_args, &env);
+    let relay = relay_trusting_the_test_ca(&stranger.url(), &spool_args, roots.path());
     let response = post(relay.addr, &common::event_envelope(event_id)).await;
     assert_eq!(response.status, 200);
     relay
@@ -1357,7 +1354,7 @@ async fn an_upstream_with_an_untrusted_certificate_gets_nothing_and_the_envelope
     );
 
     let trusted = MiniSentry::start_tls("localhost", &[b"h2", b"http/1.1"]).await;
-    let relay = RelayProcess::start_with_env(&trusted.url(), &spool_args, &env);
+    let relay = relay_trusting_the_test_ca(&trusted.url(), &spool_args, roots.path());
     let delivered = trusted.next().await;
     assert_eq!(
         delivered.envelope().headers.get("event_id").and_then(Value::as_str),
