@@ -926,26 +926,14 @@ impl DetectorSet {
             }
             let before = hits.len();
             for found in more.iter() {
-                // The part of the hit in kept text, mapped back (the masks it spans are hits already); none when it
-                // lies in a mask. Its ends are outside every hit, so it is new. The stretches are found by binary
-                // search, and the hits of one reading do not overlap, so this is linear in the hits.
-                let first = kept.partition_point(|&(at, _, len)| at + len <= found.start);
-                let last = kept.partition_point(|&(at, _, _)| at < found.end);
-                let mut mapped = kept[first..last].iter().filter_map(|&(at, from, len)| {
-                    let (start, end) = (found.start.max(at), found.end.min(at + len));
-                    (start < end).then(|| (from + start - at, from + end - at))
-                });
-                let Some((start, mut end)) = mapped.next() else {
-                    continue;
-                };
-                if let Some((_, last_end)) = mapped.next_back() {
-                    end = last_end;
+                // Its ends are outside every hit (the masks it spans are hits already), so it is new.
+                if let Some((start, end)) = kept_part(kept, found) {
+                    hits.push(Hit {
+                        start,
+                        end,
+                        detector: found.detector,
+                    });
                 }
-                hits.push(Hit {
-                    start,
-                    end,
-                    detector: found.detector,
-                });
             }
             if hits.len() == before {
                 return;
@@ -958,15 +946,32 @@ impl DetectorSet {
     }
 
     /// What a hit of detector `index` is replaced with, as a second reading sees it.
-    fn mask_of(&self, index: usize) -> &str {
+    pub(crate) fn mask_of(&self, index: usize) -> &str {
         let detector = &self.detectors[index];
         if detector.action == Action::Hash {
-            // An HMAC's shape: `hmac:` and 32 hex digits.
-            "hmac:00000000000000000000000000000000"
+            HMAC_SHAPE
         } else {
             &detector.replacement
         }
     }
+}
+
+/// What a hashed value looks like to a second reading: `hmac:` and 32 hex digits.
+pub(crate) const HMAC_SHAPE: &str = "hmac:00000000000000000000000000000000";
+
+/// The part of `found`, a hit in a view of a text, that lies in the text's kept stretches (each: where it starts in
+/// the view, where in the text, its length; in order), mapped back to the text; `None` when it lies in masks. The
+/// stretches are found by binary search, and the hits of one reading do not overlap, so mapping a reading's hits is
+/// linear in them.
+pub(crate) fn kept_part(kept: &[(usize, usize, usize)], found: &Hit) -> Option<(usize, usize)> {
+    let first = kept.partition_point(|&(at, _, len)| at + len <= found.start);
+    let last = kept.partition_point(|&(at, _, _)| at < found.end);
+    let mut mapped = kept[first..last].iter().filter_map(|&(at, from, len)| {
+        let (start, end) = (found.start.max(at), found.end.min(at + len));
+        (start < end).then(|| (from + start - at, from + end - at))
+    });
+    let (start, end) = mapped.next()?;
+    Some((start, mapped.next_back().map_or(end, |(_, last_end)| last_end)))
 }
 
 /// What a caller remembers of the second readings ([`DetectorSet::find_with_views`]): views, texts as they will be
