@@ -1179,3 +1179,53 @@ fn found_memo_gives_back_what_the_detectors_find() {
         assert!(!scrubber.key_verdicts.found.get(digest, &mut got), "{text}");
     }
 }
+
+/// A long view is read twice and remembered from then on; one that the detectors found something in never is; and
+/// a view whose checksum is another's (sums and weighted sums of its words kept equal) is read, not taken for it.
+#[test]
+fn long_views_are_remembered_by_digest_after_their_checksum_repeats() {
+    use crate::rules::detectors::CleanViews;
+    let mut views = super::ViewMemo::with_sets(4, 4);
+    let view = "Payment failed for ***@example.com, retrying in 30 s. ".repeat(4);
+    assert!(view.len() > super::ViewMemo::SHORT);
+    let mut reads = 0;
+    for _ in 0..4 {
+        assert!(views.clean(&view, &mut || {
+            reads += 1;
+            true
+        }));
+    }
+    assert_eq!(
+        reads, 2,
+        "read on first sight and when its checksum came back, then remembered"
+    );
+
+    // The same sums: +1, -2 and +1 on the first word of three consecutive 32-byte chunks (one lane of the checksum).
+    let mut bytes = view.clone().into_bytes();
+    bytes[0] += 1;
+    bytes[32] -= 2;
+    bytes[64] += 1;
+    let twin = String::from_utf8(bytes).expect("ASCII");
+    let seed = views.checksum_seed;
+    assert_eq!(
+        super::checksum(twin.as_bytes(), seed),
+        super::checksum(view.as_bytes(), seed)
+    );
+    assert_ne!(twin, view);
+    let mut read = false;
+    assert!(!views.clean(&twin, &mut || {
+        read = true;
+        false
+    }));
+    assert!(read, "a view with another's checksum is read");
+
+    let found = "Call jane.doe@example.com about the refund, she asked twice. ".repeat(3);
+    for _ in 0..4 {
+        let mut read = false;
+        assert!(!views.clean(&found, &mut || {
+            read = true;
+            false
+        }));
+        assert!(read, "a view where something was found is read every time");
+    }
+}
