@@ -272,6 +272,14 @@ fn bench_detectors<M: Measurement>(c: &mut Criterion<M>) {
     let rules = CompiledRules::defaults();
     let engine = rules.engine(None);
     let prompt = "The assistant reviews the order history and explains the refund policy in plain words. ".repeat(115);
+    // The long strings with findings of the raw captures, where the detectors spend most (benches/README.md,
+    // "Thirteenth pass"): node-large-2's list of 2,000 addresses and node-genai's 10 KB prompt.
+    let address_list = "jane.doe@example.com ".repeat(2000);
+    let prompt_with_pii = format!(
+        "You are a support bot. Customer Jane Doe, email jane.doe@example.com, SSN 123-45-6789, phone (555) \
+         123-4567, card 4111 1111 1111 1111, password hunter2-S3cret!. {}",
+        "Lorem ipsum dolor sit amet, consectetur adipiscing elit. ".repeat(170)
+    );
     let cases: &[(&str, &str)] = &[
         (
             "innocent_words",
@@ -302,6 +310,8 @@ fn bench_detectors<M: Measurement>(c: &mut Criterion<M>) {
             "everything",
             "Jane jane.doe@example.com (555) 123-4567 123-45-6789 4111 1111 1111 1111 Bearer abc.def",
         ),
+        ("address_list_42kb", &address_list),
+        ("prompt_10kb_with_pii", &prompt_with_pii),
     ];
     let mut group = c.benchmark_group("detectors");
     for (name, text) in cases {
