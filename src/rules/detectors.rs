@@ -905,18 +905,8 @@ impl DetectorSet {
     ) {
         let ReadAgainScratch { view, kept, more } = scratch;
         for _ in 0..MAX_REREADS {
-            view.clear();
-            // Each stretch of `text` the view keeps: (where it starts in the view, where in `text`, its length).
-            kept.clear();
-            let mut cursor = 0;
-            for hit in hits.iter() {
-                kept.push((view.len(), cursor, hit.start - cursor));
-                view.push_str(&text[cursor..hit.start]);
-                view.push_str(self.mask_of(hit.detector));
-                cursor = hit.end;
-            }
-            kept.push((view.len(), cursor, text.len() - cursor));
-            view.push_str(&text[cursor..]);
+            let masks = hits.iter().map(|hit| (hit.start, hit.end, self.mask_of(hit.detector)));
+            masked_view(text, masks, view, kept);
             let view_is_clean = views.clean(view, &mut || {
                 self.find_once(view, more);
                 more.is_empty()
@@ -958,6 +948,28 @@ impl DetectorSet {
 
 /// What a hashed value looks like to a second reading: `hmac:` and 32 hex digits.
 pub(crate) const HMAC_SHAPE: &str = "hmac:00000000000000000000000000000000";
+
+/// Writes into `view` the text as it will be forwarded: `text` with each of `masks` (start, end and what replaces
+/// it; in order, not overlapping) replaced, and into `kept` each stretch of `text` the view keeps (where it starts in
+/// the view, where in `text`, its length), as [`kept_part`] reads them. Both are cleared first.
+pub(crate) fn masked_view<'m>(
+    text: &str,
+    masks: impl Iterator<Item = (usize, usize, &'m str)>,
+    view: &mut String,
+    kept: &mut Vec<(usize, usize, usize)>,
+) {
+    view.clear();
+    kept.clear();
+    let mut cursor = 0;
+    for (start, end, mask) in masks {
+        kept.push((view.len(), cursor, start - cursor));
+        view.push_str(&text[cursor..start]);
+        view.push_str(mask);
+        cursor = end;
+    }
+    kept.push((view.len(), cursor, text.len() - cursor));
+    view.push_str(&text[cursor..]);
+}
 
 /// The part of `found`, a hit in a view of a text, that lies in the text's kept stretches (each: where it starts in
 /// the view, where in the text, its length; in order), mapped back to the text; `None` when it lies in masks. The

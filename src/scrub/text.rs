@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use super::{ChangeAction, Remark, Scrubber, Seg, is_already_filtered};
 use crate::rules::Action;
-use crate::rules::detectors::{CleanViews, HMAC_SHAPE, Hit, Kind, kept_part};
+use crate::rules::detectors::{CleanViews, HMAC_SHAPE, Hit, Kind, kept_part, masked_view};
 
 /// How many times [`Scrubber::read_forwarded_again`] reads a string with a key rule's span as it will be forwarded.
 const FORWARDED_REREADS: usize = 2;
@@ -159,17 +159,10 @@ impl<'e> Scrubber<'e> {
         let mut kept = Vec::with_capacity(spans.len() + 1);
         let mut found = Vec::new();
         for _ in 0..FORWARDED_REREADS {
-            view.clear();
-            kept.clear();
-            let mut cursor = 0;
-            for span in spans.iter() {
-                kept.push((view.len(), cursor, span.start - cursor));
-                view.push_str(&text[cursor..span.start]);
-                view.push_str(self.forwarded_mask(span.rule));
-                cursor = span.end;
-            }
-            kept.push((view.len(), cursor, text.len() - cursor));
-            view.push_str(&text[cursor..]);
+            let masks = spans
+                .iter()
+                .map(|span| (span.start, span.end, self.forwarded_mask(span.rule)));
+            masked_view(text, masks, &mut view, &mut kept);
             let detectors = &self.engine.detectors;
             let clean = self.key_verdicts.views.clean(&view, &mut || {
                 detectors.find(&view, &mut found);
