@@ -127,7 +127,7 @@ impl<'e> Scrubber<'e> {
             if had_key_spans {
                 // Key hits come first at equal starts (stable sort), so they name the rule; an overlapping hit
                 // widens the span rather than being dropped, or what only it covered would be forwarded.
-                merge_overlaps(&mut spans, text, self.key_mask());
+                merge_overlaps(&mut spans, text, self.forwarded_mask(RuleRef::Key));
             }
         }
         self.hits = hits;
@@ -135,16 +135,6 @@ impl<'e> Scrubber<'e> {
             self.read_forwarded_again(text, &mut spans);
         }
         Some(self.apply_spans(text, &spans, path))
-    }
-
-    /// What a key rule's value is replaced with, as [`merge_overlaps`] reads it: the key replacement, or when keys
-    /// are hashed `hmac:` (what a hash looks like to a second reading: no delimiter of any kind).
-    fn key_mask(&self) -> &'e str {
-        if self.engine.key_action == Action::Hash {
-            "hmac:"
-        } else {
-            self.engine.key_replacement.as_str()
-        }
     }
 
     /// Reads `text` as it will be forwarded, every span replaced by its mask, through the detectors, and adds what
@@ -184,11 +174,12 @@ impl<'e> Scrubber<'e> {
             if spans.len() == before {
                 return;
             }
-            merge_overlaps(spans, text, self.key_mask());
+            merge_overlaps(spans, text, self.forwarded_mask(RuleRef::Key));
         }
     }
 
-    /// What a span is replaced with, as a second reading sees it: hashes in their shape ([`HMAC_SHAPE`]).
+    /// What a span is replaced with, as a second reading sees it: hashes in their shape ([`HMAC_SHAPE`], which holds
+    /// no delimiter of any kind).
     fn forwarded_mask(&self, rule: RuleRef) -> &'e str {
         let engine = self.engine;
         match rule {
