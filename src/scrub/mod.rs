@@ -623,29 +623,21 @@ impl ViewMemo {
     fn clean_long(&mut self, view: &str, read: &mut dyn FnMut() -> bool) -> bool {
         let checksum = checksum(view.as_bytes(), self.checksum_seed);
         let set = self.long.set_of(checksum);
-        // A view whose checksum was seen before is probably that view: worth its digest. `get` moved its entry to
-        // the first slot of the set, where the digest of this view replaces it.
-        let seen = self.long.get(set, |kept| *kept == checksum).map(|kept| {
-            let digest = digest(&self.key, view);
-            (kept == Some(digest), digest)
-        });
-        match seen {
-            Some((true, _)) => true,
-            Some((false, digest)) => {
-                let clean = read();
-                if clean {
-                    self.long.replace_first(set, checksum, Some(digest));
-                }
-                clean
-            }
-            None => {
-                let clean = read();
-                if clean {
-                    self.long.put(set, checksum, None);
-                }
-                clean
+        // A view whose checksum was seen before is probably that view: worth its digest.
+        let kept = self.long.get(set, |kept| *kept == checksum);
+        let digest = kept.map(|_| digest(&self.key, view));
+        if kept.is_some_and(|kept| kept == digest) {
+            return true;
+        }
+        let clean = read();
+        if clean {
+            match digest {
+                // `get` moved the checksum's entry to the first slot of its set: this view's digest replaces it.
+                Some(_) => self.long.replace_first(set, checksum, digest),
+                None => self.long.put(set, checksum, None),
             }
         }
+        clean
     }
 }
 
