@@ -162,13 +162,7 @@ fn bench_pipeline<M: Measurement>(c: &mut Criterion<M>) {
             },
         );
     }
-    for name in [
-        "py-error-event-rawpii",
-        "py-transaction",
-        "node-genai",
-        "py-logs-2",
-        "node-large-2",
-    ] {
+    for &name in CAPTURES {
         let input = capture(name);
         group.throughput(Throughput::Bytes(input.len() as u64));
         group.bench_with_input(BenchmarkId::new("capture", name), &input, |b, input| {
@@ -205,21 +199,35 @@ fn bench_pipeline<M: Measurement>(c: &mut Criterion<M>) {
             round += 1;
         })
     });
-    let python = std::cell::LazyCell::new(|| versions_of("py-error-event-rawpii", CAPTURE_VERSIONS));
-    group.throughput(Throughput::Bytes(capture("py-error-event-rawpii").len() as u64));
-    group.bench_function(BenchmarkId::new("capture_varied", "py-error-event-rawpii"), |b| {
-        let mut round = 0;
-        b.iter(|| {
-            round += 1;
-            black_box(run_pipeline(&rules, black_box(&python[round % CAPTURE_VERSIONS])))
-        })
-    });
+    // Each capture of the rows above on its own, varied: where the varied mix spends (the address list alone is about
+    // a third of its instructions; benches/README.md, "Fifteenth pass").
+    for &name in CAPTURES {
+        let versions = std::cell::LazyCell::new(|| versions_of(name, CAPTURE_VERSIONS));
+        group.throughput(Throughput::Bytes(capture(name).len() as u64));
+        group.bench_function(BenchmarkId::new("capture_varied", name), |b| {
+            let mut round = 0;
+            b.iter(|| {
+                round += 1;
+                black_box(run_pipeline(&rules, black_box(&versions[round % CAPTURE_VERSIONS])))
+            })
+        });
+    }
     group.finish();
 }
 
 /// Versions of each capture in `mix_varied`: more than the memos hold of the strings that change.
 const MIX_VERSIONS: usize = 256;
-/// Versions of the python event in `capture_varied`.
+/// The captures with rows of their own, replayed (`capture`) and varied (`capture_varied`): the python error event
+/// (issue #11's yardstick) and the mix's largest.
+const CAPTURES: &[&str] = &[
+    "py-error-event-rawpii",
+    "py-transaction",
+    "node-genai",
+    "py-logs-2",
+    "node-large-2",
+];
+
+/// Versions of each capture in `capture_varied`.
 const CAPTURE_VERSIONS: usize = 1000;
 
 /// The detectors added for breadth (issue #12), by `rules.yaml` name.
