@@ -217,8 +217,8 @@ fn bench_pipeline<M: Measurement>(c: &mut Criterion<M>) {
 
 /// Versions of each capture in `mix_varied`: more than the memos hold of the strings that change.
 const MIX_VERSIONS: usize = 256;
-/// The captures with rows of their own, replayed (`capture`) and varied (`capture_varied`): the python error event
-/// (issue #11's yardstick) and the mix's largest.
+/// The captures with rows of their own, replayed (`capture`) and varied (`capture_varied`), one per item family: the
+/// python error event (issue #11's yardstick), a transaction, gen_ai spans, logs and the 42 KB address list.
 const CAPTURES: &[&str] = &[
     "py-error-event-rawpii",
     "py-transaction",
